@@ -1,0 +1,62 @@
+"""One pydantic config model per stage. Flows take them as parameters; artifacts record them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from iap.errors import IapError
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def content_hash(self, exclude: set[str] | None = None) -> str:
+        data = self.model_dump(mode="json", exclude=exclude)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TrainConfig(StageConfig):
+    """How the Chinese encoder is trained."""
+
+    objective: Literal["pivot", "separate", "embedding-mse", "eps-distill"] = "pivot"
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    layer_weights: dict[str, float] = Field(default_factory=dict,
+                                            description="layer-name prefix -> weight (default 1)")
+
+    # Fields that may change between a run and its resume without changing the result's meaning.
+    RESUMABLE_CHANGES: ClassVar[frozenset[str]] = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "log_every"})
+
+    def identity(self) -> str:
+        return self.content_hash(exclude=set(self.RESUMABLE_CHANGES))
+
+
+def load_config(path: str | Path, cls: type[StageConfig]) -> StageConfig:
+    """Read a JSON config file; a bad file or field is one message naming both."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise IapError(f"config file {path}: cannot read it as JSON ({e})") from e
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        raise IapError(f"config file {path}: field '{field}': {err['msg']}") from e

@@ -1,0 +1,90 @@
+"""Held-out metrics for a Chinese encoder.
+
+held-out loss      the training objective on held-out pairs, with fixed (t, noise) draws.
+mismatched level   the same loss when the "Chinese" states are the English states of another
+                   sample: how far apart two different captions are. A useful encoder is far below it.
+retrieval top-k    for each held-out Chinese caption, rank the held-out English captions by
+                   attention-feature distance; a hit when its paired English caption is in the top k.
+                   Features: each cross-attention layer's output for fixed probe queries (English
+                   pass of held-out images with the empty prompt at t = 250, 500, 750) over the
+                   caption's states; distance = layer-weighted mean squared difference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from iap.attention import attend
+from iap.models.base import BaseModel
+from iap.models.chinese import ChineseEncoder
+from iap.objective import FrozenBatch, Teacher, layer_weights
+from iap.source import InMemorySource
+
+EVAL_SEED = 1234
+PROBE_TIMESTEPS = (250, 500, 750)
+
+
+@torch.no_grad()
+def heldout_loss(objective, encoder: ChineseEncoder | None, source: InMemorySource, draws: int = 2,
+                 batch_size: int = 64, mismatched: bool = False) -> float:
+    """Mean objective over the held-out source with `draws` fixed (t, noise) draws per sample.
+    encoder=None with mismatched=True gives the mismatched-caption reference."""
+    was_training = encoder.training if encoder is not None else False
+    if encoder is not None:
+        encoder.eval()
+    total, count = 0.0, 0
+    for d in range(draws):
+        g = torch.Generator().manual_seed(EVAL_SEED + d)
+        for i in range(0, len(source), batch_size):
+            idx = torch.arange(i, min(i + batch_size, len(source)))
+            batch = source.batch(idx, g)
+            states = batch.en_states.roll(1, 0) if mismatched else encoder(batch.zh_ids)
+            total += objective(states, batch).item() * len(idx)
+            count += len(idx)
+    if encoder is not None and was_training:
+        encoder.train()
+    return total / count
+
+
+class AttentionFeatures:
+    """Cross-attention outputs of fixed probe queries over a caption's states (one tensor per layer)."""
+
+    def __init__(self, base: BaseModel, teacher: Teacher, probe_latents: torch.Tensor,
+                 weights: dict[str, float] | None = None):
+        n = len(probe_latents) * len(PROBE_TIMESTEPS)
+        latents = probe_latents.repeat_interleave(len(PROBE_TIMESTEPS), 0)
+        t = torch.tensor(PROBE_TIMESTEPS * len(probe_latents))
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(EVAL_SEED))
+        empty = base.encode_english([""]).expand(n, -1, -1)
+        batch = FrozenBatch(zh_ids=torch.zeros(n, 1), en_states=empty, latents=latents, noise=noise, timesteps=t)
+        self.queries, _, _ = teacher.english_pass(batch.to(base.device))
+        self.layers = teacher.layers
+        self.weights = layer_weights(list(self.layers), weights)
+
+    @torch.no_grad()
+    def __call__(self, states: torch.Tensor, chunk: int = 32) -> dict[str, torch.Tensor]:
+        """states (N, L, D) -> {layer: (N, probes * HW * C)}."""
+        out: dict[str, list[torch.Tensor]] = {n: [] for n in self.layers}
+        for i in range(0, len(states), chunk):
+            s = states[i:i + chunk]
+            for name, q in self.queries.items():
+                p = q.shape[0]
+                qq = q.unsqueeze(0).expand(len(s), *q.shape).flatten(0, 1)
+                ss = s.repeat_interleave(p, 0)
+                out[name].append(attend(self.layers[name], qq, ss).reshape(len(s), -1).float())
+        return {n: torch.cat(v) for n, v in out.items()}
+
+    def distances(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(Na, Nb) layer-weighted mean squared feature distance between states a and b."""
+        fa, fb = self(a), self(b)
+        total = sum(self.weights[n] * torch.cdist(fa[n], fb[n]).pow(2) / fa[n].shape[1] for n in fa)
+        return total / sum(self.weights.values())
+
+
+@torch.no_grad()
+def retrieval(features: AttentionFeatures, zh_states: torch.Tensor, en_states: torch.Tensor,
+              targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy of zh query i retrieving English candidate targets[i]."""
+    d = features.distances(zh_states, en_states)
+    ranked = d.argsort(dim=1)
+    return {f"top{k}": (ranked[:, :k] == targets[:, None]).any(1).float().mean().item() for k in ks}

@@ -1,0 +1,32 @@
+"""Generate images from an exported (or any) Stable Diffusion folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from iap.errors import IapError
+
+
+def load_pipeline(folder: str | Path) -> StableDiffusionPipeline:
+    if not Path(folder).is_dir():
+        raise IapError(f"pipeline folder '{folder}' does not exist")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as e:
+        raise IapError(f"could not load pipeline '{folder}': {str(e).splitlines()[0]}") from e
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe: StableDiffusionPipeline, prompts: list[str], seed: int = 0, steps: int = 25,
+             guidance_scale: float = 7.5) -> list[Image.Image]:
+    """One image per prompt; prompt i uses generator seed `seed + i`, so zh/en pairs can share seeds."""
+    prompts = [p for p in prompts if p and p.strip()]
+    if not prompts:
+        raise IapError("no prompt given: pass at least one non-empty prompt")
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators).images

@@ -1,0 +1,105 @@
+"""The frozen English base: UNet, VAE, CLIP text encoder + tokenizer, and the noise schedule."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from iap.errors import IapError
+
+
+@dataclass
+class BaseModel:
+    """The frozen parts of an English Stable Diffusion model, all in eval mode with requires_grad=False."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    noise_scheduler: DDPMScheduler
+    source: str
+    fingerprint: str
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return int(self.unet.config.cross_attention_dim)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @torch.no_grad()
+    def encode_english(self, texts: list[str]) -> torch.Tensor:
+        """English hidden states exactly as StableDiffusionPipeline.encode_prompt builds them."""
+        ids = self.tokenizer(texts, padding="max_length", max_length=self.max_length,
+                             truncation=True, return_tensors="pt")
+        mask = ids.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
+        return self.text_encoder(ids.input_ids.to(self.device), attention_mask=mask)[0]
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Deterministic VAE latents (the posterior mean), scaled as the UNet expects. pixels in [-1, 1]."""
+        latents = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist.mean
+        return latents * self.vae.config.scaling_factor
+
+
+def _freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def weights_fingerprint(source: str) -> str:
+    """Content hash of a local model folder's weights and configs; for a hub id, the id itself plus revision."""
+    path = Path(source)
+    if not path.is_dir():
+        return "hub:" + source
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.suffix in {".safetensors", ".json", ".txt"}:
+            h.update(str(f.relative_to(path)).encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def _check_source(source: str) -> None:
+    path = Path(source)
+    looks_local = source.startswith((".", "/", "~")) or path.exists() or source.count("/") != 1
+    if looks_local and not path.is_dir():
+        raise IapError(f"base model folder '{source}' does not exist (give a diffusers folder or a hub id like "
+                       "'stable-diffusion-v1-5/stable-diffusion-v1-5')")
+    if path.is_dir() and not (path / "model_index.json").exists() and not (path / "unet").is_dir():
+        raise IapError(f"'{source}' is not a diffusers Stable Diffusion folder: no model_index.json or unet/")
+
+
+def load_base(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BaseModel:
+    """Load the frozen base from a Hugging Face id or a local diffusers folder (safetensors only)."""
+    source = str(source)
+    _check_source(source)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", use_safetensors=True, torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", use_safetensors=True,
+                                                     torch_dtype=dtype)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+        scheduler_config = json.loads(Path(source, "scheduler", "scheduler_config.json").read_text()) \
+            if Path(source).is_dir() else DDPMScheduler.load_config(source, subfolder="scheduler")
+    except (OSError, ValueError) as e:
+        raise IapError(f"could not load base model '{source}': {str(e).splitlines()[0]}") from e
+    if tokenizer.model_max_length > 10_000:  # a tokenizer without model_max_length would pad to 1e30
+        raise IapError(f"base model '{source}': tokenizer/tokenizer_config.json lacks model_max_length")
+    noise = DDPMScheduler.from_config(scheduler_config)
+    return BaseModel(
+        unet=_freeze(unet).to(device), vae=_freeze(vae).to(device), text_encoder=_freeze(text_encoder).to(device),
+        tokenizer=tokenizer, noise_scheduler=noise, source=source, fingerprint=weights_fingerprint(source),
+    )

@@ -1,0 +1,80 @@
+"""The trainable Chinese text encoder: any Hugging Face encoder plus its tokenizer.
+
+It is used exactly as StableDiffusionPipeline uses a text encoder (pad to max length, output [0]),
+so an exported pipeline behaves at inference as the encoder did in training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+
+from iap.errors import IapError
+
+ENCODERS_THAT_FIT = {
+    768: ["hfl/chinese-roberta-wwm-ext", "OFA-Sys/chinese-clip-vit-base-patch16 (text tower)",
+          "IDEA-CCNL/Taiyi-CLIP-RoBERTa-102M-ViT-L-Chinese"],
+    1024: ["hfl/chinese-roberta-wwm-ext-large", "OFA-Sys/chinese-clip-vit-huge-patch14 (text tower)"],
+}
+
+
+class ChineseEncoder(torch.nn.Module):
+    """A Chinese encoder + tokenizer, padded/truncated to the English side's length."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer, max_length: int, source: str = ""):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tokenizer.model_max_length = max_length  # the pipeline pads to this at inference
+        self.max_length = max_length
+        self.source = source
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(list(texts), padding="max_length", max_length=self.max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return ids
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        mask = None
+        if getattr(self.model.config, "use_attention_mask", False):  # as the pipeline decides
+            mask = (input_ids != self.tokenizer.pad_token_id).long()
+        return self.model(input_ids.to(self.model.device), attention_mask=mask)[0]
+
+
+def check_fits(hidden_size: int, cross_attention_dim: int, source: str) -> None:
+    if hidden_size != cross_attention_dim:
+        fits = ENCODERS_THAT_FIT.get(cross_attention_dim, [])
+        hint = f" Encoders that fit: {', '.join(fits)}." if fits else ""
+        raise IapError(
+            f"Chinese encoder '{source}' has hidden size {hidden_size}, but the UNet's cross_attention_dim is "
+            f"{cross_attention_dim}; they must be equal.{hint}"
+        )
+
+
+def load_chinese_encoder(source: str | Path, cross_attention_dim: int, max_length: int = 77,
+                         device: str | torch.device = "cpu") -> ChineseEncoder:
+    """Load any HF encoder (BERT / RoBERTa / Chinese-CLIP text tower) and check it fits the UNet."""
+    source = str(source)
+    if (source.startswith((".", "/")) or source.count("/") != 1) and not Path(source).is_dir():
+        raise IapError(f"Chinese encoder folder '{source}' does not exist")
+    try:
+        model = AutoModel.from_pretrained(source, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise IapError(f"could not load Chinese encoder '{source}': {str(e).splitlines()[0]}") from e
+    if hasattr(model, "text_model"):  # a full CLIP-style model: keep the text tower
+        model = model.text_model
+    if getattr(model, "pooler", None) is not None:  # unused by diffusion; would get no gradient
+        model.pooler = None
+    check_fits(int(model.config.hidden_size), cross_attention_dim, source)
+    positions = getattr(model.config, "max_position_embeddings", max_length)
+    if positions < max_length:
+        raise IapError(f"Chinese encoder '{source}' has max_position_embeddings={positions} < max_length={max_length}")
+    model.train()
+    return ChineseEncoder(model, tokenizer, max_length, source).to(device)

@@ -1,0 +1,94 @@
+"""The tiny preset: small random-init models saved as ordinary diffusers/transformers folders.
+
+`write_tiny(DIR, seed)` writes DIR/base (a StableDiffusionPipeline folder) and DIR/zh_encoder
+(a BertModel + BertTokenizer). Everything else loads them through the same code as real models.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from iap.data import shapes
+from iap.models.vocab import write_bert_vocab, write_clip_bpe
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    seed: int = 0
+    image_size: int = 32  # VAE downsamples 2x -> 16x16 latents
+    channels: tuple[int, int] = (32, 64)
+    cross_attention_dim: int = 64  # = English and Chinese hidden size
+    text_layers: int = 2
+    max_length: int = 77
+
+
+def _unet(cfg: TinyConfig) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=cfg.image_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=cfg.channels, norm_num_groups=32, attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cfg.cross_attention_dim,
+    )
+
+
+def _vae(cfg: TinyConfig) -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=cfg.channels,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=32, sample_size=cfg.image_size,
+    )
+
+
+def _english(cfg: TinyConfig, tmp: Path) -> tuple[CLIPTextModel, CLIPTokenizer]:
+    write_clip_bpe(tmp / "clip_tok", shapes.english_words())
+    tok = CLIPTokenizer.from_pretrained(tmp / "clip_tok", model_max_length=cfg.max_length)
+    config = CLIPTextConfig(
+        vocab_size=len(tok.get_vocab()), hidden_size=cfg.cross_attention_dim,
+        intermediate_size=2 * cfg.cross_attention_dim, num_attention_heads=4,
+        num_hidden_layers=cfg.text_layers, max_position_embeddings=cfg.max_length,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    return CLIPTextModel(config), tok
+
+
+def _chinese(cfg: TinyConfig, tmp: Path) -> tuple[BertModel, BertTokenizer]:
+    write_bert_vocab(tmp / "bert_tok", shapes.chinese_characters())
+    tok = BertTokenizer.from_pretrained(tmp / "bert_tok", model_max_length=cfg.max_length)
+    config = BertConfig(
+        vocab_size=len(tok.get_vocab()), hidden_size=cfg.cross_attention_dim,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=4,
+        intermediate_size=2 * cfg.cross_attention_dim, max_position_embeddings=cfg.max_length,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=tok.pad_token_id,
+    )
+    return BertModel(config, add_pooling_layer=False), tok
+
+
+def write_tiny(folder: str | Path, cfg: TinyConfig = TinyConfig()) -> Path:
+    """Build the tiny preset deterministically from cfg.seed and save it under folder."""
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(cfg.seed)
+        unet, vae = _unet(cfg), _vae(cfg)
+        text_encoder, tokenizer = _english(cfg, Path(tmp))
+        zh_model, zh_tok = _chinese(cfg, Path(tmp))
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder / "base", safe_serialization=True)
+    zh_model.save_pretrained(folder / "zh_encoder", safe_serialization=True)
+    zh_tok.save_pretrained(folder / "zh_encoder")
+    (folder / "preset.json").write_text(json.dumps({"preset": "tiny", **asdict(cfg)}, indent=2))
+    return folder

@@ -1,0 +1,164 @@
+"""The IAP objective and two baselines, behind one interface: objective(zh_states, batch) -> loss.
+
+IAP ("images as pivots"): for every cross-attention layer l of the frozen UNet, the attention
+output of the image queries Q_l over the Chinese states must match the output of the same
+queries over the English states:
+
+    loss = sum_l w_l * mse(attend_l(Q_l, h_zh), attend_l(Q_l, h_en)) / sum_l w_l
+
+Query modes:
+  pivot     Q_l comes from the English-conditioned pass (or a cache) and is reused for the Chinese
+            side, which then needs only the encoder and each layer's frozen to_k/to_v/to_out.
+  separate  the Chinese side runs its own UNet pass; gradients flow through the frozen UNet.
+Baselines: embedding-mse (text states only) and eps-distill (noise prediction zh vs en).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+
+from iap.attention import Recorder, attend, install_capture
+from iap.models.base import BaseModel
+
+OBJECTIVES = ("pivot", "separate", "embedding-mse", "eps-distill")
+
+
+@dataclass
+class FrozenBatch:
+    """The frozen-side tensors of one batch: from memory (iap.source) or, later, from the cache."""
+
+    zh_ids: torch.Tensor  # (B, L) Chinese token ids
+    en_states: torch.Tensor  # (B, L, D) English encoder hidden states
+    latents: torch.Tensor | None = None  # (B, C, h, w) clean VAE latents
+    noise: torch.Tensor | None = None  # same shape as latents
+    timesteps: torch.Tensor | None = None  # (B,)
+    queries: dict[str, torch.Tensor] | None = None  # English-pass queries per layer, when given
+    targets: dict[str, torch.Tensor] | None = None  # English attention outputs per layer, when given
+
+    def to(self, device: torch.device | str) -> FrozenBatch:
+        def move(x):
+            if isinstance(x, dict):
+                return {k: v.to(device) for k, v in x.items()}
+            return None if x is None else x.to(device)
+        return FrozenBatch(**{k: move(v) for k, v in vars(self).items()})
+
+
+class Teacher:
+    """The frozen UNet with capture processors: English passes (no grad) and Chinese passes (grad)."""
+
+    def __init__(self, base: BaseModel):
+        self.unet = base.unet
+        self.scheduler = base.noise_scheduler
+        self.recorder = Recorder()
+        self.layers = install_capture(self.unet, self.recorder)
+
+    def noisy_latents(self, batch: FrozenBatch) -> torch.Tensor:
+        return self.scheduler.add_noise(batch.latents, batch.noise, batch.timesteps).to(batch.latents.dtype)
+
+    @torch.no_grad()
+    def english_pass(self, batch: FrozenBatch) -> tuple[dict, dict, torch.Tensor]:
+        """Queries and attention outputs of every cross-attention layer, and eps, with English states."""
+        with self.recorder.record() as rec:
+            eps = self.unet(self.noisy_latents(batch), batch.timesteps, batch.en_states).sample
+        return rec.queries, rec.outputs, eps
+
+    def chinese_pass(self, batch: FrozenBatch, zh_states: torch.Tensor,
+                     inject: dict[str, torch.Tensor] | None = None) -> tuple[dict, torch.Tensor]:
+        """Attention outputs and eps with Chinese states, with gradients; optionally with injected queries."""
+        with self.recorder.record(inject=inject) as rec:
+            eps = self.unet(self.noisy_latents(batch), batch.timesteps, zh_states).sample
+        return rec.outputs, eps
+
+
+def layer_weights(names: list[str], overrides: dict[str, float] | None) -> dict[str, float]:
+    """Weight 1 per layer unless a key of `overrides` is a prefix of the layer name (first match wins)."""
+    overrides = overrides or {}
+    return {n: next((w for p, w in overrides.items() if n.startswith(p)), 1.0) for n in names}
+
+
+def layer_mse(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+              weights: dict[str, float]) -> torch.Tensor:
+    total = sum(weights[n] * F.mse_loss(pred[n].float(), target[n].float()) for n in target)
+    return total / sum(weights[n] for n in target)
+
+
+class PivotObjective:
+    """IAP with shared queries. Needs only the layers when the batch carries queries and targets."""
+
+    name = "pivot"
+
+    def __init__(self, layers: dict[str, Attention], teacher: Teacher | None = None,
+                 weights: dict[str, float] | None = None):
+        self.layers, self.teacher = layers, teacher
+        self.weights = layer_weights(list(layers), weights)
+
+    def targets(self, batch: FrozenBatch) -> tuple[dict, dict]:
+        if batch.queries is not None:
+            return batch.queries, batch.targets
+        if self.teacher is None:
+            raise ValueError("pivot: the batch carries no queries/targets and no teacher UNet was loaded")
+        queries, outputs, _ = self.teacher.english_pass(batch)
+        return queries, outputs
+
+    def __call__(self, zh_states: torch.Tensor, batch: FrozenBatch) -> torch.Tensor:
+        queries, targets = self.targets(batch)
+        pred = {n: attend(self.layers[n], queries[n], zh_states) for n in targets}
+        return layer_mse(pred, targets, self.weights)
+
+
+class SeparateObjective:
+    """IAP with separate passes: the Chinese side computes its own queries through the frozen UNet."""
+
+    name = "separate"
+
+    def __init__(self, teacher: Teacher, weights: dict[str, float] | None = None):
+        self.teacher = teacher
+        self.weights = layer_weights(list(teacher.layers), weights)
+
+    def __call__(self, zh_states: torch.Tensor, batch: FrozenBatch) -> torch.Tensor:
+        _, targets, _ = self.teacher.english_pass(batch)
+        pred, _ = self.teacher.chinese_pass(batch, zh_states)
+        return layer_mse(pred, targets, self.weights)
+
+
+class EpsDistillObjective:
+    """Baseline: the UNet's noise prediction with Chinese states matches the one with English states."""
+
+    name = "eps-distill"
+
+    def __init__(self, teacher: Teacher):
+        self.teacher = teacher
+
+    def __call__(self, zh_states: torch.Tensor, batch: FrozenBatch) -> torch.Tensor:
+        _, _, eps_en = self.teacher.english_pass(batch)
+        _, eps_zh = self.teacher.chinese_pass(batch, zh_states)
+        return F.mse_loss(eps_zh.float(), eps_en.float())
+
+
+class EmbeddingMseObjective:
+    """Baseline (text only): token-wise MSE between Chinese and English encoder states."""
+
+    name = "embedding-mse"
+
+    def __call__(self, zh_states: torch.Tensor, batch: FrozenBatch) -> torch.Tensor:
+        return F.mse_loss(zh_states.float(), batch.en_states.float())
+
+
+def make_objective(name: str, teacher: Teacher | None, weights: dict[str, float] | None = None,
+                   layers: dict[str, Attention] | None = None):
+    """Build an objective by name. `pivot` works without a teacher when given `layers` (cached targets)."""
+    if name == "pivot":
+        return PivotObjective(layers if layers is not None else teacher.layers, teacher, weights)
+    if name == "embedding-mse":
+        return EmbeddingMseObjective()
+    if teacher is None:
+        raise ValueError(f"objective '{name}' needs the frozen UNet")
+    if name == "separate":
+        return SeparateObjective(teacher, weights)
+    if name == "eps-distill":
+        return EpsDistillObjective(teacher)
+    raise ValueError(f"unknown objective '{name}'; choose one of {', '.join(OBJECTIVES)}")

@@ -1,0 +1,74 @@
+"""Frozen-side data sources for training: the seam between data/cache and the training step.
+
+A source knows its size and returns a FrozenBatch for given sample indices, drawing the
+per-batch randomness (timesteps, noise) only from the generator it is handed, so training is
+reproducible and resumable from the step number alone.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from iap.models.base import BaseModel
+from iap.models.chinese import ChineseEncoder
+from iap.objective import FrozenBatch
+
+
+class FrozenSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator) -> FrozenBatch: ...
+
+
+def image_size(base: BaseModel) -> int:
+    """The pixel size the base model was built for: latent size times the VAE's downsampling."""
+    return int(base.unet.config.sample_size) * 2 ** (len(base.vae.config.block_out_channels) - 1)
+
+
+def to_pixels(images: list[Image.Image], size: int) -> torch.Tensor:
+    """RGB images -> (N, 3, size, size) in [-1, 1] (center crop to square, bicubic resize)."""
+    out = []
+    for img in images:
+        img = img.convert("RGB")
+        side = min(img.size)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+class InMemorySource:
+    """Latents, English states and Chinese token ids held in memory; fresh (t, noise) per batch."""
+
+    def __init__(self, latents: torch.Tensor, en_states: torch.Tensor, zh_ids: torch.Tensor,
+                 num_train_timesteps: int):
+        assert len(latents) == len(en_states) == len(zh_ids)
+        self.latents, self.en_states, self.zh_ids = latents, en_states, zh_ids
+        self.num_train_timesteps = num_train_timesteps
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator) -> FrozenBatch:
+        latents = self.latents[indices]
+        t = torch.randint(0, self.num_train_timesteps, (len(indices),), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+        return FrozenBatch(zh_ids=self.zh_ids[indices], en_states=self.en_states[indices],
+                           latents=latents, noise=noise, timesteps=t)
+
+
+@torch.no_grad()
+def build_in_memory_source(base: BaseModel, encoder: ChineseEncoder, images: list[Image.Image],
+                           captions_en: list[str], captions_zh: list[str], batch_size: int = 64) -> InMemorySource:
+    """Encode images (VAE mean) and English captions once; tokenize Chinese captions."""
+    size = image_size(base)
+    latents, states = [], []
+    for i in range(0, len(images), batch_size):
+        latents.append(base.encode_images(to_pixels(images[i:i + batch_size], size)).cpu())
+        states.append(base.encode_english(captions_en[i:i + batch_size]).cpu())
+    return InMemorySource(torch.cat(latents), torch.cat(states), encoder.tokenize(captions_zh),
+                          base.noise_scheduler.config.num_train_timesteps)

@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from iap.checkpoint import TrainState, latest_checkpoint, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from iap.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
 from iap.config import TrainConfig
 from iap.errors import IapError
 from iap.models.chinese import ChineseEncoder

@@ -1,0 +1,114 @@
+"""Per-sample training step time: `separate` vs `pivot` with given queries, side by side.
+
+Models: the tiny preset, and an SD-1.5-shaped UNet (random weights from the real config: blocks
+320/640/1280/1280, 16 cross-attention layers, 64x64 latents, 77x768 text) with a 768-wide,
+12-layer BERT as the Chinese encoder. A step = encoder forward + loss + backward + AdamW step.
+
+    python bench/train_step.py [--skip-sd15] [--reps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from types import SimpleNamespace
+
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from transformers import BertConfig, BertModel
+
+from iap.models.chinese import ChineseEncoder
+from iap.objective import FrozenBatch, Teacher, make_objective
+
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+BERT_768 = dict(vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                intermediate_size=3072, max_position_embeddings=512)
+
+
+def _time(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure(unet, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[str, float]:
+    base = SimpleNamespace(unet=unet, noise_scheduler=DDPMScheduler(beta_schedule="scaled_linear",
+                                                                    beta_start=0.00085, beta_end=0.012))
+    teacher = Teacher(base)
+    size, dim = unet.config.sample_size, unet.config.cross_attention_dim
+    g = torch.Generator().manual_seed(0)
+    batch = FrozenBatch(zh_ids=torch.randint(0, 100, (batch_size, 77), generator=g),
+                        en_states=torch.randn(batch_size, 77, dim, generator=g),
+                        latents=torch.randn(batch_size, 4, size, size, generator=g),
+                        noise=torch.randn(batch_size, 4, size, size, generator=g),
+                        timesteps=torch.randint(0, 1000, (batch_size,), generator=g))
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-5)
+
+    def step(objective, b):
+        def run():
+            loss = objective(encoder(b.zh_ids), b)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return run
+
+    queries, targets, _ = teacher.english_pass(batch)
+    given = FrozenBatch(**{**vars(batch), "queries": queries, "targets": targets})
+
+    def encoder_only():
+        encoder(batch.zh_ids).float().pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    out = {
+        "separate": _time(step(make_objective("separate", teacher), batch), reps),
+        "pivot (queries given)": _time(step(make_objective("pivot", teacher), given), reps),
+        "encoder only (floor)": _time(encoder_only, reps),
+    }
+    return {k: v / batch_size for k, v in out.items()}
+
+
+def tiny(reps: int) -> dict[str, float]:
+    from iap.models import load_base, load_chinese_encoder
+    from iap.models.tiny import write_tiny
+    with tempfile.TemporaryDirectory() as d:
+        write_tiny(d)
+        base = load_base(f"{d}/base")
+        encoder = load_chinese_encoder(f"{d}/zh_encoder", base.cross_attention_dim, base.max_length)
+    return measure(base.unet, encoder, batch_size=32, reps=reps)
+
+
+def sd15(reps: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SD15_UNET).eval().requires_grad_(False)
+    tokenizer = SimpleNamespace(pad_token_id=0, model_max_length=77)
+    encoder = ChineseEncoder(BertModel(BertConfig(**BERT_768), add_pooling_layer=False), tokenizer, 77)
+    return measure(unet, encoder, batch_size=1, reps=reps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-sd15", action="store_true")
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    results = {"tiny preset (batch 32)": tiny(args.reps * 5)}
+    if not args.skip_sd15:
+        results["SD-1.5 shapes (batch 1)"] = sd15(args.reps)
+    print(f"\nper-sample training step time, CPU, {torch.get_num_threads()} threads (median)")
+    print(f"{'model':26} {'separate':>12} {'pivot (given q)':>16} {'encoder floor':>14} {'separate/pivot':>15}")
+    for name, r in results.items():
+        print(f"{name:26} {r['separate'] * 1e3:10.1f}ms {r['pivot (queries given)'] * 1e3:14.1f}ms "
+              f"{r['encoder only (floor)'] * 1e3:12.1f}ms {r['separate'] / r['pivot (queries given)']:14.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from iap.cli import main
+
+main()

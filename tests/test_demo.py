@@ -1,0 +1,58 @@
+"""The embedded default, end to end: training works, the export is a plain diffusers pipeline."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from iap.errors import IapError
+from iap.generate import generate, load_pipeline
+
+
+def test_pivot_training_transfers_to_held_out_combos(demo_summary):
+    m = demo_summary["metrics"]
+    assert m["heldout_loss_after"] < m["mismatched_caption_loss"] / 10
+    assert m["heldout_loss_after"] < m["heldout_loss_before"] / 100
+    assert m["retrieval_top1_after"] >= 0.9
+    assert m["retrieval_top1_before"] < 0.1
+
+
+def test_summary_file(demo_summary):
+    summary = json.loads((Path(demo_summary["workdir"]) / "summary.json").read_text())
+    for key in ("pipeline_dir", "checkpoint", "metrics"):
+        assert key in summary
+    assert (Path(summary["samples_dir"]) / "zh.png").exists()
+
+
+VANILLA = """
+import sys, numpy as np
+from diffusers import StableDiffusionPipeline
+assert not any(m == "iap" or m.startswith("iap.") for m in sys.modules)
+pipe = StableDiffusionPipeline.from_pretrained(sys.argv[1], safety_checker=None, requires_safety_checker=False)
+img = pipe("蓝色背景上的一个大红色圆形", num_inference_steps=4, output_type="np").images[0]
+assert img.shape[-1] == 3 and np.isfinite(img).all()
+print(type(pipe.text_encoder).__name__, pipe.tokenizer.model_max_length)
+"""
+
+
+def test_export_loads_in_vanilla_diffusers(demo_summary, tmp_path):
+    r = subprocess.run([sys.executable, "-c", VANILLA, demo_summary["pipeline_dir"]], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-2:] == ["BertModel", "77"]
+    assert (Path(demo_summary["pipeline_dir"]) / "README.md").exists()
+
+
+def test_export_refuses_another_base(demo_summary, tmp_path):
+    from iap.export import export_pipeline
+    from iap.models.tiny import TinyConfig, write_tiny
+    other = write_tiny(tmp_path / "other", TinyConfig(seed=1))
+    with pytest.raises(IapError, match="trained for base model"):
+        export_pipeline(demo_summary["checkpoint"], str(other / "base"), tmp_path / "out")
+
+
+def test_generate_rejects_empty_prompt_list(demo_summary):
+    with pytest.raises(IapError, match="no prompt"):
+        generate(load_pipeline(demo_summary["pipeline_dir"]), ["", "  "])

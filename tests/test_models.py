@@ -1,0 +1,53 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from iap.config import TrainConfig, load_config
+from iap.errors import IapError
+from iap.models import load_base, load_chinese_encoder
+from iap.models.base import weights_fingerprint
+from iap.models.tiny import write_tiny
+
+
+def test_tiny_preset_is_deterministic(tiny_dir, tmp_path):
+    again = write_tiny(tmp_path / "again")
+    assert weights_fingerprint(str(again / "base")) == weights_fingerprint(str(tiny_dir / "base"))
+    assert weights_fingerprint(str(again / "zh_encoder")) == weights_fingerprint(str(tiny_dir / "zh_encoder"))
+
+
+def test_frozen_base_and_lengths(base, encoder):
+    for part in (base.unet, base.vae, base.text_encoder):
+        assert not part.training and not any(p.requires_grad for p in part.parameters())
+    assert base.max_length == encoder.max_length == 77
+    assert encoder.tokenize(["蓝色背景上的一个大红色圆形"]).shape == (1, 77)
+    assert "[UNK]" not in encoder.tokenizer.tokenize("一张白色背景上的小黑色菱形的照片")
+
+
+def test_missing_base_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(IapError, match="does not exist"):
+        load_base(tmp_path / "nope")
+
+
+def test_hidden_size_mismatch_names_both_numbers(tiny_dir):
+    with pytest.raises(IapError, match=r"hidden size 64.*cross_attention_dim is 768.*chinese-roberta"):
+        load_chinese_encoder(tiny_dir / "zh_encoder", cross_attention_dim=768)
+
+
+def test_cli_errors_are_one_message(tiny_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "iap", "train", "--base", str(tmp_path / "nope"),
+                        "--zh-encoder", str(tiny_dir / "zh_encoder"), "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "does not exist" in r.stderr and "Traceback" not in r.stderr + r.stdout
+
+
+def test_bad_config_file_names_file_and_field(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"steps": -3}))
+    with pytest.raises(IapError, match=r"train.json: field 'steps'"):
+        load_config(path, TrainConfig)
+    path.write_text("{not json")
+    with pytest.raises(IapError, match="train.json"):
+        load_config(path, TrainConfig)

@@ -1,0 +1,74 @@
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from iap.objective import Teacher, layer_mse, make_objective
+
+
+def test_capture_processor_reproduces_stock_unet(base, small_source):
+    batch = small_source.batch(torch.arange(4), torch.Generator().manual_seed(0))
+    teacher = Teacher(base)
+    x = teacher.noisy_latents(batch)
+    with torch.no_grad():
+        captured = base.unet(x, batch.timesteps, batch.en_states).sample
+        base.unet.set_attn_processor(AttnProcessor2_0())
+        stock = base.unet(x, batch.timesteps, batch.en_states).sample
+    assert torch.equal(captured, stock)
+
+
+def test_pivot_from_given_queries_equals_live_unet_pass(base, encoder, small_source):
+    """pivot (standalone attention over given queries) == a real UNet pass with the Chinese states in
+    which every cross-attention layer is fed the English-pass queries: loss and gradients."""
+    batch = small_source.batch(torch.arange(8), torch.Generator().manual_seed(1))
+    teacher = Teacher(base)
+    pivot = make_objective("pivot", teacher)
+    queries, targets, _ = teacher.english_pass(batch)
+    batch.queries, batch.targets = queries, targets
+
+    loss_given = pivot(encoder(batch.zh_ids), batch)
+    grads_given = torch.autograd.grad(loss_given, list(encoder.parameters()))
+    outputs, _ = teacher.chinese_pass(batch, encoder(batch.zh_ids), inject=queries)
+    loss_live = layer_mse(outputs, targets, pivot.weights)
+    grads_live = torch.autograd.grad(loss_live, list(encoder.parameters()))
+
+    assert loss_given.item() > 1e-3
+    torch.testing.assert_close(loss_given, loss_live, rtol=1e-6, atol=1e-9)
+    for a, b in zip(grads_given, grads_live, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_gradients_reach_only_the_chinese_encoder(base, encoder, small_source):
+    batch = small_source.batch(torch.arange(4), torch.Generator().manual_seed(2))
+    teacher = Teacher(base)
+    for name in ("pivot", "separate", "eps-distill", "embedding-mse"):
+        encoder.zero_grad()
+        loss = make_objective(name, teacher)(encoder(batch.zh_ids), batch)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters()), name
+        for frozen in (base.unet, base.vae, base.text_encoder):
+            assert all(p.grad is None and not p.requires_grad for p in frozen.parameters()), name
+            assert not frozen.training
+
+
+def test_loss_is_zero_when_chinese_states_equal_english(base, small_source):
+    batch = small_source.batch(torch.arange(8), torch.Generator().manual_seed(3))
+    teacher = Teacher(base)
+    for name in ("pivot", "separate", "eps-distill", "embedding-mse"):
+        assert make_objective(name, teacher)(batch.en_states, batch).item() < 1e-10, name
+    mismatched = make_objective("pivot", teacher)(batch.en_states.roll(1, 0), batch).item()
+    assert mismatched > 1e-4
+
+
+def test_layer_weights_select_layers(base, encoder, small_source):
+    """Weights are prefix-matched: weight 1 on one layer and 0 elsewhere gives that layer's MSE."""
+    from iap.attention import attend
+
+    batch = small_source.batch(torch.arange(4), torch.Generator().manual_seed(4))
+    teacher = Teacher(base)
+    queries, targets, _ = teacher.english_pass(batch)
+    states = encoder(batch.zh_ids).detach()
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+    only_one = make_objective("pivot", teacher, {"down_blocks.0": 1.0, "": 0.0})
+    direct = torch.nn.functional.mse_loss(attend(teacher.layers[name], queries[name], states), targets[name])
+    assert only_one(states, batch).item() == pytest.approx(direct.item(), rel=1e-6)

@@ -2,7 +2,7 @@
 
 Models: the tiny preset, and an SD-1.5-shaped UNet (random weights from the real config: blocks
 320/640/1280/1280, 16 cross-attention layers, 64x64 latents, 77x768 text) with a 768-wide,
-12-layer BERT as the Chinese encoder. A step = encoder forward + loss + backward + AdamW step.
+12-layer BERT as the Chinese encoder. A step = encoder forward + loss + backward + (fused) AdamW step, as in iap.train.
 
     python bench/train_step.py [--skip-sd15] [--reps N]
 """
@@ -21,6 +21,7 @@ from transformers import BertConfig, BertModel
 
 from iap.models.chinese import ChineseEncoder
 from iap.objective import FrozenBatch, Teacher, make_objective
+from iap.train import make_optimizer
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
@@ -46,12 +47,13 @@ def measure(unet, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[s
     teacher = Teacher(base)
     size, dim = unet.config.sample_size, unet.config.cross_attention_dim
     g = torch.Generator().manual_seed(0)
-    batch = FrozenBatch(zh_ids=torch.randint(0, 100, (batch_size, 77), generator=g),
+    vocab = encoder.model.config.vocab_size
+    batch = FrozenBatch(zh_ids=torch.randint(0, vocab, (batch_size, 77), generator=g),
                         en_states=torch.randn(batch_size, 77, dim, generator=g),
                         latents=torch.randn(batch_size, 4, size, size, generator=g),
                         noise=torch.randn(batch_size, 4, size, size, generator=g),
                         timesteps=torch.randint(0, 1000, (batch_size,), generator=g))
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-5)
+    optimizer = make_optimizer(encoder.parameters(), lr=1e-5, weight_decay=0.01)
 
     def step(objective, b):
         def run():

@@ -1,0 +1,178 @@
+"""Download a manifest's images with img2dataset (real HTTP) into shards, accounting for every row.
+
+Output (local or s3://): OUT/raw-<id>/shards/*.parquet (+ *_stats.json) and OUT/raw-<id>/download.json,
+written last as the completion marker. <id> hashes the manifest's content and the download config,
+so the same inputs are never downloaded twice. Every input row ends as a success or as a failure
+counted under one reason; downloaded + failed must equal the input rows.
+
+img2dataset spawns worker processes and installs a SIGINT handler: call `download` from the main
+thread of a program whose entry point is guarded by `if __name__ == "__main__":`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from iap.config import StageConfig
+from iap.data.manifest import table_fingerprint
+from iap.errors import IapError
+
+FAILURE_REASONS = ("http_error", "timeout", "corrupt_image", "too_small", "network_error", "other")
+
+
+class DownloadConfig(StageConfig):
+    """img2dataset options, with safe defaults (see img2dataset's docs for each)."""
+
+    image_size: int = Field(256, ge=8)
+    resize_mode: Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"] = "keep_ratio"
+    resize_only_if_bigger: bool = True
+    min_image_size: int = Field(0, ge=0, description="smaller originals fail as too_small")
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    output_format: Literal["parquet", "webdataset"] = "parquet"
+    processes_count: int = Field(1, ge=1)
+    thread_count: int = Field(16, ge=1)
+    number_sample_per_shard: int = Field(1000, ge=1)
+    retries: int = Field(0, ge=0)
+    timeout: int = Field(10, ge=1)
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+
+
+@dataclass
+class DownloadReport:
+    raw_url: str  # OUT/raw-<id>
+    shards_url: str
+    download_id: str
+    input_rows: int
+    downloaded: int
+    failed: dict[str, int]
+    failure_examples: dict[str, str] = field(default_factory=dict)
+    manifest_fingerprint: str = ""
+    config: dict = field(default_factory=dict)
+    cached: bool = False
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+
+def failure_reason(message: str | None) -> str:
+    m = (message or "").lower()
+    if "http error" in m:
+        return "http_error"
+    if "timed out" in m or "timeout" in m:
+        return "timeout"
+    if "too small" in m:
+        return "too_small"
+    if "decoding" in m or "cannot identify" in m or "truncated" in m:
+        return "corrupt_image"
+    if "urlopen error" in m or "connection" in m or "unknown url type" in m:
+        return "network_error"
+    return "other"
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts))
+
+
+def _count_rows(fs: fsspec.AbstractFileSystem, shards_url: str, input_rows: int) -> tuple[int, Counter, dict]:
+    files = sorted(fs.glob(_join(shards_url, "*.parquet")))
+    if not files:
+        raise IapError(f"img2dataset wrote no shard under {shards_url}")
+    meta = ds.dataset(files, filesystem=fs, format="parquet").to_table(columns=["status", "error_message"])
+    ok = sum(1 for s in meta["status"].to_pylist() if s == "success")
+    reasons: Counter = Counter()
+    examples: dict[str, str] = {}
+    for status, msg in zip(meta["status"].to_pylist(), meta["error_message"].to_pylist(), strict=True):
+        if status != "success":
+            reason = failure_reason(msg)
+            reasons[reason] += 1
+            examples.setdefault(reason, msg or "")
+    missing = input_rows - meta.num_rows
+    if missing:
+        reasons["unaccounted"] += missing
+    return ok, reasons, examples
+
+
+def _watch_progress(fs, shards_url: str, total: int, on_progress, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        try:
+            on_progress(len(fs.glob(_join(shards_url, "*_stats.json"))), total)
+        except OSError:
+            pass
+
+
+def _run_img2dataset(input_url: str, shards_url: str, extra_cols: list[str], cfg: DownloadConfig) -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    from img2dataset import download as img2dataset_download
+
+    img2dataset_download(
+        url_list=input_url, input_format="parquet", url_col="url", caption_col="caption_en",
+        save_additional_columns=["caption_zh", "iap_key", *extra_cols], output_folder=shards_url,
+        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
+        min_image_size=cfg.min_image_size, encode_format=cfg.encode_format, output_format=cfg.output_format,
+        processes_count=cfg.processes_count, thread_count=cfg.thread_count,
+        number_sample_per_shard=cfg.number_sample_per_shard, retries=cfg.retries, timeout=cfg.timeout,
+        distributor=cfg.distributor, enable_wandb=False, compute_hash="sha256",
+    )
+
+
+def download(manifest: pa.Table, out_url: str, cfg: DownloadConfig | None = None,
+             on_progress: Callable[[int, int], None] | None = None) -> DownloadReport:
+    """Download every manifest row (columns from read_manifest) into OUT/raw-<id>/shards."""
+    cfg = cfg or DownloadConfig()
+    fingerprint = table_fingerprint(manifest)
+    download_id = _download_id(fingerprint, cfg)
+    raw_url = _join(out_url, f"raw-{download_id}")
+    shards_url = _join(raw_url, "shards")
+    fs, _, _ = fsspec.get_fs_token_paths(raw_url)
+    marker = _join(raw_url, "download.json")
+    if fs.exists(marker):
+        with fs.open(marker, "r") as f:
+            return DownloadReport(**{**json.load(f), "cached": True})
+    if fs.exists(shards_url):  # a killed earlier attempt: start clean (img2dataset would skip its shards)
+        fs.rm(shards_url, recursive=True)
+    input_url = _join(raw_url, "input", "manifest.parquet")
+    fs.makedirs(_join(raw_url, "input"), exist_ok=True)
+    with fs.open(input_url, "wb") as f:
+        pq.write_table(manifest.rename_columns(["iap_key", *manifest.column_names[1:]]), f)
+    extra = [c for c in manifest.column_names if c not in {"key", "url", "caption_zh", "caption_en"}]
+    stop = threading.Event()
+    if on_progress:
+        total = math.ceil(manifest.num_rows / cfg.number_sample_per_shard)
+        threading.Thread(target=_watch_progress, args=(fs, shards_url, total, on_progress, stop), daemon=True).start()
+    try:
+        _run_img2dataset(input_url, shards_url, extra, cfg)
+    finally:
+        stop.set()
+    ok, reasons, examples = _count_rows(fs, shards_url, manifest.num_rows)
+    report = DownloadReport(raw_url=raw_url, shards_url=shards_url, download_id=download_id,
+                            input_rows=manifest.num_rows, downloaded=ok, failed=dict(reasons),
+                            failure_examples=examples, manifest_fingerprint=fingerprint,
+                            config=cfg.model_dump(mode="json"))
+    if reasons.get("unaccounted"):
+        raise IapError(f"img2dataset lost {reasons['unaccounted']} of {manifest.num_rows} rows under {shards_url}: "
+                       "some shards failed; re-run to retry them")
+    with fs.open(marker, "w") as f:
+        json.dump({k: v for k, v in asdict(report).items() if k != "cached"}, f, indent=1)
+    return report
+
+
+def _download_id(fingerprint: str, cfg: DownloadConfig) -> str:
+    """Manifest content + the options that change what is downloaded (not how it is parallelised)."""
+    options = cfg.content_hash(exclude={"distributor", "processes_count", "thread_count"})
+    return hashlib.sha256(f"{fingerprint}:{options}".encode()).hexdigest()[:16]

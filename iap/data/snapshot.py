@@ -1,0 +1,265 @@
+"""Filter downloaded shards with DuckDB into a dataset snapshot.
+
+A snapshot is OUT/snapshots/<id>/{train,val,test}/part-NNNNN.parquet plus snapshot.json (id, row
+counts, funnel, config, input fingerprint). <id> hashes the content of the successful input rows
+and the filter config: the same inputs and config give the same id and are not recomputed. A
+snapshot is visible (has snapshot.json) only once complete: it is built in a temporary local
+folder and committed by a rename (local) or an upload with snapshot.json written last (s3://).
+
+Rules run in order; each removes rows that survived the earlier ones and reports how many.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import duckdb
+import fsspec
+from pydantic import Field, field_validator
+
+from iap.config import StageConfig
+from iap.errors import IapError
+
+CJK = r"[\x{3400}-\x{4dbf}\x{4e00}-\x{9fff}\x{f900}-\x{faff}]"
+SPLITS = ("train", "val", "test")
+CORE_COLUMNS = ["key", "url", "caption_zh", "caption_en", "image", "width", "height",
+                "original_width", "original_height", "sha256"]
+
+
+class FilterConfig(StageConfig):
+    """The snapshot's rules, applied in this order."""
+
+    zh_min_chars: int = Field(2, ge=0)
+    zh_max_chars: int = Field(256, ge=1)
+    en_min_words: int = Field(2, ge=0)
+    en_max_words: int = Field(77, ge=1)
+    zh_cjk_ratio: float = Field(0.5, ge=0, le=1, description="CJK characters / non-space characters")
+    en_latin_ratio: float = Field(0.6, ge=0, le=1, description="ASCII letters / non-space characters")
+    min_side: int = Field(0, ge=0, description="pixels, of the original image")
+    max_aspect: float = Field(3.0, ge=1)
+    dedup_image: bool = True
+    dedup_captions: bool = True
+    where: str | None = Field(None, description="extra SQL predicate over the row's columns (read-only)")
+    val_fraction: float = Field(0.05, ge=0, le=1)
+    test_fraction: float = Field(0.05, ge=0, le=1)
+    split_key: str = Field("key", description="column hashed for the split (e.g. a group id)")
+    shard_rows: int = Field(10_000, ge=1)
+
+    @field_validator("where")
+    @classmethod
+    def _one_expression(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        try:
+            statements = duckdb.connect().extract_statements(f"SELECT * FROM t WHERE {v}")
+        except duckdb.Error as e:
+            raise ValueError(f"not a valid SQL predicate: {str(e).splitlines()[0]}") from e
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise ValueError("must be a single predicate, not several statements")
+        return v
+
+
+@dataclass
+class Snapshot:
+    id: str
+    url: str
+    rows: dict[str, int]
+    funnel: list[dict]
+    config: dict
+    inputs: dict
+    shards: dict[str, list[str]] = field(default_factory=dict)
+    cached: bool = False
+
+    def split_urls(self, split: str) -> list[str]:
+        return [f"{self.url}/{s}" for s in self.shards.get(split, [])]
+
+
+def _rules(cfg: FilterConfig) -> list[tuple[str, str]]:
+    """(rule name, SQL predicate a row must satisfy), in order."""
+    zh_len = "length(regexp_replace(caption_zh, '\\s', '', 'g'))"
+    en_len = "length(regexp_replace(caption_en, '\\s', '', 'g'))"
+    en_words = "len(regexp_split_to_array(trim(caption_en), '\\s+'))"
+    return [
+        ("missing_caption", "coalesce(trim(caption_zh), '') <> '' AND coalesce(trim(caption_en), '') <> ''"),
+        ("zh_length", f"{zh_len} BETWEEN {cfg.zh_min_chars} AND {cfg.zh_max_chars}"),
+        ("en_length", f"{en_words} BETWEEN {cfg.en_min_words} AND {cfg.en_max_words}"),
+        ("zh_not_chinese", f"length(regexp_replace(caption_zh, '[^' || '{CJK[1:-1]}' || ']', '', 'g')) "
+                           f">= {cfg.zh_cjk_ratio} * {zh_len}"),
+        ("en_not_latin", f"length(regexp_replace(caption_en, '[^A-Za-z]', '', 'g')) >= {cfg.en_latin_ratio} * {en_len}"),
+        ("image_too_small", f"least(original_width, original_height) >= {cfg.min_side}"),
+        ("aspect_ratio", f"greatest(original_width, original_height) <= {cfg.max_aspect} * "
+                         "least(original_width, original_height)"),
+    ]
+
+
+def _connect(*urls: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    for url in urls:
+        fs, _, _ = fsspec.get_fs_token_paths(url)
+        if "file" not in fs.protocol:
+            con.register_filesystem(fs)  # DuckDB reads s3:// through s3fs; httpfs would need a download
+    return con
+
+
+def _load_rows(con: duckdb.DuckDBPyConnection, shards_url: str) -> list[str]:
+    """Successful rows into table `rows`; returns the extra (carried-through) columns."""
+    src = f"read_parquet('{shards_url.rstrip('/')}/*.parquet', union_by_name=true)"
+    cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
+    skip = {"iap_key", "caption", "key", "status", "error_message", "exif", "jpg", "png", "webp", "url",
+            "caption_zh", "width", "height", "original_width", "original_height", "sha256"}
+    extras = [c for c in cols if c not in skip]
+    image = next((c for c in ("jpg", "png", "webp") if c in cols), None)
+    if image is None or "iap_key" not in cols:
+        raise IapError(f"{shards_url}: not iap download shards (need parquet output with images and iap_key)")
+    extra_sql = "".join(f', "{c}"' for c in extras)
+    con.execute(f"""CREATE TEMP TABLE rows AS
+        SELECT row_number() OVER (ORDER BY iap_key, url) AS row_id, iap_key AS key, url, caption_zh,
+               caption AS caption_en, {image} AS image, width, height, original_width, original_height,
+               sha256{extra_sql}, CAST(NULL AS VARCHAR) AS removed_by, CAST(NULL AS VARCHAR) AS split
+        FROM {src} WHERE status = 'success'""")
+    return extras
+
+
+def _content_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
+    """Order-independent hash of the successful rows' content (so re-sharding keeps the id)."""
+    row = ("concat_ws('\t', key, sha256, caption_zh, caption_en, original_width, original_height)")
+    n, x, s = con.execute(f"SELECT count(*), bit_xor(md5_number_lower({row})), "
+                          f"sum(md5_number_lower({row}) >> 20) FROM rows").fetchone()
+    return hashlib.sha256(f"{n}:{x}:{s}".encode()).hexdigest()[:16]
+
+
+def _remove(con, rule: str, sql_keep: str) -> int:
+    return con.execute(f"UPDATE rows SET removed_by = '{rule}' WHERE removed_by IS NULL AND NOT "
+                       f"coalesce(({sql_keep}), false)").fetchone()[0]
+
+
+def _dedup(con, rule: str, partition: str) -> int:
+    return con.execute(f"""UPDATE rows SET removed_by = '{rule}' WHERE row_id IN (
+        SELECT row_id FROM (SELECT row_id, row_number() OVER (PARTITION BY {partition} ORDER BY key, row_id) AS rn
+                            FROM rows WHERE removed_by IS NULL) WHERE rn > 1)""").fetchone()[0]
+
+
+def _user_where(con, predicate: str) -> int:
+    """Run the user's predicate in a sandbox connection (no file access) over the rows' metadata."""
+    meta = con.execute("SELECT * EXCLUDE (image, removed_by, split) FROM rows WHERE removed_by IS NULL").arrow()
+    sandbox = duckdb.connect()
+    sandbox.register("candidates", meta)
+    sandbox.execute("SET enable_external_access = false")
+    sandbox.execute("SET lock_configuration = true")
+    try:
+        keep = sandbox.execute(f"SELECT row_id FROM candidates WHERE {predicate}").arrow()
+    except duckdb.Error as e:
+        raise IapError(f"filter 'where': {str(e).splitlines()[0]}") from e
+    con.register("kept_by_where", keep)
+    return con.execute("UPDATE rows SET removed_by = 'where' WHERE removed_by IS NULL "
+                       "AND row_id NOT IN (SELECT row_id FROM kept_by_where)").fetchone()[0]
+
+
+def _apply_rules(con, cfg: FilterConfig, start: int) -> list[dict]:
+    funnel, remaining = [], start
+    steps = [(name, lambda n=name, s=sql: _remove(con, n, s)) for name, sql in _rules(cfg)]
+    if cfg.dedup_image:
+        steps.append(("duplicate_image", lambda: _dedup(con, "duplicate_image", "sha256")))
+    if cfg.dedup_captions:
+        steps.append(("duplicate_captions", lambda: _dedup(con, "duplicate_captions", "caption_zh, caption_en")))
+    if cfg.where:
+        steps.append(("where", lambda: _user_where(con, cfg.where)))
+    for name, run in steps:
+        removed = run()
+        remaining -= removed
+        funnel.append({"stage": "filter", "rule": name, "removed": removed, "remaining": remaining})
+    return funnel
+
+
+def _assign_splits(con, cfg: FilterConfig, extras: list[str]) -> None:
+    if cfg.split_key not in ["key", "url", "caption_zh", "caption_en", *extras]:
+        raise IapError(f"filter 'split_key': column '{cfg.split_key}' not in the shards (have key, url, "
+                       f"captions, {', '.join(extras) or 'no extra columns'})")
+    bucket = f"(md5_number_lower(CAST(\"{cfg.split_key}\" AS VARCHAR)) % 1000000) / 1000000.0"
+    con.execute(f"""UPDATE rows SET split = CASE WHEN {bucket} < {cfg.test_fraction} THEN 'test'
+        WHEN {bucket} < {cfg.test_fraction + cfg.val_fraction} THEN 'val' ELSE 'train' END
+        WHERE removed_by IS NULL""")
+
+
+def _write_local(con, folder: Path, cfg: FilterConfig, extras: list[str]) -> dict[str, list[str]]:
+    cols = ", ".join(f'"{c}"' for c in CORE_COLUMNS + extras)
+    con.execute(f"""COPY (SELECT {cols}, split,
+            (row_number() OVER (PARTITION BY split ORDER BY key, row_id) - 1) // {cfg.shard_rows} AS shard
+        FROM rows WHERE removed_by IS NULL ORDER BY split, key, row_id)
+        TO '{folder / 'parts'}' (FORMAT parquet, PARTITION_BY (split, shard))""")
+    shards: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for f in sorted((folder / "parts").rglob("*.parquet")):
+        split = f.parent.parent.name.split("=", 1)[1]
+        shard = int(f.parent.name.split("=", 1)[1])
+        name = f"{split}/part-{shard:05d}.parquet"
+        (folder / split).mkdir(exist_ok=True)
+        f.rename(folder / name)
+        shards[split].append(name)
+    shutil.rmtree(folder / "parts")
+    return shards
+
+
+def snapshot_id(content: str, cfg: FilterConfig) -> str:
+    return hashlib.sha256(f"{content}:{cfg.content_hash()}".encode()).hexdigest()[:16]
+
+
+def open_snapshot(url: str) -> Snapshot:
+    """A committed snapshot by its URL (OUT/snapshots/<id>); refuses an incomplete one."""
+    fs, _, _ = fsspec.get_fs_token_paths(url)
+    marker = f"{url.rstrip('/')}/snapshot.json"
+    if not fs.exists(marker):
+        raise IapError(f"snapshot {url} does not exist or is incomplete (no snapshot.json)")
+    with fs.open(marker, "r") as f:
+        return Snapshot(**{**json.load(f), "cached": True})
+
+
+def build_snapshot(shards_url: str, out_url: str, cfg: FilterConfig | None = None,
+                   download_funnel: list[dict] | None = None) -> Snapshot:
+    """Filter shards into OUT/snapshots/<id>; returns the existing snapshot when the id is known."""
+    cfg = cfg or FilterConfig()
+    con = _connect(shards_url, out_url)
+    extras = _load_rows(con, shards_url)
+    content = _content_fingerprint(con)
+    sid = snapshot_id(content, cfg)
+    final_url = f"{out_url.rstrip('/')}/snapshots/{sid}"
+    fs, _, _ = fsspec.get_fs_token_paths(final_url)
+    if fs.exists(f"{final_url}/snapshot.json"):
+        return open_snapshot(final_url)
+    start = con.execute("SELECT count(*) FROM rows").fetchone()[0]
+    funnel = list(download_funnel or []) + _apply_rules(con, cfg, start)
+    _assign_splits(con, cfg, extras)
+    rows = dict(con.execute("SELECT split, count(*) FROM rows WHERE removed_by IS NULL GROUP BY split").fetchall())
+    rows = {s: rows.get(s, 0) for s in SPLITS} | {"total": sum(rows.values())}
+    with tempfile.TemporaryDirectory(prefix="iap-snapshot-") as tmp:
+        shards = _write_local(con, Path(tmp), cfg, extras)
+        snap = Snapshot(id=sid, url=final_url, rows=rows, funnel=funnel, config=cfg.model_dump(mode="json"),
+                        inputs={"shards_url": shards_url, "content_fingerprint": content,
+                                "rows_in": start}, shards=shards)
+        _commit(fs, Path(tmp), final_url, snap)
+    return snap
+
+
+def _commit(fs, tmp: Path, final_url: str, snap: Snapshot) -> None:
+    """Make the snapshot visible only when complete."""
+    meta = json.dumps({k: v for k, v in asdict(snap).items() if k != "cached"}, indent=1, ensure_ascii=False)
+    if fs.exists(final_url):  # leftovers of a killed commit: never complete (no snapshot.json)
+        fs.rm(final_url, recursive=True)
+    if "file" in fs.protocol:
+        for stale in Path(final_url).parent.glob(f"{Path(final_url).name}.tmp-*"):  # a killed commit
+            shutil.rmtree(stale, ignore_errors=True)
+        staged = Path(f"{final_url}.tmp-{os.getpid()}")
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(tmp, staged)
+        (staged / "snapshot.json").write_text(meta)
+        os.rename(staged, final_url)
+    else:
+        fs.put(str(tmp) + "/", final_url, recursive=True)
+        with fs.open(f"{final_url}/snapshot.json", "w") as f:  # last: the commit point
+            f.write(meta)

@@ -110,6 +110,74 @@ def generate(prompts: list[str], pipeline: Annotated[Path, typer.Option(help="ex
         console.print(f"wrote {path}")
 
 
+@app.command()
+def synth(folder: Path, n: int = 200, seed: int = 0, broken: Annotated[int, typer.Option(
+        help="add this many rows of each broken kind (404, corrupt, tiny, slow, empty zh, English in zh, dups)")] = 0,
+          base_url: str = "http://127.0.0.1:8765") -> None:
+    """Write shapes-world images and a bilingual manifest whose URLs point at BASE_URL."""
+    from iap.data.synth import write_synth
+    manifest = write_synth(folder, n, seed, base_url, broken)
+    console.print(f"wrote {manifest}; serve it with: iap serve {folder} --port {base_url.rsplit(':', 1)[-1]}")
+
+
+@app.command()
+def serve(folder: Path, port: int = 8765) -> None:
+    """Serve FOLDER over HTTP on 127.0.0.1:PORT until interrupted."""
+    import time
+
+    from iap.data.synth import serve as start
+    server = start(folder, port)
+    console.print(f"serving {folder} on http://127.0.0.1:{port} (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+@app.command()
+def data(
+    manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path, glob or s3:// URL")],
+    out: Annotated[str, typer.Option(help="output root, local or s3://")],
+    url_col: str = "url", caption_zh_col: str = "caption_zh", caption_en_col: str = "caption_en",
+    key_col: str = "key", image_size: int = 256, min_image_size: int = 0, timeout: int = 10, retries: int = 0,
+    processes: int = 1, threads: int = 16, output_format: str = "parquet", distributor: str = "multiprocessing",
+    where: Annotated[str | None, typer.Option(help="extra SQL predicate over row columns")] = None,
+    split_key: str = "key", val_fraction: float = 0.05, test_fraction: float = 0.05,
+    min_side: int = 0, max_aspect: float = 3.0,
+) -> None:
+    """Download a manifest with img2dataset and filter it with DuckDB into a dataset snapshot."""
+    from pydantic import ValidationError
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from iap.data.download import DownloadConfig
+    from iap.data.manifest import ManifestColumns
+    from iap.data.pipeline import run_data
+    from iap.data.snapshot import FilterConfig
+    try:
+        dl = DownloadConfig(image_size=image_size, min_image_size=min_image_size, timeout=timeout, retries=retries,
+                            processes_count=processes, thread_count=threads, output_format=output_format,
+                            distributor=distributor)
+        flt = FilterConfig(where=where, split_key=split_key, val_fraction=val_fraction, test_fraction=test_fraction,
+                           min_side=min_side, max_aspect=max_aspect)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise IapError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
+    cols = ManifestColumns(url=url_col, caption_zh=caption_zh_col, caption_en=caption_en_col, key=key_col)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("downloading shards", total=None)
+        report, snapshot = run_data(manifest, out, dl, flt, cols,
+                                    on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    table = Table(title=f"snapshot {snapshot.id}" + (" (cached)" if snapshot.cached else ""))
+    for col in ("stage", "rule", "removed", "remaining"):
+        table.add_column(col, justify="right" if col in ("removed", "remaining") else "left")
+    for f in snapshot.funnel:
+        table.add_row(f["stage"], f["rule"], str(f["removed"]), str(f["remaining"]))
+    console.print(table)
+    console.print(f"rows: {snapshot.rows}\nsnapshot: {snapshot.url}")
+
+
 def main() -> None:
     from diffusers.utils import logging as diffusers_logging
     diffusers_logging.disable_progress_bar()

@@ -100,10 +100,12 @@ def _rules(cfg: FilterConfig) -> list[tuple[str, str]]:
 
 def _connect(*urls: str) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
+    registered = set()
     for url in urls:
         fs, _, _ = fsspec.get_fs_token_paths(url)
-        if "file" not in fs.protocol:
+        if "file" not in fs.protocol and fs.protocol not in registered:
             con.register_filesystem(fs)  # DuckDB reads s3:// through s3fs; httpfs would need a download
+            registered.add(fs.protocol)
     return con
 
 
@@ -147,13 +149,13 @@ def _dedup(con, rule: str, partition: str) -> int:
 
 def _user_where(con, predicate: str) -> int:
     """Run the user's predicate in a sandbox connection (no file access) over the rows' metadata."""
-    meta = con.execute("SELECT * EXCLUDE (image, removed_by, split) FROM rows WHERE removed_by IS NULL").arrow()
+    meta = con.execute("SELECT * EXCLUDE (image, removed_by, split) FROM rows WHERE removed_by IS NULL").to_arrow_table()
     sandbox = duckdb.connect()
     sandbox.register("candidates", meta)
     sandbox.execute("SET enable_external_access = false")
     sandbox.execute("SET lock_configuration = true")
     try:
-        keep = sandbox.execute(f"SELECT row_id FROM candidates WHERE {predicate}").arrow()
+        keep = sandbox.execute(f"SELECT row_id FROM candidates WHERE {predicate}").to_arrow_table()
     except duckdb.Error as e:
         raise IapError(f"filter 'where': {str(e).splitlines()[0]}") from e
     con.register("kept_by_where", keep)

@@ -21,6 +21,8 @@ from iap.objective import FrozenBatch
 class FrozenSource(Protocol):
     def __len__(self) -> int: ...
 
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor: ...
+
     def batch(self, indices: torch.Tensor, generator: torch.Generator) -> FrozenBatch: ...
 
 
@@ -52,6 +54,9 @@ class InMemorySource:
 
     def __len__(self) -> int:
         return len(self.latents)
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(len(self), generator=generator)
 
     def batch(self, indices: torch.Tensor, generator: torch.Generator) -> FrozenBatch:
         latents = self.latents[indices]

@@ -55,12 +55,14 @@ def _seed(*parts: int) -> int:
 
 
 class DataOrder:
-    """Deterministic batches: micro-batch m of the run is a slice of epoch m // batches_per_epoch."""
+    """Deterministic batches: micro-batch m is a slice of epoch m // batches_per_epoch, whose order
+    the source draws from a generator seeded by (seed, epoch)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    def __init__(self, source: FrozenSource, batch_size: int, seed: int):
+        n = len(source)
         if n < batch_size:
             raise IapError(f"the training set has {n} samples, fewer than batch_size={batch_size}")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.source, self.batch_size, self.seed = source, batch_size, seed
         self.per_epoch = n // batch_size
         self._epoch, self._perm = -1, None
 
@@ -68,7 +70,7 @@ class DataOrder:
         epoch, pos = divmod(micro_batch, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(_seed(self.seed, epoch))
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+            self._epoch, self._perm = epoch, self.source.epoch_order(g)
         return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
 
 
@@ -103,7 +105,7 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
     optimizer = make_optimizer([p for p in encoder.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     state = _resume(run_dir, cfg, encoder, optimizer, log)
     model, optimizer = accelerator.prepare(encoder, optimizer)
-    order = DataOrder(len(source), cfg.batch_size, cfg.seed)
+    order = DataOrder(source, cfg.batch_size, cfg.seed)
     config = cfg.model_dump(mode="json")
     ckpt = latest_checkpoint(run_dir)
     window: list[float] = []

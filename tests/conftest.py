@@ -10,10 +10,16 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+import socket  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from iap.data import shapes  # noqa: E402
+from iap.data.download import DownloadConfig  # noqa: E402
+from iap.data.pipeline import run_data  # noqa: E402
+from iap.data.snapshot import FilterConfig  # noqa: E402
+from iap.data.synth import serve, write_synth  # noqa: E402
 from iap.models import load_base, load_chinese_encoder  # noqa: E402
 from iap.models.tiny import write_tiny  # noqa: E402
 from iap.source import build_in_memory_source, image_size  # noqa: E402
@@ -52,3 +58,51 @@ def demo_summary(tmp_path_factory):
     summary = run_demo(workdir, log=lambda _: None)
     summary["workdir"] = str(workdir)
     return summary
+
+
+N_GOOD, BROKEN = 40, 2
+DOWNLOAD = DownloadConfig(image_size=32, min_image_size=16, timeout=2, number_sample_per_shard=30)
+FILTER = FilterConfig(shard_rows=20)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synth")
+    port = free_port()
+    manifest = write_synth(folder, n=N_GOOD, seed=0, base_url=f"http://127.0.0.1:{port}", broken=BROKEN)
+    server = serve(folder, port)
+    yield manifest
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def local_run(served, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    report, snapshot = run_data(str(served), str(out), DOWNLOAD, FILTER)
+    return out, report, snapshot
+
+
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3-compatible server (moto) on 127.0.0.1 with an empty bucket 'iap-test'."""
+    import fsspec
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("iap-test")
+    yield fs
+    fsspec.filesystem("s3", skip_instance_cache=True)  # drop the instance bound to this server
+    server.stop()

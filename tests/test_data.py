@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -12,39 +11,12 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from iap.data.download import DownloadConfig
 from iap.data.manifest import read_manifest
 from iap.data.pipeline import run_data
 from iap.data.snapshot import FilterConfig, build_snapshot, open_snapshot
-from iap.data.synth import BROKEN_KINDS, serve, write_synth
+from iap.data.synth import BROKEN_KINDS
 from iap.errors import IapError
-
-N_GOOD, BROKEN = 40, 2
-DOWNLOAD = DownloadConfig(image_size=32, min_image_size=16, timeout=2, number_sample_per_shard=30)
-FILTER = FilterConfig(shard_rows=20)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def served(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("synth")
-    port = free_port()
-    manifest = write_synth(folder, n=N_GOOD, seed=0, base_url=f"http://127.0.0.1:{port}", broken=BROKEN)
-    server = serve(folder, port)
-    yield manifest
-    server.shutdown()
-
-
-@pytest.fixture(scope="session")
-def local_run(served, tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    report, snapshot = run_data(str(served), str(out), DOWNLOAD, FILTER)
-    return out, report, snapshot
+from tests.conftest import BROKEN, DOWNLOAD, FILTER, N_GOOD
 
 
 def _rows(snapshot, splits=("train", "val", "test")) -> list[dict]:
@@ -159,23 +131,6 @@ def test_manifest_formats_and_column_names(tmp_path):
     for name in ("a.tsv", "b.jsonl"):
         t = read_manifest(str(tmp_path / name), cols)
         assert t.column_names[:4] == ["key", "url", "caption_zh", "caption_en"] and "extra" in t.column_names
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                 "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(k, v)
-    import fsspec
-    fsspec.config.conf.clear()
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("iap-test")
-    yield fs
-    server.stop()
 
 
 def test_end_to_end_on_s3(s3, served):

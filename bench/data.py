@@ -1,0 +1,142 @@
+"""Data-stage speed, printed side by side.
+
+1. img2dataset download throughput (images/s) from the local shapes-world server with the
+   default DownloadConfig.
+2. DuckDB filter throughput (rows/s) on a synthetic shard set in img2dataset's parquet schema
+   (captions + small fake image bytes), next to the same rules as a plain Python/pyarrow loop.
+
+    python bench/data.py [--rows 1000000] [--images 400] [--naive-rows 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from iap.data import shapes
+from iap.data.download import DownloadConfig, download
+from iap.data.manifest import read_manifest
+from iap.data.snapshot import FilterConfig, _apply_rules, _assign_splits, _connect, _load_rows, _write_local
+from iap.data.synth import serve, write_synth
+
+
+def bench_download(n: int, folder: Path) -> float:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest = write_synth(folder / "synth", n, seed=0, base_url=f"http://127.0.0.1:{port}")
+    server = serve(folder / "synth", port)
+    try:
+        table = read_manifest(str(manifest))
+        start = time.perf_counter()
+        report = download(table, str(folder / "out"), DownloadConfig())
+        elapsed = time.perf_counter() - start
+    finally:
+        server.shutdown()
+    assert report.downloaded == n, report
+    return n / elapsed
+
+
+def fake_shards(rows: int, folder: Path, shard_rows: int = 100_000) -> Path:
+    """img2dataset-shaped parquet shards: unique captions, ~1% duplicate images, 64-byte fake JPEGs."""
+    rng = np.random.default_rng(0)
+    pairs = [(s.caption_zh, s.caption_en) for s in shapes.samples(len(shapes.all_combos()) * 3, 0)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for start in range(0, rows, shard_rows):
+        n = min(shard_rows, rows - start)
+        ids = np.arange(start, start + n)
+        pick = rng.integers(0, len(pairs), n)
+        image_ids = np.where(rng.random(n) < 0.01, rng.integers(0, rows, n), ids)
+        table = pa.table({
+            "iap_key": [f"k{i:08d}" for i in ids],
+            "url": [f"http://x/{i}.jpg" for i in ids],
+            "caption_zh": [f"{pairs[p][0]}第{i}号" for p, i in zip(pick, ids, strict=True)],
+            "caption": [f"{pairs[p][1]} number {i}" for p, i in zip(pick, ids, strict=True)],
+            "jpg": [b"\xff\xd8" + hashlib.md5(str(j).encode()).digest() * 4 for j in image_ids],
+            "width": np.full(n, 64), "height": np.full(n, 64),
+            "original_width": rng.integers(16, 512, n), "original_height": rng.integers(16, 512, n),
+            "sha256": [hashlib.md5(str(j).encode()).hexdigest() for j in image_ids],
+            "status": ["success"] * n, "error_message": pa.nulls(n, pa.string()),
+        })
+        pq.write_table(table, folder / f"{start // shard_rows:05d}.parquet")
+    return folder
+
+
+def bench_duckdb(shards: Path, out: Path, cfg: FilterConfig) -> tuple[float, float, int]:
+    start = time.perf_counter()
+    con = _connect(str(shards))
+    extras = _load_rows(con, str(shards))
+    rows = con.execute("SELECT count(*) FROM rows").fetchone()[0]
+    funnel = _apply_rules(con, cfg, rows)
+    _assign_splits(con, cfg, extras)
+    filtered = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    _write_local(con, out, cfg, extras)
+    total = time.perf_counter() - start
+    return rows / filtered, rows / total, funnel[-1]["remaining"]
+
+
+CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+LATIN = re.compile(r"[A-Za-z]")
+
+
+def bench_naive(shards: Path, limit: int, cfg: FilterConfig) -> tuple[float, int]:
+    """The same rules, row by row in Python over pyarrow-read columns."""
+    start = time.perf_counter()
+    table = pa.concat_tables(pq.read_table(f) for f in sorted(shards.glob("*.parquet"))).slice(0, limit)
+    seen_images, seen_pairs, kept = set(), set(), []
+    for r in table.to_pylist():
+        zh, en = (r["caption_zh"] or "").strip(), (r["caption"] or "").strip()
+        if r["status"] != "success" or not zh or not en:
+            continue
+        zh_chars, en_chars = len(re.sub(r"\s", "", zh)), len(re.sub(r"\s", "", en))
+        if not cfg.zh_min_chars <= zh_chars <= cfg.zh_max_chars:
+            continue
+        if not cfg.en_min_words <= len(en.split()) <= cfg.en_max_words:
+            continue
+        if len(CJK.findall(zh)) < cfg.zh_cjk_ratio * zh_chars or len(LATIN.findall(en)) < cfg.en_latin_ratio * en_chars:
+            continue
+        w, h = r["original_width"], r["original_height"]
+        if min(w, h) < cfg.min_side or max(w, h) > cfg.max_aspect * min(w, h):
+            continue
+        if r["sha256"] in seen_images or (zh, en) in seen_pairs:
+            continue
+        seen_images.add(r["sha256"])
+        seen_pairs.add((zh, en))
+        bucket = int.from_bytes(hashlib.md5(r["iap_key"].encode()).digest()[8:], "little") % 1_000_000 / 1e6
+        kept.append((r["iap_key"], "test" if bucket < 0.05 else "val" if bucket < 0.1 else "train"))
+    return table.num_rows / (time.perf_counter() - start), len(kept)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--naive-rows", type=int, default=200_000)
+    args = parser.parse_args()
+    cfg = FilterConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        images_per_s = bench_download(args.images, tmp / "dl")
+        shards = fake_shards(args.rows, tmp / "shards")
+        filter_rate, total_rate, kept = bench_duckdb(shards, tmp / "snap", cfg)
+        naive_rate, naive_kept = bench_naive(shards, args.naive_rows, cfg)
+    print(f"\nimg2dataset download, {args.images} shapes-world images from 127.0.0.1, default DownloadConfig:"
+          f" {images_per_s:.0f} images/s")
+    print(f"\nfilter of {args.rows:,} rows ({kept:,} kept)          rows/s      vs naive")
+    print(f"  DuckDB rules + split                 {filter_rate:12,.0f}   {filter_rate / naive_rate:6.1f}x")
+    print(f"  DuckDB incl. writing the snapshot    {total_rate:12,.0f}   {total_rate / naive_rate:6.1f}x")
+    print(f"  naive Python loop ({args.naive_rows:,} rows, {naive_kept:,} kept) {naive_rate:9,.0f}     1.0x")
+
+
+if __name__ == "__main__":
+    main()

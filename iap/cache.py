@@ -1,0 +1,406 @@
+"""Precompute and cache the frozen English side once per (snapshot, base model, cache config).
+
+Layout of OUT/cache-<key>/ (local or s3://), <key> = hash(snapshot id, base fingerprint, config):
+  shards/<split>-<name>.safetensors   per sample: VAE latent, English states, K draws (timestep,
+                                      noise seed); with `store`/`store-sampled`, every cross-attention
+                                      layer's queries and English outputs per draw (and positions)
+  shards/<split>-<name>.parquet       index (written last: the shard's commit point): key, captions,
+                                      row, timesteps, noise seeds
+  layers.safetensors + layers.json    each cross-attention layer's frozen to_k/to_v/to_out weights,
+                                      so `store` policies train without loading the UNet
+  cache.json                          written last: the cache's commit point
+Teacher policies: `recompute` (one no-grad UNet pass per step at train time; smallest, exact),
+`store` (exact, fastest training, largest), `store-sampled P` (P random positions per layer per
+draw: an unbiased estimate of the full loss, ~HW/P smaller).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from pydantic import Field
+from safetensors.torch import load, save
+
+from iap.config import StageConfig
+from iap.data.reader import decode, read_shard
+from iap.data.snapshot import Snapshot
+from iap.errors import IapError
+from iap.models.base import BaseModel
+from iap.objective import FrozenBatch, Teacher
+from iap.source import image_size, to_pixels
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class CacheConfig(StageConfig):
+    policy: Literal["recompute", "store", "store-sampled"] = "recompute"
+    positions: int = Field(64, ge=1, description="store-sampled: query positions per layer per draw")
+    draws: int = Field(2, ge=1, description="timestep/noise draws per sample")
+    latent: Literal["mean", "sample"] = "mean"
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    splits: list[str] = Field(default_factory=lambda: ["train", "val"])
+    seed: int = 0
+    batch_size: int = Field(16, ge=1)
+
+
+@dataclass
+class CacheInfo:
+    key: str
+    url: str
+    snapshot_id: str
+    base_fingerprint: str
+    cross_attention_dim: int
+    config: dict
+    shards: dict[str, list[dict]] = field(default_factory=dict)  # split -> [{name, rows, bytes}]
+    bytes: int = 0
+    seconds: float = 0.0
+    cached: bool = False
+
+    @property
+    def policy(self) -> str:
+        return self.config["policy"]
+
+
+def cache_key(snapshot_id: str, base_fingerprint: str, cfg: CacheConfig) -> str:
+    return hashlib.sha256(f"{snapshot_id}:{base_fingerprint}:{cfg.content_hash(exclude={'batch_size'})}"
+                          .encode()).hexdigest()[:16]
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+
+
+def _fs(url: str) -> fsspec.AbstractFileSystem:
+    return fsspec.get_fs_token_paths(url)[0]
+
+
+def _write(fs, url: str, data: bytes) -> None:
+    """Atomic on local disk (temp + rename); a single PUT on object stores."""
+    if "file" in fs.protocol:
+        tmp = f"{url}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, url)
+    else:
+        with fs.open(url, "wb") as f:
+            f.write(data)
+
+
+# ---------------------------------------------------------------- precompute
+
+
+def _draws(keys: list[str], cfg: CacheConfig, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) timesteps and noise seeds, a pure function of (seed, key, k): shard order does not matter."""
+    seeds = torch.tensor([[_seed(cfg.seed, key, k) for k in range(cfg.draws)] for key in keys], dtype=torch.int64)
+    steps = torch.tensor([[_seed(cfg.seed, key, k, "t") % num_timesteps for k in range(cfg.draws)] for key in keys])
+    return steps, seeds
+
+
+def noise_from_seeds(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def _latents(base: BaseModel, pixels: torch.Tensor, keys: list[str], cfg: CacheConfig) -> torch.Tensor:
+    with torch.no_grad():
+        dist = base.vae.encode(pixels.to(base.device, base.vae.dtype)).latent_dist
+        z = dist.mean
+        if cfg.latent == "sample":
+            eps = torch.stack([torch.randn(z.shape[1:], generator=torch.Generator().manual_seed(_seed(cfg.seed, k, "z")))
+                               for k in keys]).to(z)
+            z = z + dist.std * eps
+    return (z * base.vae.config.scaling_factor).float().cpu()
+
+
+def _teacher_targets(teacher: Teacher, latents, states, steps, seeds, keys, cfg: CacheConfig) -> dict:
+    """Per layer: queries and English outputs for every draw, (N, K, HW or P, C)."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for k in range(cfg.draws):
+        batch = FrozenBatch(zh_ids=torch.zeros(len(keys), 1), en_states=states, latents=latents,
+                            noise=noise_from_seeds(seeds[:, k], latents.shape[1:]), timesteps=steps[:, k])
+        queries, outputs, _ = teacher.english_pass(batch.to(teacher.unet.device))
+        for name in queries:
+            q, o = queries[name].float().cpu(), outputs[name].float().cpu()
+            if cfg.policy == "store-sampled":
+                pos = torch.stack([torch.randperm(q.shape[1], generator=torch.Generator().manual_seed(
+                    _seed(cfg.seed, key, k, name)))[:cfg.positions] for key in keys])
+                q = torch.gather(q, 1, pos[..., None].expand(-1, -1, q.shape[-1]))
+                o = torch.gather(o, 1, pos[..., None].expand(-1, -1, o.shape[-1]))
+                out.setdefault(f"pos.{name}", []).append(pos.to(torch.int32))
+            out.setdefault(f"q.{name}", []).append(q)
+            out.setdefault(f"o.{name}", []).append(o)
+    return {n: torch.stack(v, dim=1) for n, v in out.items()}
+
+
+def _compute_shard(base: BaseModel, teacher: Teacher | None, rows: list[dict], cfg: CacheConfig) -> dict:
+    dtype, size = DTYPES[cfg.dtype], image_size(base)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(rows), cfg.batch_size):
+        chunk = rows[i:i + cfg.batch_size]
+        keys = [r["key"] for r in chunk]
+        latents = _latents(base, to_pixels([decode(r["image"]) for r in chunk], size), keys, cfg)
+        states = base.encode_english([r["caption_en"] for r in chunk]).float().cpu()
+        steps, seeds = _draws(keys, cfg, base.noise_scheduler.config.num_train_timesteps)
+        tensors = {"latents": latents.to(dtype), "en_states": states.to(dtype), "timesteps": steps,
+                   "noise_seeds": seeds}
+        if teacher is not None:
+            targets = _teacher_targets(teacher, latents, states, steps, seeds, keys, cfg)
+            tensors |= {n: t if n.startswith("pos.") else t.to(dtype) for n, t in targets.items()}
+        for n, t in tensors.items():
+            parts.setdefault(n, []).append(t)
+    return {n: torch.cat(v).contiguous() for n, v in parts.items()}
+
+
+def _index(rows: list[dict], tensors: dict) -> bytes:
+    table = pa.table({"key": [r["key"] for r in rows], "caption_zh": [r["caption_zh"] for r in rows],
+                      "caption_en": [r["caption_en"] for r in rows], "row": list(range(len(rows))),
+                      "timesteps": tensors["timesteps"].tolist(), "noise_seeds": tensors["noise_seeds"].tolist()})
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def _layers_blob(teacher: Teacher) -> tuple[bytes, dict]:
+    weights, meta = {}, {}
+    for name, attn in teacher.layers.items():
+        for part, mod in (("to_k", attn.to_k), ("to_v", attn.to_v), ("to_out", attn.to_out[0])):
+            weights[f"{name}.{part}.weight"] = mod.weight.detach().float().cpu().contiguous()
+            if mod.bias is not None:
+                weights[f"{name}.{part}.bias"] = mod.bias.detach().float().cpu().contiguous()
+        meta[name] = {"heads": attn.heads, "scale": attn.scale}
+    return save(weights), meta
+
+
+def precompute(snapshot: Snapshot, load_base_model: Callable[[], BaseModel], base_fingerprint: str, out_url: str,
+               cfg: CacheConfig | None = None, log: Callable[[str], None] = print) -> CacheInfo:
+    """Fill OUT/cache-<key>, skipping committed shards; loads the base only if there is work to do."""
+    cfg = cfg or CacheConfig()
+    key = cache_key(snapshot.id, base_fingerprint, cfg)
+    url = f"{out_url.rstrip('/')}/cache-{key}"
+    fs = _fs(url)
+    if fs.exists(f"{url}/cache.json"):
+        return open_cache(url)
+    fs.makedirs(f"{url}/shards", exist_ok=True)
+    started, base, teacher = time.perf_counter(), None, None
+    shards: dict[str, list[dict]] = {}
+    for split in cfg.splits:
+        for rel in snapshot.shards.get(split, []):
+            name = f"{split}-{rel.rsplit('/', 1)[-1].removesuffix('.parquet')}"
+            shard_url = f"{url}/shards/{name}"
+            if not fs.exists(f"{shard_url}.parquet"):
+                if base is None:
+                    base = load_base_model()
+                    teacher = Teacher(base) if cfg.policy != "recompute" else None
+                rows = read_shard(f"{snapshot.url}/{rel}")
+                tensors = _compute_shard(base, teacher, rows, cfg)
+                _write(fs, f"{shard_url}.safetensors", save(tensors))
+                _write(fs, f"{shard_url}.parquet", _index(rows, tensors))  # commit point of the shard
+                log(f"cached {name}: {len(rows)} samples")
+            n_rows = pq.read_metadata(fs.open(f"{shard_url}.parquet")).num_rows
+            shards.setdefault(split, []).append({"name": name, "rows": n_rows,
+                                                 "bytes": fs.size(f"{shard_url}.safetensors")})
+    if cfg.policy != "recompute" and not fs.exists(f"{url}/layers.json"):
+        base = base or load_base_model()
+        blob, meta = _layers_blob(teacher or Teacher(base))
+        _write(fs, f"{url}/layers.safetensors", blob)
+        _write(fs, f"{url}/layers.json", json.dumps(meta).encode())
+    dim = base.cross_attention_dim if base else _dim_from_any(fs, url, shards)
+    info = CacheInfo(key=key, url=url, snapshot_id=snapshot.id, base_fingerprint=base_fingerprint,
+                     cross_attention_dim=dim, config=cfg.model_dump(mode="json"), shards=shards,
+                     bytes=sum(s["bytes"] for v in shards.values() for s in v),
+                     seconds=round(time.perf_counter() - started, 2))
+    _write(fs, f"{url}/cache.json", json.dumps({k: v for k, v in asdict(info).items() if k != "cached"},
+                                               indent=1).encode())  # commit point of the cache
+    return info
+
+
+def _dim_from_any(fs, url: str, shards: dict) -> int:
+    first = next(s["name"] for v in shards.values() for s in v)
+    with fs.open(f"{url}/shards/{first}.safetensors", "rb") as f:
+        return int(load(f.read())["en_states"].shape[-1])
+
+
+def open_cache(url: str, snapshot_id: str | None = None, base_fingerprint: str | None = None) -> CacheInfo:
+    """A committed cache; refuses one built for another snapshot or base model."""
+    fs = _fs(url)
+    if not fs.exists(f"{url}/cache.json"):
+        raise IapError(f"cache {url} does not exist or is incomplete (no cache.json); run iap precompute")
+    with fs.open(f"{url}/cache.json", "r") as f:
+        info = CacheInfo(**{**json.load(f), "cached": True})
+    if snapshot_id and info.snapshot_id != snapshot_id:
+        raise IapError(f"cache {url} was built for snapshot {info.snapshot_id}, not {snapshot_id}")
+    if base_fingerprint and info.base_fingerprint != base_fingerprint:
+        raise IapError(f"cache {url} was built for base model {info.base_fingerprint}, not {base_fingerprint}")
+    return info
+
+
+# ---------------------------------------------------------------- projection (--dry-run)
+
+
+def projected_bytes_per_sample(base: BaseModel, cfg: CacheConfig) -> dict[str, float]:
+    """Bytes per sample of each stored part, from one probe English pass for the layer shapes."""
+    item = torch.finfo(DTYPES[cfg.dtype]).bits // 8
+    size = base.unet.config.sample_size
+    c = base.unet.config.in_channels
+    latent = c * size * size * item
+    states = base.max_length * base.cross_attention_dim * item
+    teacher_bytes = 0
+    if cfg.policy != "recompute":
+        probe = FrozenBatch(zh_ids=torch.zeros(1, 1), en_states=torch.zeros(1, base.max_length, base.cross_attention_dim),
+                            latents=torch.zeros(1, c, size, size), noise=torch.zeros(1, c, size, size),
+                            timesteps=torch.tensor([500]))
+        queries, outputs, _ = Teacher(base).english_pass(probe.to(base.device))
+        for name, q in queries.items():
+            n = min(cfg.positions, q.shape[1]) if cfg.policy == "store-sampled" else q.shape[1]
+            teacher_bytes += n * (q.shape[-1] + outputs[name].shape[-1]) * item
+            teacher_bytes += n * 4 if cfg.policy == "store-sampled" else 0
+        teacher_bytes *= cfg.draws
+    return {"latent": latent, "en_states": states, "draws": cfg.draws * 16, "teacher": teacher_bytes,
+            "total": latent + states + cfg.draws * 16 + teacher_bytes}
+
+
+# ---------------------------------------------------------------- training source
+
+
+class FrozenCrossAttention(torch.nn.Module):
+    """Just what `iap.attention.attend` needs of a cross-attention layer: to_k, to_v, to_out, heads, scale."""
+
+    def __init__(self, weights: dict[str, torch.Tensor], name: str, heads: int, scale: float):
+        super().__init__()
+
+        def linear(part: str) -> torch.nn.Linear:
+            w = weights[f"{name}.{part}.weight"]
+            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=f"{name}.{part}.bias" in weights)
+            lin.weight.data.copy_(w)
+            if lin.bias is not None:
+                lin.bias.data.copy_(weights[f"{name}.{part}.bias"])
+            return lin
+
+        self.to_k, self.to_v = linear("to_k"), linear("to_v")
+        self.to_out = torch.nn.ModuleList([linear("to_out"), torch.nn.Identity()])
+        self.heads, self.scale = heads, scale
+        self.requires_grad_(False)
+
+
+def load_cached_layers(info: CacheInfo) -> dict[str, FrozenCrossAttention]:
+    fs = _fs(info.url)
+    if info.policy == "recompute":
+        raise IapError(f"cache {info.url} has policy 'recompute': training needs the base UNet")
+    with fs.open(f"{info.url}/layers.safetensors", "rb") as f:
+        weights = load(f.read())
+    with fs.open(f"{info.url}/layers.json", "r") as f:
+        meta = json.load(f)
+    return {n: FrozenCrossAttention(weights, n, m["heads"], m["scale"]).eval() for n, m in meta.items()}
+
+
+class CacheSource:
+    """Streams a cache split for training: shards shuffled per epoch, then samples within a window of
+    `window_shards` shards; the next shards are prefetched in a background thread. The order is a
+    pure function of (seed, epoch), so resume is exact."""
+
+    def __init__(self, info: CacheInfo, split: str, tokenize: Callable[[list[str]], torch.Tensor],
+                 window_shards: int = 4, keep_shards: int = 8):
+        if split not in info.shards:
+            raise IapError(f"cache {info.url} has no '{split}' split (has {', '.join(info.shards)})")
+        self.info, self.split, self.tokenize = info, split, tokenize
+        self.shards = [s["name"] for s in info.shards[split]]
+        sizes = torch.tensor([s["rows"] for s in info.shards[split]])
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+        self.window = window_shards
+        self.fs = _fs(info.url)
+        self._loaded: OrderedDict[int, dict] = OrderedDict()
+        self._pending: dict[int, Future] = {}
+        self._keep = keep_shards
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._upcoming: list[int] = []
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        shard_order = torch.randperm(len(self.shards), generator=generator).tolist()
+        self._upcoming = shard_order
+        order = []
+        for w in range(0, len(shard_order), self.window):
+            idx = torch.cat([torch.arange(self.offsets[s], self.offsets[s + 1]) for s in shard_order[w:w + self.window]])
+            order.append(idx[torch.randperm(len(idx), generator=generator)])
+        return torch.cat(order)
+
+    def _read(self, shard: int) -> dict:
+        url = f"{self.info.url}/shards/{self.shards[shard]}"
+        with self.fs.open(f"{url}.safetensors", "rb") as f:
+            tensors = load(f.read())
+        with self.fs.open(f"{url}.parquet", "rb") as f:
+            index = pq.read_table(f, columns=["key", "caption_zh"])
+        tensors["zh_ids"] = self.tokenize(index["caption_zh"].to_pylist())
+        tensors["_keys"] = index["key"].to_pylist()
+        return tensors
+
+    def _shard(self, shard: int) -> dict:
+        if shard not in self._loaded:
+            future = self._pending.pop(shard, None)
+            self._loaded[shard] = future.result() if future else self._read(shard)
+            while len(self._loaded) > self._keep:
+                self._loaded.popitem(last=False)
+        self._loaded.move_to_end(shard)
+        self._prefetch(shard)
+        return self._loaded[shard]
+
+    def _prefetch(self, current: int) -> None:
+        if current in self._upcoming:
+            pos = self._upcoming.index(current)
+            for nxt in self._upcoming[pos + 1:pos + 1 + self.window]:
+                if nxt not in self._loaded and nxt not in self._pending:
+                    self._pending[nxt] = self._pool.submit(self._read, nxt)
+
+    def _locate(self, indices: torch.Tensor, generator: torch.Generator):
+        shard_of = torch.searchsorted(self.offsets, indices, right=True) - 1
+        draw = torch.randint(0, self.info.config["draws"], (len(indices),), generator=generator)
+        return shard_of, draw
+
+    def keys_and_seeds(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
+        """The sample keys and noise seeds that `batch` draws for the same indices and generator state."""
+        shard_of, draw = self._locate(indices, generator)
+        keys, seeds = [], []
+        for i, (s, d) in enumerate(zip(shard_of.tolist(), draw.tolist(), strict=True)):
+            t, r = self._shard(s), int(indices[i] - self.offsets[s])
+            keys.append(t["_keys"][r])
+            seeds.append(t["noise_seeds"][r, d])
+        return keys, torch.stack(seeds)
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator) -> FrozenBatch:
+        shard_of, draw = self._locate(indices, generator)
+        rows: dict[str, list[torch.Tensor]] = {}
+        for i, (s, d) in enumerate(zip(shard_of.tolist(), draw.tolist(), strict=True)):
+            t, r = self._shard(s), int(indices[i] - self.offsets[s])
+            for name, value in t.items():
+                if name.startswith(("q.", "o.")):
+                    rows.setdefault(name, []).append(value[r, d])
+                elif name == "timesteps" or name == "noise_seeds":
+                    rows.setdefault(name, []).append(value[r, d])
+                elif not name.startswith(("pos.", "_")):
+                    rows.setdefault(name, []).append(value[r])
+        stacked = {n: torch.stack(v) for n, v in rows.items()}
+        latents = stacked["latents"].float()
+        batch = FrozenBatch(zh_ids=stacked["zh_ids"], en_states=stacked["en_states"].float(), latents=latents,
+                            timesteps=stacked["timesteps"])
+        if self.info.policy == "recompute":
+            batch.noise = noise_from_seeds(stacked["noise_seeds"], latents.shape[1:])
+        else:
+            batch.queries = {n[2:]: v for n, v in stacked.items() if n.startswith("q.")}
+            batch.targets = {n[2:]: v for n, v in stacked.items() if n.startswith("o.")}
+        return batch

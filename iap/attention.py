@@ -92,11 +92,17 @@ def cross_attention_layers(unet: torch.nn.Module) -> dict[str, Attention]:
     return layers
 
 
-def install_capture(unet: torch.nn.Module, recorder: Recorder) -> dict[str, Attention]:
-    """Give every attn2 layer a CaptureProcessor sharing `recorder`; other layers keep theirs."""
+def install_capture(unet: torch.nn.Module) -> tuple[dict[str, Attention], Recorder]:
+    """Give every attn2 layer a CaptureProcessor sharing one Recorder; other layers keep theirs.
+    Idempotent: a UNet that already captures keeps its processors and Recorder, so several
+    Teachers over one UNet all see the same recordings."""
     layers = cross_attention_layers(unet)
     current = unet.attn_processors
+    existing = [p for k, p in current.items() if isinstance(p, CaptureProcessor)]
+    if len(existing) == len(layers):
+        return layers, existing[0].recorder
+    recorder = Recorder()
     processors = {key: CaptureProcessor(key.removesuffix(".processor"), recorder)
                   if key.removesuffix(".processor") in layers else proc for key, proc in current.items()}
     unet.set_attn_processor(processors)
-    return layers
+    return layers, recorder

@@ -52,39 +52,137 @@ def demo(workdir: Annotated[Path, typer.Option(help="where models, run, pipeline
         f"  summary:  {workdir / 'summary.json'}")
 
 
+def _train_source(base: str, encoder, cfg, cache: str | None, snapshot: str | None, n_train: int):
+    """(source, objective, lineage) for the chosen data: a cache, a snapshot, or synthetic triples."""
+    from iap.models import load_base
+    from iap.models.base import weights_fingerprint
+    from iap.objective import Teacher, make_objective
+
+    fingerprint = weights_fingerprint(base)
+    lineage = {"base": base, "base_fingerprint": fingerprint}
+    if cache:
+        from iap.cache import CacheSource, load_cached_layers, open_cache
+        info = open_cache(cache, base_fingerprint=fingerprint)
+        lineage |= {"cache_key": info.key, "cache_url": info.url, "snapshot_id": info.snapshot_id}
+        if info.policy == "recompute" or cfg.objective != "pivot":
+            teacher = Teacher(load_base(base))
+            objective = make_objective(cfg.objective, teacher, cfg.layer_weights)
+        else:  # store policies: no UNet, only the cached cross-attention weights
+            objective = make_objective("pivot", None, cfg.layer_weights, layers=load_cached_layers(info))
+        return CacheSource(info, "train", encoder.tokenize), objective, lineage
+    base_model = load_base(base)
+    teacher = None if cfg.objective == "embedding-mse" else Teacher(base_model)
+    objective = make_objective(cfg.objective, teacher, cfg.layer_weights)
+    if snapshot:
+        from iap.data.snapshot import open_snapshot
+        from iap.source import snapshot_source
+        snap = open_snapshot(snapshot)
+        return snapshot_source(base_model, encoder, snap, "train")[0], objective, lineage | {"snapshot_id": snap.id}
+    from iap.data import shapes
+    from iap.source import build_in_memory_source, image_size
+    samples = [s for s in shapes.samples(2 * n_train, cfg.seed) if not shapes.is_held_out(s.combo)][:n_train]
+    size = image_size(base_model)
+    source = build_in_memory_source(base_model, encoder, [shapes.render(s, size) for s in samples],
+                                    [s.caption_en for s in samples], [s.caption_zh for s in samples])
+    return source, objective, lineage | {"data": f"shapes:{n_train}"}
+
+
 @app.command("train")
 def train_cmd(
     base: Annotated[str, typer.Option(help="base model: HF id or diffusers folder")],
     zh_encoder: Annotated[str, typer.Option(help="Chinese encoder: HF id or folder")],
     out: Annotated[Path, typer.Option(help="run directory (checkpoints; resumes if present)")],
     config: Annotated[Path | None, typer.Option(help="TrainConfig JSON file")] = None,
+    cache: Annotated[str | None, typer.Option(help="train from this cache (iap precompute)")] = None,
+    snapshot: Annotated[str | None, typer.Option(help="train live from this snapshot's train split")] = None,
     steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
     objective: str | None = None, checkpoint_every: int | None = None,
-    n_train: Annotated[int, typer.Option(help="synthetic shapes-world training triples")] = 1200,
+    n_train: Annotated[int, typer.Option(help="without --cache/--snapshot: synthetic triples")] = 1200,
 ) -> None:
-    """Train the Chinese encoder (on synthetic shapes-world triples held in memory)."""
+    """Train the Chinese encoder from a cache, a snapshot, or synthetic shapes-world triples."""
     from iap.config import TrainConfig, load_config
-    from iap.data import shapes
-    from iap.models import load_base, load_chinese_encoder
-    from iap.objective import Teacher, make_objective
-    from iap.source import build_in_memory_source, image_size
+    from iap.models import load_chinese_encoder
     from iap.train import train
 
     cfg = load_config(config, TrainConfig) if config else TrainConfig()
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "objective": objective,
                  "checkpoint_every": checkpoint_every}
     cfg = TrainConfig.model_validate({**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
-    base_model = load_base(base)
-    encoder = load_chinese_encoder(zh_encoder, base_model.cross_attention_dim, base_model.max_length)
-    samples = [s for s in shapes.samples(2 * n_train, cfg.seed) if not shapes.is_held_out(s.combo)][:n_train]
-    size = image_size(base_model)
-    source = build_in_memory_source(base_model, encoder, [shapes.render(s, size) for s in samples],
-                                    [s.caption_en for s in samples], [s.caption_zh for s in samples])
-    teacher = None if cfg.objective == "embedding-mse" else Teacher(base_model)
-    result = train(cfg, encoder, make_objective(cfg.objective, teacher, cfg.layer_weights), source, out,
-                   log=console.print,
-                   lineage={"base": base, "base_fingerprint": base_model.fingerprint, "data": f"shapes:{n_train}"})
-    console.print(f"checkpoint: {result.checkpoint}")
+    unet_config = _unet_config(base)
+    encoder = load_chinese_encoder(zh_encoder, unet_config["cross_attention_dim"], max_length=77)
+    source, objective_fn, lineage = _train_source(base, encoder, cfg, cache, snapshot, n_train)
+    result = train(cfg, encoder, objective_fn, source, out, log=console.print, lineage=lineage)
+    console.print(f"checkpoint: {result.checkpoint}  ({result.samples_per_second:.1f} samples/s)")
+
+
+def _unet_config(base: str) -> dict:
+    """The UNet's config.json without loading any weights."""
+    import json as _json
+
+    from diffusers import UNet2DConditionModel
+    if Path(base, "unet", "config.json").exists():
+        return _json.loads(Path(base, "unet", "config.json").read_text())
+    from iap.models.base import _check_source
+    _check_source(base)
+    try:
+        return dict(UNet2DConditionModel.load_config(base, subfolder="unet"))
+    except OSError as e:
+        raise IapError(f"could not load base model '{base}': {str(e).splitlines()[0]}") from e
+
+
+@app.command()
+def precompute(
+    snapshot: Annotated[str, typer.Option(help="snapshot URL (OUT/snapshots/<id>)")],
+    base: Annotated[str, typer.Option(help="base model: HF id or diffusers folder")],
+    out: Annotated[str, typer.Option(help="cache root, local or s3://")],
+    policy: str = "recompute", positions: int = 64, draws: int = 2, dtype: str = "float16",
+    latent: str = "mean", splits: str = "train,val",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print projected size and time; write nothing")] = False,
+) -> None:
+    """Precompute the frozen English side of a snapshot into a content-addressed cache."""
+    from pydantic import ValidationError
+
+    from iap.cache import CacheConfig
+    from iap.cache import precompute as run
+    from iap.data.snapshot import open_snapshot
+    from iap.models import load_base
+    from iap.models.base import weights_fingerprint
+    try:
+        cfg = CacheConfig(policy=policy, positions=positions, draws=draws, dtype=dtype, latent=latent,
+                          splits=[s for s in splits.split(",") if s])
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise IapError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
+    snap = open_snapshot(snapshot)
+    if dry_run:
+        _dry_run(snap, load_base(base), cfg)
+        return
+    info = run(snap, lambda: load_base(base), weights_fingerprint(base), out, cfg, log=console.print)
+    samples = sum(s["rows"] for v in info.shards.values() for s in v)
+    console.print(f"cache {info.key}{' (cached)' if info.cached else ''}: {samples} samples, "
+                  f"{info.bytes / 1e6:.1f} MB, {info.seconds:.1f} s\n{info.url}")
+
+
+def _dry_run(snap, base_model, cfg) -> None:
+    import time
+
+    from iap.cache import _compute_shard, projected_bytes_per_sample
+    from iap.data.reader import read_shard
+    from iap.objective import Teacher
+    rows = sum(snap.rows.get(s, 0) for s in cfg.splits)
+    per = projected_bytes_per_sample(base_model, cfg)
+    first = next(url for s in cfg.splits for url in snap.split_urls(s))
+    probe = read_shard(first)[:cfg.batch_size]
+    teacher = Teacher(base_model) if cfg.policy != "recompute" else None
+    start = time.perf_counter()
+    _compute_shard(base_model, teacher, probe, cfg)
+    per_sample_s = (time.perf_counter() - start) / len(probe)
+    console.print(f"policy {cfg.policy}, {cfg.draws} draws, {rows} samples in {cfg.splits}\n"
+                  f"  bytes/sample: latent {per['latent']:,}  English states {per['en_states']:,}  "
+                  f"teacher targets {per['teacher']:,}  total {per['total']:,}\n"
+                  f"  projected cache size {per['total'] * rows / 1e9:.3f} GB, "
+                  f"projected time {per_sample_s * rows:.1f} s on this machine (measured on {len(probe)} samples)\n"
+                  f"nothing was written")
 
 
 @app.command("export")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from iap.attention import Recorder, attend, install_capture
+from iap.attention import attend, install_capture
 from iap.models.base import BaseModel
 
 OBJECTIVES = ("pivot", "separate", "embedding-mse", "eps-distill")
@@ -53,8 +53,7 @@ class Teacher:
     def __init__(self, base: BaseModel):
         self.unet = base.unet
         self.scheduler = base.noise_scheduler
-        self.recorder = Recorder()
-        self.layers = install_capture(self.unet, self.recorder)
+        self.layers, self.recorder = install_capture(self.unet)
 
     def noisy_latents(self, batch: FrozenBatch) -> torch.Tensor:
         return self.scheduler.add_noise(batch.latents, batch.noise, batch.timesteps).to(batch.latents.dtype)
@@ -82,6 +81,8 @@ def layer_weights(names: list[str], overrides: dict[str, float] | None) -> dict[
 
 def layer_mse(pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
               weights: dict[str, float]) -> torch.Tensor:
+    if not target:
+        raise ValueError("no cross-attention targets: nothing was recorded for this batch")
     total = sum(weights[n] * F.mse_loss(pred[n].float(), target[n].float()) for n in target)
     return total / sum(weights[n] for n in target)
 

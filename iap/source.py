@@ -77,3 +77,16 @@ def build_in_memory_source(base: BaseModel, encoder: ChineseEncoder, images: lis
         states.append(base.encode_english(captions_en[i:i + batch_size]).cpu())
     return InMemorySource(torch.cat(latents), torch.cat(states), encoder.tokenize(captions_zh),
                           base.noise_scheduler.config.num_train_timesteps)
+
+
+def snapshot_source(base: BaseModel, encoder: ChineseEncoder, snapshot, split: str) -> tuple[InMemorySource, list[dict]]:
+    """An in-memory source over one split of a snapshot (images decoded and encoded once)."""
+    from iap.data.reader import decode, read_shard
+
+    rows = [r for url in snapshot.split_urls(split) for r in read_shard(url)]
+    if not rows:
+        from iap.errors import IapError
+        raise IapError(f"snapshot {snapshot.id} has no rows in split '{split}'")
+    source = build_in_memory_source(base, encoder, [decode(r["image"]) for r in rows],
+                                    [r["caption_en"] for r in rows], [r["caption_zh"] for r in rows])
+    return source, rows

@@ -1,0 +1,121 @@
+"""Cache policies side by side: bytes per sample and per-sample training step time.
+
+`separate` (no cache: English pass + Chinese UNet pass with backward), `recompute` (cached latent +
+English states; one no-grad UNet pass per step), `store` (all layers' queries and targets given),
+`store-sampled 64` (64 positions per layer), and the encoder-only forward+backward+step as the
+floor. On the tiny preset and an SD-1.5-shaped UNet (random weights) with a 768-wide BERT.
+
+    python bench/cache.py [--skip-sd15] [--reps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from types import SimpleNamespace
+
+import torch
+from train_step import BERT_768, SD15_UNET, _time
+from transformers import BertConfig, BertModel
+
+from iap.cache import CacheConfig, projected_bytes_per_sample
+from iap.models.chinese import ChineseEncoder
+from iap.objective import FrozenBatch, Teacher, make_objective
+from iap.train import make_optimizer
+
+
+def _sampled(q: dict, o: dict, positions: int, g: torch.Generator) -> tuple[dict, dict]:
+    qs, os_ = {}, {}
+    for name in q:
+        pos = torch.stack([torch.randperm(q[name].shape[1], generator=g)[:positions] for _ in range(len(q[name]))])
+        qs[name] = torch.gather(q[name], 1, pos[..., None].expand(-1, -1, q[name].shape[-1]))
+        os_[name] = torch.gather(o[name], 1, pos[..., None].expand(-1, -1, o[name].shape[-1]))
+    return qs, os_
+
+
+def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[str, tuple[float, float]]:
+    """policy -> (bytes per sample with 1 draw in fp16, seconds per sample per step)."""
+    teacher = Teacher(base)
+    unet = base.unet
+    size, dim = unet.config.sample_size, unet.config.cross_attention_dim
+    g = torch.Generator().manual_seed(0)
+    batch = FrozenBatch(zh_ids=torch.randint(0, encoder.model.config.vocab_size, (batch_size, 77), generator=g),
+                        en_states=torch.randn(batch_size, 77, dim, generator=g),
+                        latents=torch.randn(batch_size, 4, size, size, generator=g),
+                        noise=torch.randn(batch_size, 4, size, size, generator=g),
+                        timesteps=torch.randint(0, 1000, (batch_size,), generator=g))
+    q, o, _ = teacher.english_pass(batch)
+    q16 = {n: v.half().float() for n, v in q.items()}  # as read back from an fp16 cache
+    o16 = {n: v.half().float() for n, v in o.items()}
+    sq, so = _sampled(q16, o16, 64, g)
+    optimizer = make_optimizer(encoder.parameters(), lr=1e-5, weight_decay=0.01)
+
+    def step(objective, b):
+        def run():
+            objective(encoder(b.zh_ids), b).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return run
+
+    def floor():
+        encoder(batch.zh_ids).float().pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    pivot_given = make_objective("pivot", None, layers=teacher.layers)
+    cases = {
+        "separate (no cache)": ("recompute", step(make_objective("separate", teacher), batch)),
+        "recompute": ("recompute", step(make_objective("pivot", teacher), batch)),
+        "store": ("store", step(pivot_given, FrozenBatch(**{**vars(batch), "queries": q16, "targets": o16}))),
+        "store-sampled 64": ("store-sampled", step(pivot_given, FrozenBatch(**{**vars(batch), "queries": sq,
+                                                                                "targets": so}))),
+        "encoder only (floor)": (None, floor),
+    }
+    out = {}
+    for name, (policy, fn) in cases.items():
+        nbytes = projected_bytes_per_sample(base, CacheConfig(policy=policy, draws=1))["total"] if policy else 0
+        if name.startswith("separate"):
+            nbytes = 0  # reads images and captions, caches nothing
+        out[name] = (nbytes, _time(fn, reps) / batch_size)
+    return out
+
+
+def _sd15_base():
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SD15_UNET).eval().requires_grad_(False)
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    base = SimpleNamespace(unet=unet, noise_scheduler=scheduler, max_length=77, cross_attention_dim=768,
+                           device=torch.device("cpu"))
+    encoder = ChineseEncoder(BertModel(BertConfig(**BERT_768), add_pooling_layer=False),
+                             SimpleNamespace(pad_token_id=0, model_max_length=77), 77)
+    return base, encoder
+
+
+def _tiny_base():
+    from iap.models import load_base, load_chinese_encoder
+    from iap.models.tiny import write_tiny
+    with tempfile.TemporaryDirectory() as d:
+        write_tiny(d)
+        base = load_base(f"{d}/base")
+        return base, load_chinese_encoder(f"{d}/zh_encoder", base.cross_attention_dim)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-sd15", action="store_true")
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    results = {"tiny preset (batch 32)": measure(*_tiny_base(), batch_size=32, reps=args.reps * 5)}
+    if not args.skip_sd15:
+        results["SD-1.5 shapes (batch 1)"] = measure(*_sd15_base(), batch_size=1, reps=args.reps)
+    for model, r in results.items():
+        sep, floor = r["separate (no cache)"][1], r["encoder only (floor)"][1]
+        print(f"\n{model}: per sample, CPU {torch.get_num_threads()} threads, 1 draw, fp16 cache")
+        print(f"  {'policy':22} {'cache bytes':>14} {'step time':>12} {'vs separate':>12} {'vs floor':>9}")
+        for name, (nbytes, t) in r.items():
+            print(f"  {name:22} {nbytes:14,} {t * 1e3:10.1f}ms {sep / t:11.1f}x {t / floor:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

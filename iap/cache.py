@@ -185,47 +185,81 @@ def _layers_blob(teacher: Teacher) -> tuple[bytes, dict]:
     return save(weights), meta
 
 
+@dataclass
+class CachePlan:
+    """What a precompute must produce: the cache URL and one entry per snapshot shard."""
+
+    key: str
+    url: str
+    snapshot: Snapshot
+    base_fingerprint: str
+    config: CacheConfig
+    shards: list[tuple[str, str]]  # (split, snapshot-relative shard path)
+
+
+def plan_cache(snapshot: Snapshot, base_fingerprint: str, out_url: str, cfg: CacheConfig) -> CachePlan:
+    key = cache_key(snapshot.id, base_fingerprint, cfg)
+    shards = [(split, rel) for split in cfg.splits for rel in snapshot.shards.get(split, [])]
+    return CachePlan(key, f"{out_url.rstrip('/')}/cache-{key}", snapshot, base_fingerprint, cfg, shards)
+
+
+def _shard_name(split: str, rel: str) -> str:
+    return f"{split}-{rel.rsplit('/', 1)[-1].removesuffix('.parquet')}"
+
+
+def shard_done(plan: CachePlan, split: str, rel: str) -> bool:
+    return _fs(plan.url).exists(f"{plan.url}/shards/{_shard_name(split, rel)}.parquet")
+
+
+def precompute_shard(plan: CachePlan, split: str, rel: str, base: BaseModel) -> dict:
+    """Compute and commit one cache shard (skipped when already committed)."""
+    fs, name = _fs(plan.url), _shard_name(split, rel)
+    shard_url = f"{plan.url}/shards/{name}"
+    if not fs.exists(f"{shard_url}.parquet"):
+        teacher = Teacher(base) if plan.config.policy != "recompute" else None
+        rows = read_shard(f"{plan.snapshot.url}/{rel}")
+        tensors = _compute_shard(base, teacher, rows, plan.config)
+        fs.makedirs(f"{plan.url}/shards", exist_ok=True)
+        _write(fs, f"{shard_url}.safetensors", save(tensors))
+        _write(fs, f"{shard_url}.parquet", _index(rows, tensors))  # commit point of the shard
+    with fs.open(f"{shard_url}.parquet", "rb") as f:
+        rows_n = pq.read_metadata(f).num_rows
+    return {"split": split, "name": name, "rows": rows_n, "bytes": fs.size(f"{shard_url}.safetensors")}
+
+
+def commit_cache(plan: CachePlan, shards: list[dict], base: BaseModel | None, seconds: float) -> CacheInfo:
+    """Write the layer weights (store policies) and cache.json, the cache's commit point."""
+    fs = _fs(plan.url)
+    if plan.config.policy != "recompute" and not fs.exists(f"{plan.url}/layers.json"):
+        blob, meta = _layers_blob(Teacher(base))
+        _write(fs, f"{plan.url}/layers.safetensors", blob)
+        _write(fs, f"{plan.url}/layers.json", json.dumps(meta).encode())
+    by_split: dict[str, list[dict]] = {}
+    for s in shards:
+        by_split.setdefault(s["split"], []).append({k: v for k, v in s.items() if k != "split"})
+    dim = base.cross_attention_dim if base else _dim_from_any(fs, plan.url, by_split)
+    info = CacheInfo(key=plan.key, url=plan.url, snapshot_id=plan.snapshot.id,
+                     base_fingerprint=plan.base_fingerprint, cross_attention_dim=dim,
+                     config=plan.config.model_dump(mode="json"), shards=by_split,
+                     bytes=sum(s["bytes"] for s in shards), seconds=round(seconds, 2))
+    _write(fs, f"{plan.url}/cache.json", json.dumps({k: v for k, v in asdict(info).items() if k != "cached"},
+                                                    indent=1).encode())
+    return info
+
+
 def precompute(snapshot: Snapshot, load_base_model: Callable[[], BaseModel], base_fingerprint: str, out_url: str,
                cfg: CacheConfig | None = None, log: Callable[[str], None] = print) -> CacheInfo:
     """Fill OUT/cache-<key>, skipping committed shards; loads the base only if there is work to do."""
-    cfg = cfg or CacheConfig()
-    key = cache_key(snapshot.id, base_fingerprint, cfg)
-    url = f"{out_url.rstrip('/')}/cache-{key}"
-    fs = _fs(url)
-    if fs.exists(f"{url}/cache.json"):
-        return open_cache(url)
-    fs.makedirs(f"{url}/shards", exist_ok=True)
-    started, base, teacher = time.perf_counter(), None, None
-    shards: dict[str, list[dict]] = {}
-    for split in cfg.splits:
-        for rel in snapshot.shards.get(split, []):
-            name = f"{split}-{rel.rsplit('/', 1)[-1].removesuffix('.parquet')}"
-            shard_url = f"{url}/shards/{name}"
-            if not fs.exists(f"{shard_url}.parquet"):
-                if base is None:
-                    base = load_base_model()
-                    teacher = Teacher(base) if cfg.policy != "recompute" else None
-                rows = read_shard(f"{snapshot.url}/{rel}")
-                tensors = _compute_shard(base, teacher, rows, cfg)
-                _write(fs, f"{shard_url}.safetensors", save(tensors))
-                _write(fs, f"{shard_url}.parquet", _index(rows, tensors))  # commit point of the shard
-                log(f"cached {name}: {len(rows)} samples")
-            n_rows = pq.read_metadata(fs.open(f"{shard_url}.parquet")).num_rows
-            shards.setdefault(split, []).append({"name": name, "rows": n_rows,
-                                                 "bytes": fs.size(f"{shard_url}.safetensors")})
-    if cfg.policy != "recompute" and not fs.exists(f"{url}/layers.json"):
-        base = base or load_base_model()
-        blob, meta = _layers_blob(teacher or Teacher(base))
-        _write(fs, f"{url}/layers.safetensors", blob)
-        _write(fs, f"{url}/layers.json", json.dumps(meta).encode())
-    dim = base.cross_attention_dim if base else _dim_from_any(fs, url, shards)
-    info = CacheInfo(key=key, url=url, snapshot_id=snapshot.id, base_fingerprint=base_fingerprint,
-                     cross_attention_dim=dim, config=cfg.model_dump(mode="json"), shards=shards,
-                     bytes=sum(s["bytes"] for v in shards.values() for s in v),
-                     seconds=round(time.perf_counter() - started, 2))
-    _write(fs, f"{url}/cache.json", json.dumps({k: v for k, v in asdict(info).items() if k != "cached"},
-                                               indent=1).encode())  # commit point of the cache
-    return info
+    plan = plan_cache(snapshot, base_fingerprint, out_url, cfg or CacheConfig())
+    if _fs(plan.url).exists(f"{plan.url}/cache.json"):
+        return open_cache(plan.url)
+    started, base, shards = time.perf_counter(), None, []
+    for split, rel in plan.shards:
+        if base is None and (not shard_done(plan, split, rel) or plan.config.policy != "recompute"):
+            base = load_base_model()
+        shards.append(precompute_shard(plan, split, rel, base))
+        log(f"cached {shards[-1]['name']}: {shards[-1]['rows']} samples")
+    return commit_cache(plan, shards, base, time.perf_counter() - started)
 
 
 def _dim_from_any(fs, url: str, shards: dict) -> int:

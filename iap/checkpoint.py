@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from iap.errors import IapError
+from iap.models.base import weights_fingerprint
 
 ENCODER_WEIGHTS = "encoder/model.safetensors"
 
@@ -106,8 +107,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpt_root / pointer.read_text().strip()
 
 
-def read_checkpoint_meta(ckpt: Path) -> dict:
+def read_checkpoint_meta(ckpt: str | Path) -> dict:
     """state.json of a checkpoint, after checking that its files exist and match their checksums."""
+    ckpt = Path(ckpt)
     try:
         meta = json.loads((ckpt / "state.json").read_text())
         for rel, key in ((ENCODER_WEIGHTS, "encoder_sha256"), ("optimizer.safetensors", "optimizer_sha256")):
@@ -133,6 +135,16 @@ def load_checkpoint(ckpt: Path, encoder, optimizer) -> TrainState:
     return TrainState(step=int(meta["step"]), losses=[tuple(x) for x in meta["losses"]])
 
 
-def checkpoint_id(ckpt: Path) -> str:
+def checkpoint_id(ckpt: str | Path) -> str:
     """The content id of a checkpoint: the hash of its encoder weights."""
     return read_checkpoint_meta(ckpt)["encoder_sha256"][:16]
+
+
+def check_lineage(meta: dict, base_source: str, what: str) -> str:
+    """Refuse a checkpoint trained on another base model."""
+    fingerprint = weights_fingerprint(base_source)
+    trained_on = meta.get("lineage", {}).get("base_fingerprint")
+    if trained_on and trained_on != fingerprint:
+        raise IapError(f"{what} was trained for base model fingerprint {trained_on} "
+                       f"({meta['lineage'].get('base', '?')}), not for '{base_source}' ({fingerprint})")
+    return fingerprint

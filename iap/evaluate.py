@@ -12,13 +12,15 @@ retrieval top-k    for each held-out Chinese caption, rank the held-out English 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from iap.attention import attend
 from iap.models.base import BaseModel
 from iap.models.chinese import ChineseEncoder
 from iap.objective import FrozenBatch, Teacher, layer_weights
-from iap.source import InMemorySource
+from iap.source import InMemorySource, snapshot_source
 
 EVAL_SEED = 1234
 PROBE_TIMESTEPS = (250, 500, 750)
@@ -88,3 +90,40 @@ def retrieval(features: AttentionFeatures, zh_states: torch.Tensor, en_states: t
     d = features.distances(zh_states, en_states)
     ranked = d.argsort(dim=1)
     return {f"top{k}": (ranked[:, :k] == targets[:, None]).any(1).float().mean().item() for k in ks}
+
+
+def encoder_metrics(base: BaseModel, encoder: ChineseEncoder, held: InMemorySource, teacher: Teacher,
+                    features: AttentionFeatures, weights: dict[str, float] | None = None) -> dict[str, float]:
+    """Held-out loss and zh->en retrieval (paired English caption among the held-out ones)."""
+    from iap.objective import make_objective
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        zh = torch.cat([encoder(held.zh_ids[i:i + 64]) for i in range(0, len(held), 64)])
+    acc = retrieval(features, zh, held.en_states, torch.arange(len(held)))
+    loss = heldout_loss(make_objective("pivot", teacher, weights), encoder, held)
+    encoder.train(was_training)
+    return {"heldout_loss": loss, "retrieval_top1": acc["top1"], "retrieval_top5": acc["top5"]}
+
+
+def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split: str = "val",
+                        untrained: str | None = None, weights: dict[str, float] | None = None) -> dict[str, float]:
+    """Metrics of a checkpoint on a snapshot split, next to the references computed in the same run:
+    the untrained encoder (when given) and the mismatched-caption level."""
+    from iap.checkpoint import check_lineage, read_checkpoint_meta
+    from iap.models.chinese import load_chinese_encoder
+    checkpoint = Path(checkpoint)
+    check_lineage(read_checkpoint_meta(checkpoint), base.source, f"checkpoint {checkpoint}")
+    encoder = load_chinese_encoder(checkpoint / "encoder", base.cross_attention_dim, base.max_length)
+    held, _ = snapshot_source(base, encoder, snapshot, split)
+    teacher = Teacher(base)
+    features = AttentionFeatures(base, teacher, held.latents[:4], weights)
+    from iap.objective import make_objective
+    metrics = encoder_metrics(base, encoder, held, teacher, features, weights)
+    metrics["mismatched_caption_loss"] = heldout_loss(make_objective("pivot", teacher, weights), None, held,
+                                                      mismatched=True)
+    if untrained:
+        ref = load_chinese_encoder(untrained, base.cross_attention_dim, base.max_length)
+        metrics |= {f"untrained_{k}": v for k, v in encoder_metrics(base, ref, held, teacher, features, weights).items()}
+    metrics["heldout_pairs"] = len(held)
+    return metrics

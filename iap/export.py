@@ -14,9 +14,8 @@ from pathlib import Path
 from diffusers import StableDiffusionPipeline
 from transformers import AutoModel, AutoTokenizer
 
-from iap.checkpoint import read_checkpoint_meta
+from iap.checkpoint import check_lineage, read_checkpoint_meta
 from iap.errors import IapError
-from iap.models.base import weights_fingerprint
 
 CARD = """---
 library_name: diffusers
@@ -41,16 +40,6 @@ image = pipe("蓝色背景上的一个大红色圆形").images[0]
 - base model fingerprint: `{fingerprint}`
 - training config: see `iap_training.json`
 """
-
-
-def check_lineage(meta: dict, base_source: str, what: str) -> str:
-    """Refuse a checkpoint trained on another base model."""
-    fingerprint = weights_fingerprint(base_source)
-    trained_on = meta.get("lineage", {}).get("base_fingerprint")
-    if trained_on and trained_on != fingerprint:
-        raise IapError(f"{what} was trained for base model fingerprint {trained_on} "
-                       f"({meta['lineage'].get('base', '?')}), not for '{base_source}' ({fingerprint})")
-    return fingerprint
 
 
 def export_pipeline(checkpoint: str | Path, base_source: str, out: str | Path) -> Path:

@@ -131,13 +131,19 @@ def _run_img2dataset(input_url: str, shards_url: str, extra_cols: list[str], cfg
     )
 
 
+def plan_download(manifest: pa.Table, out_url: str, cfg: DownloadConfig) -> tuple[str, str]:
+    """(download id, OUT/raw-<id>) without downloading anything."""
+    run_id = download_id(table_fingerprint(manifest), cfg)
+    return run_id, _join(out_url, f"raw-{run_id}")
+
+
 def download(manifest: pa.Table, out_url: str, cfg: DownloadConfig | None = None,
              on_progress: Callable[[int, int], None] | None = None) -> DownloadReport:
     """Download every manifest row (columns from read_manifest) into OUT/raw-<id>/shards."""
     cfg = cfg or DownloadConfig()
     fingerprint = table_fingerprint(manifest)
-    download_id = _download_id(fingerprint, cfg)
-    raw_url = _join(out_url, f"raw-{download_id}")
+    run_id = download_id(fingerprint, cfg)
+    raw_url = _join(out_url, f"raw-{run_id}")
     shards_url = _join(raw_url, "shards")
     fs, _, _ = fsspec.get_fs_token_paths(raw_url)
     marker = _join(raw_url, "download.json")
@@ -160,7 +166,7 @@ def download(manifest: pa.Table, out_url: str, cfg: DownloadConfig | None = None
     finally:
         stop.set()
     ok, reasons, examples = _count_rows(fs, shards_url, manifest.num_rows)
-    report = DownloadReport(raw_url=raw_url, shards_url=shards_url, download_id=download_id,
+    report = DownloadReport(raw_url=raw_url, shards_url=shards_url, download_id=run_id,
                             input_rows=manifest.num_rows, downloaded=ok, failed=dict(reasons),
                             failure_examples=examples, manifest_fingerprint=fingerprint,
                             config=cfg.model_dump(mode="json"))
@@ -172,7 +178,7 @@ def download(manifest: pa.Table, out_url: str, cfg: DownloadConfig | None = None
     return report
 
 
-def _download_id(fingerprint: str, cfg: DownloadConfig) -> str:
+def download_id(fingerprint: str, cfg: DownloadConfig) -> str:
     """Manifest content + the options that change what is downloaded (not how it is parallelised)."""
     options = cfg.content_hash(exclude={"distributor", "processes_count", "thread_count"})
     return hashlib.sha256(f"{fingerprint}:{options}".encode()).hexdigest()[:16]

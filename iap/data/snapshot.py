@@ -111,7 +111,7 @@ def _connect(*urls: str) -> duckdb.DuckDBPyConnection:
 
 def _load_rows(con: duckdb.DuckDBPyConnection, shards_url: str) -> list[str]:
     """Successful rows into table `rows`; returns the extra (carried-through) columns."""
-    src = f"read_parquet('{shards_url.rstrip('/')}/*.parquet', union_by_name=true)"
+    src = _source(shards_url)
     cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
     skip = {"iap_key", "caption", "key", "status", "error_message", "exif", "jpg", "png", "webp", "url",
             "caption_zh", "width", "height", "original_width", "original_height", "sha256"}
@@ -128,12 +128,23 @@ def _load_rows(con: duckdb.DuckDBPyConnection, shards_url: str) -> list[str]:
     return extras
 
 
-def _content_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
-    """Order-independent hash of the successful rows' content (so re-sharding keeps the id)."""
-    row = ("concat_ws('\t', key, sha256, caption_zh, caption_en, original_width, original_height)")
-    n, x, s = con.execute(f"SELECT count(*), bit_xor(md5_number_lower({row})), "
-                          f"sum(md5_number_lower({row}) >> 20) FROM rows").fetchone()
+def _source(shards_url: str) -> str:
+    return f"read_parquet('{shards_url.rstrip('/')}/*.parquet', union_by_name=true)"
+
+
+def _content_fingerprint(con: duckdb.DuckDBPyConnection, shards_url: str) -> str:
+    """Order-independent hash of the successful rows' content (so re-sharding keeps the id);
+    reads metadata columns only."""
+    row = "concat_ws('\t', iap_key, sha256, caption_zh, caption, original_width, original_height)"
+    n, x, s = con.execute(f"SELECT count(*), bit_xor(md5_number_lower({row})), sum(md5_number_lower({row}) >> 20) "
+                          f"FROM {_source(shards_url)} WHERE status = 'success'").fetchone()
     return hashlib.sha256(f"{n}:{x}:{s}".encode()).hexdigest()[:16]
+
+
+def plan_snapshot(shards_url: str, out_url: str, cfg: FilterConfig) -> tuple[str, str]:
+    """(snapshot id, URL) without filtering anything."""
+    sid = snapshot_id(_content_fingerprint(_connect(shards_url), shards_url), cfg)
+    return sid, f"{out_url.rstrip('/')}/snapshots/{sid}"
 
 
 def _remove(con, rule: str, sql_keep: str) -> int:
@@ -226,13 +237,13 @@ def build_snapshot(shards_url: str, out_url: str, cfg: FilterConfig | None = Non
     """Filter shards into OUT/snapshots/<id>; returns the existing snapshot when the id is known."""
     cfg = cfg or FilterConfig()
     con = _connect(shards_url, out_url)
-    extras = _load_rows(con, shards_url)
-    content = _content_fingerprint(con)
+    content = _content_fingerprint(con, shards_url)
     sid = snapshot_id(content, cfg)
     final_url = f"{out_url.rstrip('/')}/snapshots/{sid}"
     fs, _, _ = fsspec.get_fs_token_paths(final_url)
     if fs.exists(f"{final_url}/snapshot.json"):
         return open_snapshot(final_url)
+    extras = _load_rows(con, shards_url)
     start = con.execute("SELECT count(*) FROM rows").fetchone()[0]
     funnel = list(download_funnel or []) + _apply_rules(con, cfg, start)
     _assign_splits(con, cfg, extras)

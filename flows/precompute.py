@@ -1,0 +1,35 @@
+"""iap-precompute: snapshot + base model -> cache, mapped over the snapshot's shards."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from prefect import flow, unmapped
+
+from iap.cache import CacheConfig, open_cache, plan_cache
+from iap.data.snapshot import open_snapshot
+from iap.errors import IapError
+from iap.models.base import weights_fingerprint
+from tasks import artifacts, asset_url
+from tasks.cache import cache_shard, commit
+
+
+@flow(name="iap-precompute", log_prints=True)
+def iap_precompute(snapshot: str, base: str, out: str, cache: CacheConfig = CacheConfig()) -> dict:
+    plan = plan_cache(open_snapshot(snapshot), weights_fingerprint(base), out, cache)
+    try:
+        return asdict(open_cache(plan.url))  # same key: nothing to compute
+    except IapError:
+        pass
+    started = time.perf_counter()
+    futures = cache_shard.map([f"{plan.key}/{split}/{rel}" for split, rel in plan.shards], unmapped(plan),
+                              [s for s, _ in plan.shards], [r for _, r in plan.shards], unmapped(base))
+    shards = [f.result() for f in futures]
+    info = commit.with_options(assets=[asset_url(plan.url)], asset_deps=[asset_url(snapshot)])(
+        plan.key, plan, shards, base, time.perf_counter() - started)
+    samples = sum(s["rows"] for s in shards)
+    artifacts.metrics({"cache_key": plan.key, "policy": cache.policy, "samples": samples,
+                       "megabytes": info["bytes"] / 1e6, "seconds": info["seconds"],
+                       "samples_per_second": samples / max(info["seconds"], 1e-9)}, f"cache {plan.url}")
+    return info

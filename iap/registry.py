@@ -1,0 +1,137 @@
+"""A checkpoint registry at a URL (local or s3://): one JSON entry per checkpoint id, queried as a
+table with DuckDB.
+
+Registration is idempotent (same checkpoint id -> same entry) and each entry is a single atomic
+write, so concurrent registrations of different checkpoints never lose each other. A new entry is
+promoted only when its gating metric beats the promoted checkpoint of the same base model (and it
+clears the floor metric); otherwise it stays a candidate (or is rejected, below the floor) with the
+reason recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import fsspec
+from pydantic import Field
+
+from iap.config import StageConfig
+from iap.errors import IapError
+
+
+class GateConfig(StageConfig):
+    metric: str = "heldout_loss"
+    lower_is_better: bool = True
+    floor_metric: str | None = "retrieval_top1"
+    floor: float = Field(0.5, description="the floor metric must be at least this (higher is better)")
+
+
+@dataclass
+class Entry:
+    checkpoint_id: str
+    checkpoint_url: str
+    base: str
+    base_fingerprint: str
+    metrics: dict
+    lineage: dict = field(default_factory=dict)  # snapshot id, cache key, config, flow run id, ...
+    pipeline_url: str = ""
+    code_version: str = ""
+    status: str = "candidate"  # candidate | promoted | rejected
+    reason: str = ""
+    registered_at: float = 0.0
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+class Registry:
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.fs = fsspec.get_fs_token_paths(self.url)[0]
+        self.fs.makedirs(f"{self.url}/entries", exist_ok=True)
+
+    def _path(self, checkpoint_id: str) -> str:
+        return f"{self.url}/entries/{checkpoint_id}.json"
+
+    def _write(self, entry: Entry) -> None:
+        data = json.dumps(asdict(entry), indent=1, ensure_ascii=False)
+        path = self._path(entry.checkpoint_id)
+        if "file" in self.fs.protocol:
+            tmp = f"{path}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+            Path(tmp).write_text(data)
+            os.replace(tmp, path)
+        else:
+            with self.fs.open(path, "w") as f:
+                f.write(data)
+
+    def get(self, checkpoint_id: str) -> Entry | None:
+        path = self._path(checkpoint_id)
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "r") as f:
+            return Entry(**json.load(f))
+
+    def entries(self) -> list[Entry]:
+        out = []
+        for path in sorted(self.fs.glob(f"{self.url}/entries/*.json")):
+            with self.fs.open(path, "r") as f:
+                out.append(Entry(**json.load(f)))
+        return sorted(out, key=lambda e: e.registered_at)
+
+    def promoted(self, base_fingerprint: str) -> Entry | None:
+        return next((e for e in reversed(self.entries())
+                     if e.base_fingerprint == base_fingerprint and e.status == "promoted"), None)
+
+    def register(self, entry: Entry, gate: GateConfig | None = None) -> Entry:
+        """Add the entry (or return the existing one for this checkpoint id) and decide promotion."""
+        existing = self.get(entry.checkpoint_id)
+        if existing is not None:
+            return existing
+        gate = gate or GateConfig()
+        entry.code_version = entry.code_version or code_version()
+        entry.registered_at = time.time()
+        entry.status, entry.reason = self._decide(entry, gate)
+        current = self.promoted(entry.base_fingerprint) if entry.status == "promoted" else None
+        self._write(entry)
+        if current is not None:
+            current.status, current.reason = "candidate", f"superseded by {entry.checkpoint_id}"
+            self._write(current)
+        return entry
+
+    def _decide(self, entry: Entry, gate: GateConfig) -> tuple[str, str]:
+        if gate.metric not in entry.metrics:
+            return "candidate", f"no '{gate.metric}' metric to gate on"
+        if gate.floor_metric and entry.metrics.get(gate.floor_metric, float("-inf")) < gate.floor:
+            return "rejected", f"{gate.floor_metric}={entry.metrics.get(gate.floor_metric)} is below the floor {gate.floor}"
+        current = self.promoted(entry.base_fingerprint)
+        if current is None:
+            return "promoted", "first checkpoint to pass the gate for this base model"
+        new, old = entry.metrics[gate.metric], current.metrics.get(gate.metric)
+        better = old is None or (new < old if gate.lower_is_better else new > old)
+        if better:
+            return "promoted", f"{gate.metric} {new:.6g} beats {old} of {current.checkpoint_id}"
+        return "candidate", f"{gate.metric} {new:.6g} does not beat {old:.6g} of promoted {current.checkpoint_id}"
+
+    def promote(self, checkpoint_id: str) -> Entry:
+        """Promote an entry by hand (the previous promoted entry of its base becomes a candidate)."""
+        entry = self.get(checkpoint_id)
+        if entry is None:
+            raise IapError(f"registry {self.url}: no entry for checkpoint {checkpoint_id}")
+        current = self.promoted(entry.base_fingerprint)
+        if current is not None and current.checkpoint_id != checkpoint_id:
+            current.status, current.reason = "candidate", f"superseded by {checkpoint_id} (manual)"
+            self._write(current)
+        entry.status, entry.reason = "promoted", "promoted by hand"
+        self._write(entry)
+        return entry

@@ -1,0 +1,26 @@
+"""Tasks of the precompute stage: one per cache shard (mapped), then the commit."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import task
+from prefect.assets import materialize
+
+from iap.cache import CachePlan, commit_cache, precompute_shard
+from tasks import PERSIST, by_key
+from tasks.data import PLACEHOLDER_ASSET
+from tasks.models import base_model
+
+
+@task(cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
+def cache_shard(key: str, plan: CachePlan, split: str, rel: str, base: str) -> dict:
+    """Compute and commit one shard; `key` is '<cache key>/<shard>'."""
+    return precompute_shard(plan, split, rel, base_model(base))
+
+
+@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
+def commit(key: str, plan: CachePlan, shards: list[dict], base: str, seconds: float) -> dict:
+    """Write cache.json (the commit point); `key` is the cache key."""
+    needs_base = plan.config.policy != "recompute"
+    return asdict(commit_cache(plan, shards, base_model(base) if needs_base else None, seconds))

@@ -1,0 +1,44 @@
+"""Tasks of the data stage: download (img2dataset) and filter (DuckDB snapshot)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import task
+from prefect.assets import materialize
+
+from iap.data.download import DownloadConfig, DownloadReport, download
+from iap.data.download import plan_download as plan
+from iap.data.manifest import ManifestColumns, read_manifest
+from iap.data.pipeline import download_funnel
+from iap.data.snapshot import FilterConfig, build_snapshot, plan_snapshot
+from tasks import PERSIST, by_key
+
+PLACEHOLDER_ASSET = "file:///iap/placeholder"  # replaced per call by with_options(assets=[...])
+
+
+@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
+def download_shards(key: str, manifest: str, out: str, config: DownloadConfig, columns: ManifestColumns) -> dict:
+    """img2dataset download; `key` is the download id. Call it directly (main thread), never .submit()."""
+    return asdict(download(read_manifest(manifest, columns), out, config))
+
+
+@task(retries=2, retry_delay_seconds=5)
+def plan_filter(shards_url: str, out: str, config: FilterConfig) -> dict:
+    """The snapshot id and URL from the shards' content and the rules (metadata scan only)."""
+    snapshot_id, url = plan_snapshot(shards_url, out, config)
+    return {"id": snapshot_id, "url": url}
+
+
+@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
+def filter_snapshot(key: str, report: dict, out: str, config: FilterConfig) -> dict:
+    """DuckDB filter into a snapshot; `key` is the snapshot id."""
+    rep = DownloadReport(**report)
+    return asdict(build_snapshot(rep.shards_url, out, config, download_funnel(rep)))
+
+
+@task(retries=2, retry_delay_seconds=5)
+def plan_download(manifest: str, out: str, config: DownloadConfig, columns: ManifestColumns) -> dict:
+    """The download id and URL from the manifest's content (cheap next to downloading)."""
+    download_id, raw_url = plan(read_manifest(manifest, columns), out, config)
+    return {"id": download_id, "raw_url": raw_url}

@@ -1,0 +1,36 @@
+"""Evaluation, export and registration tasks."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.assets import materialize
+
+from iap.data.snapshot import open_snapshot
+from iap.evaluate import evaluate_checkpoint
+from iap.export import export_pipeline
+from iap.registry import Entry, GateConfig, Registry
+from tasks import PERSIST, artifacts, by_key
+from tasks.data import PLACEHOLDER_ASSET
+from tasks.models import base_model
+
+
+@task(cache_key_fn=by_key, **PERSIST)
+def evaluate(key: str, checkpoint: str, snapshot_url: str, base: str, untrained: str | None,
+             split: str = "val") -> dict:
+    """Held-out metrics next to the untrained and mismatched-caption references; `key`: checkpoint+snapshot."""
+    metrics = evaluate_checkpoint(base_model(base), checkpoint, open_snapshot(snapshot_url), split, untrained)
+    artifacts.metrics(metrics, f"held-out metrics ({split} split of {snapshot_url})")
+    return metrics
+
+
+@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=1, **PERSIST)
+def export(key: str, checkpoint: str, base: str, out: str) -> str:
+    """A plain diffusers pipeline with the Chinese encoder; `key` is the checkpoint id."""
+    return str(export_pipeline(checkpoint, base, out))
+
+
+@materialize(PLACEHOLDER_ASSET, retries=2, retry_delay_seconds=2)
+def register(registry_url: str, entry: dict, gate: GateConfig) -> dict:
+    """Add the checkpoint to the registry (idempotent by checkpoint id) and decide promotion."""
+    from dataclasses import asdict
+    return asdict(Registry(registry_url).register(Entry(**entry), gate))

@@ -1,0 +1,72 @@
+"""Flow-start checks (fail before any work) and the synthetic data source of smoke runs."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from prefect import task
+
+from iap.errors import IapError
+from iap.models.base import _check_source, weights_fingerprint
+from iap.models.chinese import check_fits
+from iap.models.presets import resolve
+
+
+def _json_config(source: str, sub: str) -> dict | None:
+    import json
+    path = Path(source, sub, "config.json") if sub else Path(source, "config.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@task
+def check_inputs(out: str, base: str, zh_encoder: str, manifest: str | None, snapshot: str | None,
+                 synthetic: int) -> tuple[str, str, str]:
+    """Resolve presets and check what can be checked cheaply: paths, sizes, data source."""
+    if sum(x is not None and x != 0 for x in (manifest, snapshot, synthetic or None)) != 1:
+        raise IapError("give exactly one data source: manifest, snapshot or synthetic (a row count)")
+    if not base.startswith("preset:"):  # check user paths before writing anything
+        _check_source(base)
+    if zh_encoder.startswith((".", "/")) and _json_config(zh_encoder, "") is None:
+        raise IapError(f"Chinese encoder folder '{zh_encoder}' does not exist or has no config.json")
+    base, zh_encoder = resolve(base, zh_encoder, out)
+    unet, zh = _json_config(base, "unet"), _json_config(zh_encoder, "")
+    if unet and zh:
+        hidden = zh.get("hidden_size", zh.get("text_config", {}).get("hidden_size"))
+        check_fits(int(hidden), int(unet["cross_attention_dim"]), zh_encoder)
+    return base, zh_encoder, weights_fingerprint(base)
+
+
+def _stable_server(folder: Path, out: str):
+    """Serve on a port derived from `out` (the next free one if taken), so URLs repeat across runs."""
+    from iap.data.synth import serve
+    folder.mkdir(parents=True, exist_ok=True)
+    start = 20000 + int(hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest(), 16) % 20000
+    for port in range(start, start + 50):
+        try:
+            return serve(folder, port), port
+        except OSError:
+            continue
+    raise IapError("no free port on 127.0.0.1 for the synthetic data server")
+
+
+@contextlib.contextmanager
+def synthetic_manifest(out: str, rows: int) -> Iterator[str | None]:
+    """For smoke runs: shapes-world images served over HTTP on 127.0.0.1 for the data flow."""
+    if not rows:
+        yield None
+        return
+    from iap.data.synth import write_synth
+    folder = Path(out) / "synthetic"
+    server, port = _stable_server(folder, out)
+    manifest = folder / "manifest.parquet"
+    stamp = folder / f"written-{rows}-{port}"
+    if not stamp.exists():  # same rows and port: same manifest content, so the download is reused
+        write_synth(folder, rows, seed=0, base_url=f"http://127.0.0.1:{port}")
+        stamp.touch()
+    try:
+        yield str(manifest)
+    finally:
+        server.shutdown()

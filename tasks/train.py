@@ -1,0 +1,44 @@
+"""The training task: trains from a cache, reports progress and the loss curve as artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.assets import materialize
+
+from iap.cache import CacheSource, load_cached_layers, open_cache
+from iap.checkpoint import checkpoint_id
+from iap.config import TrainConfig
+from iap.models import load_chinese_encoder
+from iap.objective import Teacher, make_objective
+from iap.train import train
+from tasks import PERSIST, artifacts, by_key
+from tasks.data import PLACEHOLDER_ASSET
+from tasks.models import base_model
+
+
+@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, **PERSIST)
+def train_encoder(key: str, cache_url: str, base: str, zh_encoder: str, run_dir: str, config: TrainConfig,
+                  lineage: dict) -> dict:
+    """Train the Chinese encoder from the cache into run_dir (resumes); `key` is the run's content id."""
+    log = get_run_logger()
+    info = open_cache(cache_url, base_fingerprint=lineage["base_fingerprint"])
+    encoder = load_chinese_encoder(zh_encoder, info.cross_attention_dim)
+    if info.policy == "recompute" or config.objective != "pivot":
+        objective = make_objective(config.objective, Teacher(base_model(base)), config.layer_weights)
+    else:
+        objective = make_objective("pivot", None, config.layer_weights, layers=load_cached_layers(info))
+    progress = create_progress_artifact(progress=0.0, key="iap-train-progress", description="training steps")
+    result = train(config, encoder, objective, CacheSource(info, "train", encoder.tokenize), run_dir,
+                   log=log.info, lineage=lineage,
+                   on_step=lambda s: update_progress_artifact(progress, 100.0 * s.step / config.steps))
+    curve = artifacts.loss_curve_png(result.state.losses, Path(run_dir) / "loss_curve.png")
+    artifacts.markdown("iap-loss-curve", f"![loss curve]({curve.resolve().as_uri()})\n\nPNG: `{curve}`\n\n"
+                       f"final loss {result.state.losses[-1][1]:.6f} after {result.state.step} steps, "
+                       f"{result.samples_per_second:.1f} samples/s", "training loss curve")
+    return {"checkpoint": str(result.checkpoint), "checkpoint_id": checkpoint_id(result.checkpoint),
+            "steps": result.state.step, "seconds": round(result.seconds, 1),
+            "samples_per_second": round(result.samples_per_second, 1), "losses": result.state.losses,
+            "loss_curve": str(curve)}

@@ -34,24 +34,6 @@ def models_tiny(folder: Path, seed: int = 0) -> None:
     console.print(f"tiny preset written: {folder}/base (Stable Diffusion folder), {folder}/zh_encoder")
 
 
-@app.command()
-def demo(workdir: Annotated[Path, typer.Option(help="where models, run, pipeline and summary go")] = Path("demo"),
-         steps: int = 600, seed: int = 0) -> None:
-    """Run the whole job on the tiny preset and synthetic data; writes WORKDIR/summary.json."""
-    from iap.demo import DEMO_TRAIN, run_demo
-    summary = run_demo(workdir, DEMO_TRAIN.model_copy(update={"steps": steps, "seed": seed}), seed=seed,
-                       log=console.print)
-    m = summary["metrics"]
-    console.print(
-        f"\n[bold]IAP demo done[/bold] in {summary['seconds_total']} s\n"
-        f"  held-out IAP loss     {m['heldout_loss_before']:.5f} -> {m['heldout_loss_after']:.5f}"
-        f"  (mismatched-caption level {m['mismatched_caption_loss']:.5f})\n"
-        f"  zh->en retrieval top1 {m['retrieval_top1_before']:.1%} -> {m['retrieval_top1_after']:.1%}"
-        f"  on {m['heldout_pairs']} held-out pairs of never-trained combos\n"
-        f"  pipeline: {summary['pipeline_dir']}  samples: {summary['samples_dir']}\n"
-        f"  summary:  {workdir / 'summary.json'}")
-
-
 def _train_source(base: str, encoder, cfg, cache: str | None, snapshot: str | None, n_train: int):
     """(source, objective, lineage) for the chosen data: a cache, a snapshot, or synthetic triples."""
     from iap.models import load_base
@@ -245,9 +227,10 @@ def data(
     min_side: int = 0, max_aspect: float = 3.0,
 ) -> None:
     """Download a manifest with img2dataset and filter it with DuckDB into a dataset snapshot."""
+    from dataclasses import asdict
+
     from pydantic import ValidationError
     from rich.progress import Progress
-    from rich.table import Table
 
     from iap.data.download import DownloadConfig
     from iap.data.manifest import ManifestColumns
@@ -267,13 +250,60 @@ def data(
         task = progress.add_task("downloading shards", total=None)
         report, snapshot = run_data(manifest, out, dl, flt, cols,
                                     on_progress=lambda done, total: progress.update(task, completed=done, total=total))
-    table = Table(title=f"snapshot {snapshot.id}" + (" (cached)" if snapshot.cached else ""))
+    print_funnel(asdict(snapshot))
+
+
+def print_funnel(snapshot: dict) -> None:
+    """The snapshot's funnel as a table, then its row counts and URL."""
+    from rich.table import Table
+    table = Table(title=f"snapshot {snapshot['id']}" + (" (cached)" if snapshot.get("cached") else ""))
     for col in ("stage", "rule", "removed", "remaining"):
         table.add_column(col, justify="right" if col in ("removed", "remaining") else "left")
-    for f in snapshot.funnel:
+    for f in snapshot["funnel"]:
         table.add_row(f["stage"], f["rule"], str(f["removed"]), str(f["remaining"]))
     console.print(table)
-    console.print(f"rows: {snapshot.rows}\nsnapshot: {snapshot.url}")
+    console.print(f"rows: {snapshot['rows']}\nsnapshot: {snapshot['url']}")
+
+
+registry_app = typer.Typer(no_args_is_help=True, help="The checkpoint registry.")
+app.add_typer(registry_app, name="registry")
+REGISTRY_OPT = Annotated[str, typer.Option(help="registry URL (local or s3://)")]
+
+
+@registry_app.command("ls")
+def registry_ls(registry: REGISTRY_OPT) -> None:
+    """List checkpoints with status, gating metrics and reason."""
+    from rich.table import Table
+
+    from iap.registry import Registry
+    table = Table()
+    for col in ("checkpoint", "status", "heldout_loss", "retrieval_top1", "base", "reason"):
+        table.add_column(col)
+    for e in Registry(registry).entries():
+        table.add_row(e.checkpoint_id, e.status, f"{e.metrics.get('heldout_loss', float('nan')):.5g}",
+                      f"{e.metrics.get('retrieval_top1', float('nan')):.3f}", e.base_fingerprint, e.reason)
+    console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(checkpoint_id: str, registry: REGISTRY_OPT) -> None:
+    """Show one entry with its metrics and lineage."""
+    import json as _json
+    from dataclasses import asdict
+
+    from iap.registry import Registry
+    entry = Registry(registry).get(checkpoint_id)
+    if entry is None:
+        raise IapError(f"registry {registry}: no entry for checkpoint {checkpoint_id}")
+    console.print_json(_json.dumps(asdict(entry)))
+
+
+@registry_app.command("promote")
+def registry_promote(checkpoint_id: str, registry: REGISTRY_OPT) -> None:
+    """Promote an entry by hand; the previously promoted one of its base becomes a candidate."""
+    from iap.registry import Registry
+    entry = Registry(registry).promote(checkpoint_id)
+    console.print(f"{entry.checkpoint_id}: {entry.status}")
 
 
 def main() -> None:

@@ -9,6 +9,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+import tempfile  # noqa: E402
+
+# Prefect state and task results of in-process flows go to a throwaway place.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="iap-prefect-home-"))
+os.environ.setdefault("IAP_RESULTS_DIR", tempfile.mkdtemp(prefix="iap-results-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import socket  # noqa: E402
 
@@ -51,11 +57,11 @@ def small_source(base, encoder):
 
 @pytest.fixture(scope="session")
 def demo_summary(tmp_path_factory):
-    """One demo run with the default settings, shared by every test that needs a trained encoder
-    (about 100 s on 2 cores)."""
-    from iap.demo import run_demo
+    """One `iap demo` (the iap-train flow, ephemeral Prefect) with the default settings, shared by every
+    test that needs a trained encoder (about 150 s on 2 cores)."""
+    from flows.demo import run_demo
     workdir = tmp_path_factory.mktemp("demo")
-    summary = run_demo(workdir, log=lambda _: None)
+    summary = run_demo(workdir)
     summary["workdir"] = str(workdir)
     return summary
 

@@ -24,6 +24,8 @@ def test_summary_file(demo_summary):
     for key in ("pipeline_dir", "checkpoint", "metrics"):
         assert key in summary
     assert (Path(summary["samples_dir"]) / "zh.png").exists()
+    assert summary["registry_status"] == "promoted"
+    assert Path(summary["loss_curve"]).exists()
 
 
 VANILLA = """

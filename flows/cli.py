@@ -1,0 +1,167 @@
+"""The `iap` command: the library's commands plus flow-backed ones.
+
+`data`, `precompute`, `train`, `evaluate` and `demo` run the same Prefect flows a deployment runs
+(ephemeral mode without a server), so behaviour is identical with or without one. `iap server
+up|down` starts the real local path. `python -m iap` is the library-only CLI (no Prefect).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from iap import cli as library_cli
+from iap.errors import IapError
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+FLOW_BACKED = {"data", "precompute", "train", "demo"}
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=library_cli.app.info.help)
+for command in library_cli.app.registered_commands:
+    name = command.name or command.callback.__name__
+    if name not in FLOW_BACKED and name != "train_cmd":
+        app.registered_commands.append(command)
+app.registered_groups.extend(library_cli.app.registered_groups)
+server_app = typer.Typer(no_args_is_help=True, help="A local Prefect server, pool, deployments and worker.")
+app.add_typer(server_app, name="server")
+console = library_cli.console
+
+
+@app.command()
+def demo(workdir: Annotated[Path, typer.Option(help="where everything goes")] = Path("demo"),
+         steps: int = 600) -> None:
+    """Run the full iap-train flow on the tiny preset and synthetic data; writes WORKDIR/summary.json."""
+    from flows.demo import DEMO_TRAIN, run_demo
+    summary = run_demo(workdir, DEMO_TRAIN.model_copy(update={"steps": steps}))
+    m = summary["metrics"]
+    console.print(
+        f"\n[bold]IAP demo done[/bold] in {summary['seconds_total']} s (registry: {summary['registry_status']})\n"
+        f"  held-out IAP loss     {m['heldout_loss_before']:.5f} -> {m['heldout_loss_after']:.5f}"
+        f"  (mismatched-caption level {m['mismatched_caption_loss']:.5f})\n"
+        f"  zh->en retrieval top1 {m['retrieval_top1_before']:.1%} -> {m['retrieval_top1_after']:.1%}"
+        f"  on {m['heldout_pairs']} held-out pairs of never-trained combinations\n"
+        f"  pipeline: {summary['pipeline_dir']}\n  samples:  {summary['samples_dir']}\n"
+        f"  summary:  {workdir / 'summary.json'}")
+
+
+@app.command()
+def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path, glob or s3:// URL")],
+         out: Annotated[str, typer.Option(help="output root, local or s3://")],
+         config: Annotated[Path | None, typer.Option(help="JSON with download/filter/columns sections")] = None) -> None:
+    """Run the iap-data flow: img2dataset download + DuckDB filter into a snapshot."""
+    from flows.data import iap_data
+    sections = _sections(config, ("download", "filter", "columns"))
+    snapshot = iap_data(manifest, out, **sections)
+    library_cli.print_funnel(snapshot)
+
+
+@app.command()
+def precompute(snapshot: Annotated[str, typer.Option(help="snapshot URL")],
+               base: Annotated[str, typer.Option(help="base model id or folder")],
+               out: Annotated[str, typer.Option(help="cache root, local or s3://")],
+               policy: str = "recompute", positions: int = 64, draws: int = 2) -> None:
+    """Run the iap-precompute flow (use `python -m iap precompute --dry-run` for a projection)."""
+    from flows.precompute import iap_precompute
+    from iap.cache import CacheConfig
+    info = iap_precompute(snapshot, base, out, CacheConfig(policy=policy, positions=positions, draws=draws))
+    console.print(f"cache {info['key']}: {info['bytes'] / 1e6:.1f} MB\n{info['url']}")
+
+
+@app.command()
+def train(out: Annotated[str, typer.Option(help="output root of the whole pipeline")],
+          base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5", zh_encoder: str = "hfl/chinese-roberta-wwm-ext",
+          manifest: str | None = None, snapshot: str | None = None, synthetic: int = 0,
+          config: Annotated[Path | None, typer.Option(
+              help="JSON with download/filter/cache/train/gate/columns sections")] = None) -> None:
+    """Run the full iap-train flow: data -> precompute -> train -> evaluate -> export -> register."""
+    from flows.train import iap_train
+    result = iap_train(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest, snapshot=snapshot,
+                       synthetic=synthetic,
+                       **_sections(config, ("download", "filter", "cache", "train", "gate", "columns")))
+    console.print(f"checkpoint {result['checkpoint_id']}: {result['status']} ({result['reason']})\n"
+                  f"pipeline: {result['pipeline_dir']}")
+
+
+@app.command()
+def evaluate(checkpoint: str, snapshot: Annotated[str, typer.Option(help="snapshot URL")],
+             base: Annotated[str, typer.Option(help="the base model the checkpoint was trained for")],
+             untrained: str | None = None, split: str = "val") -> None:
+    """Run the iap-evaluate flow on any checkpoint and snapshot split."""
+    from flows.evaluate import iap_evaluate
+    for k, v in iap_evaluate(checkpoint, snapshot, base, untrained, split).items():
+        console.print(f"{k:32} {v}")
+
+
+@server_app.command("up")
+def server_up(port: int = 4200, out: str = "runs/prefect") -> None:
+    """Start a Prefect server on 127.0.0.1, a process pool, all deployments and a worker."""
+    from iap.server import up
+    state = up(port, out)
+    console.print(f"Prefect UI: {state['api'].removesuffix('/api')}\n"
+                  f"export PREFECT_API_URL={state['api']}\n"
+                  "prefect deployment run iap-train/smoke --watch")
+
+
+@server_app.command("down")
+def server_down() -> None:
+    """Stop the worker and server started by `iap server up`."""
+    from iap.server import down
+    down()
+    console.print("stopped")
+
+
+def _sections(path: Path | None, names: tuple[str, ...]) -> dict:
+    """Stage configs from one JSON file; a bad field names the file, the section and the field."""
+    if path is None:
+        return {}
+    import json
+
+    from pydantic import ValidationError
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise IapError(f"config file {path}: cannot read it as JSON ({e})") from e
+    unknown = set(data) - set(names)
+    if unknown:
+        raise IapError(f"config file {path}: unknown section(s) {', '.join(sorted(unknown))}; use {', '.join(names)}")
+    out = {}
+    for name in names:
+        if name in data:
+            try:
+                out[name] = _config_class(name).model_validate(data[name])
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise IapError(f"config file {path}: field '{name}.{'.'.join(map(str, err['loc']))}': "
+                               f"{err['msg']}") from e
+    return out
+
+
+def _config_class(name: str):
+    from iap.cache import CacheConfig
+    from iap.config import TrainConfig
+    from iap.data.download import DownloadConfig
+    from iap.data.manifest import ManifestColumns
+    from iap.data.snapshot import FilterConfig
+    from iap.registry import GateConfig
+    return {"download": DownloadConfig, "filter": FilterConfig, "cache": CacheConfig, "train": TrainConfig,
+            "gate": GateConfig, "columns": ManifestColumns}[name]
+
+
+def main() -> None:
+    from diffusers.utils import logging as diffusers_logging
+    diffusers_logging.disable_progress_bar()
+    try:
+        app()
+    except IapError as e:
+        from rich.console import Console
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

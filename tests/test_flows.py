@@ -1,0 +1,59 @@
+"""Flows in-process against Prefect's ephemeral server: retries of transient storage failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from tests.conftest import DOWNLOAD, FILTER, free_port
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_a_transient_s3_outage_is_retried_and_the_flow_completes(harness, served, monkeypatch):
+    import fsspec
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.data import iap_data
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(k, v)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("flaky")
+    fs.put(str(served), "flaky/in/manifest.parquet")
+    server.stop()  # the outage: the flow's first task finds no S3 server ...
+    restarted = []
+
+    def restart():  # ... which is back within the tasks' retry delay (5 s)
+        time.sleep(2)
+        again = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        again.start()
+        restarted.append(again)
+
+    threading.Thread(target=restart, daemon=True).start()
+    state = iap_data("s3://flaky/in/manifest.parquet", "s3://flaky/data", DOWNLOAD, FILTER, return_state=True)
+    try:
+        assert state.is_completed(), state.message
+        snapshot = state.result()
+        assert snapshot["rows"]["total"] > 0
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
+                state.state_details.flow_run_id])))
+        retried = [t for t in runs if t.run_count > 1]
+        assert retried, [(t.name, t.run_count) for t in runs]
+    finally:
+        for s in restarted:
+            s.stop()

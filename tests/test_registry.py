@@ -1,0 +1,49 @@
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from iap.registry import Entry, GateConfig, Registry
+
+
+def entry(cid: str, loss: float, top1: float = 0.9, base: str = "b1") -> Entry:
+    return Entry(checkpoint_id=cid, checkpoint_url=f"/runs/{cid}", base="base", base_fingerprint=base,
+                 metrics={"heldout_loss": loss, "retrieval_top1": top1})
+
+
+def test_gating_promotes_only_improvements_and_records_reasons(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    assert reg.register(entry("a", 0.010)).status == "promoted"
+    worse = reg.register(entry("b", 0.020))
+    assert worse.status == "candidate" and "does not beat" in worse.reason and "a" in worse.reason
+    assert reg.register(entry("c", 0.005, top1=0.1)).status == "rejected"  # below the retrieval floor
+    better = reg.register(entry("d", 0.001))
+    assert better.status == "promoted"
+    assert reg.get("a").status == "candidate" and "superseded by d" in reg.get("a").reason
+    assert reg.register(entry("e", 0.5, base="b2")).status == "promoted"  # per base model
+    assert [e.checkpoint_id for e in reg.entries() if e.status == "promoted"] == ["d", "e"]
+    assert reg.register(entry("x", 1.0), GateConfig(metric="retrieval_top1", lower_is_better=False,
+                                                    floor_metric=None)).status == "candidate"
+
+
+def test_registration_is_idempotent(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    first = reg.register(entry("a", 0.01))
+    again = reg.register(entry("a", 0.02))
+    assert again == first and len(reg.entries()) == 1
+
+
+def test_concurrent_registrations_all_land(tmp_path):
+    url = str(tmp_path / "reg")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: Registry(url).register(entry(f"c{i}", 0.1 + i)), range(16)))
+    script = ("import sys; from iap.registry import Registry, Entry; Registry(sys.argv[1]).register(Entry("
+              "checkpoint_id=sys.argv[2], checkpoint_url='x', base='b', base_fingerprint='b1', metrics={}))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, url, f"p{i}"]) for i in range(4)]
+    assert all(p.wait(60) == 0 for p in procs)
+    assert {e.checkpoint_id for e in Registry(url).entries()} == {f"c{i}" for i in range(16)} | {f"p{i}" for i in range(4)}
+
+
+def test_registry_on_s3(s3):
+    reg = Registry("s3://iap-test/registry")
+    reg.register(entry("a", 0.01))
+    assert Registry("s3://iap-test/registry").get("a").status == "promoted"

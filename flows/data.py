@@ -18,7 +18,7 @@ def iap_data(manifest: str, out: str, download: DownloadConfig = DownloadConfig(
     # img2dataset must run in this (main) thread: call the task, never .submit() it
     report = download_shards.with_options(assets=[asset_url(planned["raw_url"])], asset_deps=[asset_url(manifest)])(
         planned["id"], manifest, out, download, columns)
-    planned_snapshot = plan_filter(report["shards_url"], out, filter)
+    planned_snapshot = plan_filter(report, out, filter)
     snapshot = filter_snapshot.with_options(assets=[asset_url(planned_snapshot["url"])],
                                             asset_deps=[asset_url(planned["raw_url"])])(
         planned_snapshot["id"], report, out, filter)

@@ -24,9 +24,9 @@ def download_shards(key: str, manifest: str, out: str, config: DownloadConfig, c
 
 
 @task(retries=2, retry_delay_seconds=5)
-def plan_filter(shards_url: str, out: str, config: FilterConfig) -> dict:
-    """The snapshot id and URL from the shards' content and the rules (metadata scan only)."""
-    snapshot_id, url = plan_snapshot(shards_url, out, config)
+def plan_filter(report: dict, out: str, config: FilterConfig) -> dict:
+    """The snapshot id and URL from the manifest rows' content and the rules (metadata scan only)."""
+    snapshot_id, url = plan_snapshot(report["parts"], out, config, report["keys_url"])
     return {"id": snapshot_id, "url": url}
 
 
@@ -34,7 +34,7 @@ def plan_filter(shards_url: str, out: str, config: FilterConfig) -> dict:
 def filter_snapshot(key: str, report: dict, out: str, config: FilterConfig) -> dict:
     """DuckDB filter into a snapshot; `key` is the snapshot id."""
     rep = DownloadReport(**report)
-    return asdict(build_snapshot(rep.shards_url, out, config, download_funnel(rep)))
+    return asdict(build_snapshot(rep.parts, out, config, download_funnel(rep), rep.keys_url))
 
 
 @task(retries=2, retry_delay_seconds=5)

@@ -144,3 +144,23 @@ def test_end_to_end_on_s3(s3, served):
     assert reopened.id == snapshot.id and reopened.shards == snapshot.shards
     again = run_data("s3://iap-test/in/manifest.parquet", "s3://iap-test/data", DOWNLOAD, FILTER)[1]
     assert again.cached and again.id == snapshot.id
+
+
+def test_refresh_downloads_only_new_manifest_rows(tmp_path):
+    from iap.data.synth import serve, write_synth
+    from tests.conftest import free_port
+    folder, port, out = tmp_path / "synth", free_port(), tmp_path / "out"
+    server = serve(folder.mkdir() or folder, port)
+    try:
+        first = write_synth(folder, n=30, seed=1, base_url=f"http://127.0.0.1:{port}")
+        first.rename(folder / "day1.parquet")
+        report1, snap1 = run_data(str(folder / "day1.parquet"), str(out), DOWNLOAD, FILTER)
+        grown = write_synth(folder, n=40, seed=1, base_url=f"http://127.0.0.1:{port}")  # the same 30 + 10 new
+        report2, snap2 = run_data(str(grown), str(out), DOWNLOAD, FILTER)
+        again = run_data(str(grown), str(out), DOWNLOAD, FILTER)
+    finally:
+        server.shutdown()
+    assert report1.new_rows == 30 and snap1.rows["total"] == 30
+    assert report2.new_rows == 10 and report2.input_rows == 40 and report2.downloaded == 40
+    assert len(report2.parts) == 2 and snap2.rows["total"] == 40 and snap2.id != snap1.id
+    assert again[0].cached and again[1].cached and again[1].id == snap2.id

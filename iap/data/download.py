@@ -23,6 +23,7 @@ from typing import Literal
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import Field
@@ -62,6 +63,9 @@ class DownloadReport:
     failure_examples: dict[str, str] = field(default_factory=dict)
     manifest_fingerprint: str = ""
     config: dict = field(default_factory=dict)
+    parts: list[str] = field(default_factory=list)  # every shards folder holding this manifest's rows
+    keys_url: str = ""  # Parquet of the manifest's keys: the snapshot reads exactly these rows
+    new_rows: int = 0  # rows downloaded by this call (the rest were already downloaded)
     cached: bool = False
 
     @property
@@ -88,11 +92,15 @@ def _join(*parts: str) -> str:
     return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts))
 
 
-def _count_rows(fs: fsspec.AbstractFileSystem, shards_url: str, input_rows: int) -> tuple[int, Counter, dict]:
-    files = sorted(fs.glob(_join(shards_url, "*.parquet")))
+def _count_rows(fs: fsspec.AbstractFileSystem, shards_urls: list[str], keys: pa.Array | None,
+                input_rows: int) -> tuple[int, Counter, dict]:
+    """Successes and failures by reason of the rows (with `keys`, only those) in the shards."""
+    files = sorted(f for url in shards_urls for f in fs.glob(_join(url, "*.parquet")))
     if not files:
-        raise IapError(f"img2dataset wrote no shard under {shards_url}")
-    meta = ds.dataset(files, filesystem=fs, format="parquet").to_table(columns=["status", "error_message"])
+        raise IapError(f"img2dataset wrote no shard under {shards_urls}")
+    meta = ds.dataset(files, filesystem=fs, format="parquet").to_table(columns=["iap_key", "status", "error_message"])
+    if keys is not None:
+        meta = meta.filter(pc.is_in(meta["iap_key"], keys))
     ok = sum(1 for s in meta["status"].to_pylist() if s == "success")
     reasons: Counter = Counter()
     examples: dict[str, str] = {}
@@ -139,8 +147,68 @@ def plan_download(manifest: pa.Table, out_url: str, cfg: DownloadConfig) -> tupl
 
 def download(manifest: pa.Table, out_url: str, cfg: DownloadConfig | None = None,
              on_progress: Callable[[int, int], None] | None = None) -> DownloadReport:
-    """Download every manifest row (columns from read_manifest) into OUT/raw-<id>/shards."""
+    """Make every manifest row (columns from read_manifest) available as downloaded-or-failed, fetching
+    only rows whose key no earlier download under OUT (with the same options) has seen: a refreshed
+    manifest with new rows downloads just those. The report accounts for every manifest row."""
     cfg = cfg or DownloadConfig()
+    keys = manifest["key"]
+    if pc.count_distinct(keys).as_py() != manifest.num_rows:
+        raise IapError("manifest: keys are not unique (duplicate rows, or a key column with repeats); "
+                       "remove the duplicates or choose another --key-col")
+    run_id, _ = plan_download(manifest, out_url, cfg)
+    fs = fsspec.get_fs_token_paths(out_url)[0]
+    marker = _join(out_url, "manifests", f"{run_id}.json")
+    if fs.exists(marker):
+        with fs.open(marker, "r") as f:
+            return DownloadReport(**{**json.load(f), "cached": True})
+    parts = _parts_with_keys(fs, out_url, cfg, set(keys.to_pylist()))
+    seen = {k for _, part_keys in parts for k in part_keys}
+    new = manifest.filter(pc.invert(pc.is_in(keys, pa.array(sorted(seen), pa.string())))) if seen else manifest
+    urls = [url for url, _ in parts]
+    if new.num_rows:
+        urls.append(_download_rows(new, out_url, cfg, on_progress).shards_url)
+    keys_url = _join(out_url, "manifests", f"{run_id}.keys.parquet")
+    fs.makedirs(_join(out_url, "manifests"), exist_ok=True)
+    with fs.open(keys_url, "wb") as f:
+        pq.write_table(pa.table({"key": keys}), f)
+    ok, reasons, examples = _count_rows(fs, urls, keys, manifest.num_rows)
+    if reasons.get("unaccounted"):
+        raise IapError(f"{reasons['unaccounted']} of {manifest.num_rows} manifest rows are in no shard under "
+                       f"{out_url}: some img2dataset shards failed; re-run to retry them")
+    report = DownloadReport(raw_url=_join(out_url, f"raw-{run_id}"), shards_url=urls[-1], download_id=run_id,
+                            input_rows=manifest.num_rows, downloaded=ok, failed=dict(reasons),
+                            failure_examples=examples, manifest_fingerprint=table_fingerprint(manifest),
+                            config=cfg.model_dump(mode="json"), parts=urls, keys_url=keys_url, new_rows=new.num_rows)
+    with fs.open(marker, "w") as f:
+        json.dump({k: v for k, v in asdict(report).items() if k != "cached"}, f, indent=1)
+    return report
+
+
+def _parts_with_keys(fs, out_url: str, cfg: DownloadConfig, wanted: set[str]) -> list[tuple[str, set[str]]]:
+    """Completed raw downloads under OUT made with the same content options, with their keys in `wanted`."""
+    options = _options(cfg)
+    parts = []
+    for marker in sorted(fs.glob(_join(out_url, "raw-*", "download.json"))):
+        with fs.open(marker, "r") as f:
+            done = json.load(f)
+        if _options(DownloadConfig.model_validate(done["config"])) != options:
+            continue
+        files = fs.glob(_join(done["shards_url"], "*.parquet"))
+        part_keys = set(ds.dataset(files, filesystem=fs, format="parquet").to_table(columns=["iap_key"])
+                        ["iap_key"].to_pylist()) & wanted
+        if part_keys:
+            parts.append((done["shards_url"], part_keys))
+    return parts
+
+
+def _options(cfg: DownloadConfig) -> str:
+    """The options that change what is downloaded (not how it is parallelised)."""
+    return cfg.content_hash(exclude={"distributor", "processes_count", "thread_count"})
+
+
+def _download_rows(manifest: pa.Table, out_url: str, cfg: DownloadConfig,
+                   on_progress: Callable[[int, int], None] | None) -> DownloadReport:
+    """Download these rows into OUT/raw-<id>/shards (id from their content); a completed one is reused."""
     fingerprint = table_fingerprint(manifest)
     run_id = download_id(fingerprint, cfg)
     raw_url = _join(out_url, f"raw-{run_id}")
@@ -165,7 +233,7 @@ def download(manifest: pa.Table, out_url: str, cfg: DownloadConfig | None = None
         _run_img2dataset(input_url, shards_url, extra, cfg)
     finally:
         stop.set()
-    ok, reasons, examples = _count_rows(fs, shards_url, manifest.num_rows)
+    ok, reasons, examples = _count_rows(fs, [shards_url], None, manifest.num_rows)
     report = DownloadReport(raw_url=raw_url, shards_url=shards_url, download_id=run_id,
                             input_rows=manifest.num_rows, downloaded=ok, failed=dict(reasons),
                             failure_examples=examples, manifest_fingerprint=fingerprint,
@@ -179,6 +247,5 @@ def download(manifest: pa.Table, out_url: str, cfg: DownloadConfig | None = None
 
 
 def download_id(fingerprint: str, cfg: DownloadConfig) -> str:
-    """Manifest content + the options that change what is downloaded (not how it is parallelised)."""
-    options = cfg.content_hash(exclude={"distributor", "processes_count", "thread_count"})
-    return hashlib.sha256(f"{fingerprint}:{options}".encode()).hexdigest()[:16]
+    """Manifest content + the options that change what is downloaded."""
+    return hashlib.sha256(f"{fingerprint}:{_options(cfg)}".encode()).hexdigest()[:16]

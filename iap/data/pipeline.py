@@ -25,5 +25,5 @@ def run_data(manifest_url: str, out_url: str, download_cfg: DownloadConfig | Non
     """Must run in the main thread of a `__main__`-guarded program (img2dataset spawns processes)."""
     manifest = read_manifest(manifest_url, columns)
     report = download(manifest, out_url, download_cfg, on_progress)
-    snapshot = build_snapshot(report.shards_url, out_url, filter_cfg, download_funnel(report))
+    snapshot = build_snapshot(report.parts, out_url, filter_cfg, download_funnel(report), report.keys_url)
     return report, snapshot

@@ -109,16 +109,16 @@ def _connect(*urls: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _load_rows(con: duckdb.DuckDBPyConnection, shards_url: str) -> list[str]:
+def _load_rows(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | None = None) -> list[str]:
     """Successful rows into table `rows`; returns the extra (carried-through) columns."""
-    src = _source(shards_url)
+    src = _source(shards, keys_url)
     cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
     skip = {"iap_key", "caption", "key", "status", "error_message", "exif", "jpg", "png", "webp", "url",
             "caption_zh", "width", "height", "original_width", "original_height", "sha256"}
     extras = [c for c in cols if c not in skip]
     image = next((c for c in ("jpg", "png", "webp") if c in cols), None)
     if image is None or "iap_key" not in cols:
-        raise IapError(f"{shards_url}: not iap download shards (need parquet output with images and iap_key)")
+        raise IapError(f"{shards}: not iap download shards (need parquet output with images and iap_key)")
     extra_sql = "".join(f', "{c}"' for c in extras)
     con.execute(f"""CREATE TEMP TABLE rows AS
         SELECT row_number() OVER (ORDER BY iap_key, url) AS row_id, iap_key AS key, url, caption_zh,
@@ -128,22 +128,33 @@ def _load_rows(con: duckdb.DuckDBPyConnection, shards_url: str) -> list[str]:
     return extras
 
 
-def _source(shards_url: str) -> str:
-    return f"read_parquet('{shards_url.rstrip('/')}/*.parquet', union_by_name=true)"
+Shards = str | list[str]
 
 
-def _content_fingerprint(con: duckdb.DuckDBPyConnection, shards_url: str) -> str:
+def _globs(shards: Shards) -> list[str]:
+    return [f"{u.rstrip('/')}/*.parquet" for u in ([shards] if isinstance(shards, str) else shards)]
+
+
+def _source(shards: Shards, keys_url: str | None = None) -> str:
+    """The download rows as a relation: every shards folder, restricted to the manifest's keys if given."""
+    rows = f"read_parquet({_globs(shards)}, union_by_name=true)"
+    if not keys_url:
+        return rows
+    return f"(SELECT * FROM {rows} WHERE iap_key IN (SELECT key FROM read_parquet('{keys_url}')))"
+
+
+def _content_fingerprint(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | None = None) -> str:
     """Order-independent hash of the successful rows' content (so re-sharding keeps the id);
     reads metadata columns only."""
     row = "concat_ws('\t', iap_key, sha256, caption_zh, caption, original_width, original_height)"
     n, x, s = con.execute(f"SELECT count(*), bit_xor(md5_number_lower({row})), sum(md5_number_lower({row}) >> 20) "
-                          f"FROM {_source(shards_url)} WHERE status = 'success'").fetchone()
+                          f"FROM {_source(shards, keys_url)} WHERE status = 'success'").fetchone()
     return hashlib.sha256(f"{n}:{x}:{s}".encode()).hexdigest()[:16]
 
 
-def plan_snapshot(shards_url: str, out_url: str, cfg: FilterConfig) -> tuple[str, str]:
+def plan_snapshot(shards: Shards, out_url: str, cfg: FilterConfig, keys_url: str | None = None) -> tuple[str, str]:
     """(snapshot id, URL) without filtering anything."""
-    sid = snapshot_id(_content_fingerprint(_connect(shards_url), shards_url), cfg)
+    sid = snapshot_id(_content_fingerprint(_connect(*_globs(shards)), shards, keys_url), cfg)
     return sid, f"{out_url.rstrip('/')}/snapshots/{sid}"
 
 
@@ -232,18 +243,19 @@ def open_snapshot(url: str) -> Snapshot:
         return Snapshot(**{**json.load(f), "cached": True})
 
 
-def build_snapshot(shards_url: str, out_url: str, cfg: FilterConfig | None = None,
-                   download_funnel: list[dict] | None = None) -> Snapshot:
-    """Filter shards into OUT/snapshots/<id>; returns the existing snapshot when the id is known."""
+def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None,
+                   download_funnel: list[dict] | None = None, keys_url: str | None = None) -> Snapshot:
+    """Filter shards (one folder or several; with keys_url only the manifest's rows) into
+    OUT/snapshots/<id>; returns the existing snapshot when the id is known."""
     cfg = cfg or FilterConfig()
-    con = _connect(shards_url, out_url)
-    content = _content_fingerprint(con, shards_url)
+    con = _connect(*_globs(shards), out_url)
+    content = _content_fingerprint(con, shards, keys_url)
     sid = snapshot_id(content, cfg)
     final_url = f"{out_url.rstrip('/')}/snapshots/{sid}"
     fs, _, _ = fsspec.get_fs_token_paths(final_url)
     if fs.exists(f"{final_url}/snapshot.json"):
         return open_snapshot(final_url)
-    extras = _load_rows(con, shards_url)
+    extras = _load_rows(con, shards, keys_url)
     start = con.execute("SELECT count(*) FROM rows").fetchone()[0]
     funnel = list(download_funnel or []) + _apply_rules(con, cfg, start)
     _assign_splits(con, cfg, extras)
@@ -252,7 +264,7 @@ def build_snapshot(shards_url: str, out_url: str, cfg: FilterConfig | None = Non
     with tempfile.TemporaryDirectory(prefix="iap-snapshot-") as tmp:
         shards = _write_local(con, Path(tmp), cfg, extras)
         snap = Snapshot(id=sid, url=final_url, rows=rows, funnel=funnel, config=cfg.model_dump(mode="json"),
-                        inputs={"shards_url": shards_url, "content_fingerprint": content,
+                        inputs={"shards": shards, "keys_url": keys_url, "content_fingerprint": content,
                                 "rows_in": start}, shards=shards)
         _commit(fs, Path(tmp), final_url, snap)
     return snap

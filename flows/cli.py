@@ -8,7 +8,6 @@ up|down` starts the real local path. `python -m iap` is the library-only CLI (no
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -153,14 +152,7 @@ def _config_class(name: str):
 
 
 def main() -> None:
-    from diffusers.utils import logging as diffusers_logging
-    diffusers_logging.disable_progress_bar()
-    try:
-        app()
-    except IapError as e:
-        from rich.console import Console
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {e}", highlight=False)
-        sys.exit(2)
+    library_cli.run(app)
 
 
 if __name__ == "__main__":

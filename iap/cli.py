@@ -306,14 +306,19 @@ def registry_promote(checkpoint_id: str, registry: REGISTRY_OPT) -> None:
     console.print(f"{entry.checkpoint_id}: {entry.status}")
 
 
-def main() -> None:
+def run(typer_app: typer.Typer) -> None:
+    """Run a CLI app; a user error (IapError) is one line on stderr and exit code 2."""
     from diffusers.utils import logging as diffusers_logging
     diffusers_logging.disable_progress_bar()
     try:
-        app()
+        typer_app()
     except IapError as e:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {e}", highlight=False)
         sys.exit(2)
+
+
+def main() -> None:
+    run(app)
 
 
 if __name__ == "__main__":

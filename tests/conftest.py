@@ -96,19 +96,31 @@ def local_run(served, tmp_path_factory):
 
 
 
+def start_moto(monkeypatch, port: int = 0):
+    """A moto S3 server on 127.0.0.1 with fresh state, and env pointing s3fs at it. moto's backends and
+    fsspec's s3fs instances are process-global, so both are reset for each server."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    import httpx
+    httpx.post(f"http://{host}:{port}/moto-api/reset", timeout=10)
+    for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    s3fs.S3FileSystem.clear_instance_cache()
+    return server, port
+
+
 @pytest.fixture
 def s3(monkeypatch):
     """A real S3-compatible server (moto) on 127.0.0.1 with an empty bucket 'iap-test'."""
     import fsspec
-    from moto.server import ThreadedMotoServer
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                 "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(k, v)
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    import s3fs
+    server, _ = start_moto(monkeypatch)
+    fs = fsspec.filesystem("s3")
     fs.mkdir("iap-test")
     yield fs
-    fsspec.filesystem("s3", skip_instance_cache=True)  # drop the instance bound to this server
+    s3fs.S3FileSystem.clear_instance_cache()
     server.stop()

@@ -8,7 +8,7 @@ import time
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.conftest import DOWNLOAD, FILTER, free_port
+from tests.conftest import DOWNLOAD, FILTER, free_port, start_moto
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +25,9 @@ def test_a_transient_s3_outage_is_retried_and_the_flow_completes(harness, served
 
     from flows.data import iap_data
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_MAX_ATTEMPTS": "1"}.items():
-        monkeypatch.setenv(k, v)
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    server, port = start_moto(monkeypatch, free_port())
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    fs = fsspec.filesystem("s3")
     fs.mkdir("flaky")
     fs.put(str(served), "flaky/in/manifest.parquet")
     server.stop()  # the outage: the flow's first task finds no S3 server ...

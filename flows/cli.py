@@ -54,7 +54,9 @@ def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path,
          config: Annotated[Path | None, typer.Option(help="JSON with download/filter/columns sections")] = None) -> None:
     """Run the iap-data flow: img2dataset download + DuckDB filter into a snapshot."""
     from flows.data import iap_data
+    from iap.data.manifest import read_manifest
     sections = _sections(config, ("download", "filter", "columns"))
+    read_manifest(manifest, sections.get("columns"))  # a bad manifest: one message, before the flow starts
     snapshot = iap_data(manifest, out, **sections)
     library_cli.print_funnel(snapshot)
 
@@ -67,6 +69,8 @@ def precompute(snapshot: Annotated[str, typer.Option(help="snapshot URL")],
     """Run the iap-precompute flow (use `python -m iap precompute --dry-run` for a projection)."""
     from flows.precompute import iap_precompute
     from iap.cache import CacheConfig
+    from iap.data.snapshot import open_snapshot
+    open_snapshot(snapshot)  # a missing snapshot: one message, before the flow starts
     info = iap_precompute(snapshot, base, out, CacheConfig(policy=policy, positions=positions, draws=draws))
     console.print(f"cache {info['key']}: {info['bytes'] / 1e6:.1f} MB\n{info['url']}")
 
@@ -79,6 +83,8 @@ def train(out: Annotated[str, typer.Option(help="output root of the whole pipeli
               help="JSON with download/filter/cache/train/gate/columns sections")] = None) -> None:
     """Run the full iap-train flow: data -> precompute -> train -> evaluate -> export -> register."""
     from flows.train import iap_train
+    from tasks.inputs import check_inputs
+    check_inputs.fn(out, base, zh_encoder, manifest, snapshot, synthetic)  # one message, before the flow starts
     result = iap_train(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest, snapshot=snapshot,
                        synthetic=synthetic,
                        **_sections(config, ("download", "filter", "cache", "train", "gate", "columns")))
@@ -92,6 +98,10 @@ def evaluate(checkpoint: str, snapshot: Annotated[str, typer.Option(help="snapsh
              untrained: str | None = None, split: str = "val") -> None:
     """Run the iap-evaluate flow on any checkpoint and snapshot split."""
     from flows.evaluate import iap_evaluate
+    from iap.checkpoint import read_checkpoint_meta
+    from iap.data.snapshot import open_snapshot
+    read_checkpoint_meta(checkpoint)  # missing inputs: one message, before the flow starts
+    open_snapshot(snapshot)
     for k, v in iap_evaluate(checkpoint, snapshot, base, untrained, split).items():
         console.print(f"{k:32} {v}")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import re
 import socket
 import tempfile
 import time
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 from iap.data import shapes
 from iap.data.download import DownloadConfig, download
 from iap.data.manifest import read_manifest
-from iap.data.snapshot import FilterConfig, _apply_rules, _assign_splits, _connect, _load_rows, _write_local
+from iap.data.snapshot import FilterConfig, _apply_rules, _connect, _load_rows, _write_local
 from iap.data.synth import serve, write_synth
 
 
@@ -74,19 +73,14 @@ def fake_shards(rows: int, folder: Path, shard_rows: int = 100_000) -> Path:
 def bench_duckdb(shards: Path, out: Path, cfg: FilterConfig) -> tuple[float, float, int]:
     start = time.perf_counter()
     con = _connect(str(shards))
-    extras = _load_rows(con, str(shards))
+    extras = _load_rows(con, str(shards), cfg=cfg)
     rows = con.execute("SELECT count(*) FROM rows").fetchone()[0]
     funnel = _apply_rules(con, cfg, rows)
-    _assign_splits(con, cfg, extras)
     filtered = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     _write_local(con, out, cfg, extras)
     total = time.perf_counter() - start
     return rows / filtered, rows / total, funnel[-1]["remaining"]
-
-
-CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-LATIN = re.compile(r"[A-Za-z]")
 
 
 def bench_naive(shards: Path, limit: int, cfg: FilterConfig) -> tuple[float, int]:
@@ -98,12 +92,14 @@ def bench_naive(shards: Path, limit: int, cfg: FilterConfig) -> tuple[float, int
         zh, en = (r["caption_zh"] or "").strip(), (r["caption"] or "").strip()
         if r["status"] != "success" or not zh or not en:
             continue
-        zh_chars, en_chars = len(re.sub(r"\s", "", zh)), len(re.sub(r"\s", "", en))
-        if not cfg.zh_min_chars <= zh_chars <= cfg.zh_max_chars:
+        zh_raw, en_raw = r["caption_zh"], r["caption"]
+        if not cfg.zh_min_chars <= len(zh_raw) <= cfg.zh_max_chars:
             continue
         if not cfg.en_min_words <= len(en.split()) <= cfg.en_max_words:
             continue
-        if len(CJK.findall(zh)) < cfg.zh_cjk_ratio * zh_chars or len(LATIN.findall(en)) < cfg.en_latin_ratio * en_chars:
+        wide = (len(zh_raw.encode()) - len(zh_raw)) / 2  # the same script ratios as the DuckDB rules
+        ascii_chars = 2 * len(en_raw) - len(en_raw.encode())
+        if wide < cfg.zh_cjk_ratio * len(zh_raw) or ascii_chars < cfg.en_latin_ratio * len(en_raw):
             continue
         w, h = r["original_width"], r["original_height"]
         if min(w, h) < cfg.min_side or max(w, h) > cfg.max_aspect * min(w, h):

@@ -26,7 +26,6 @@ from pydantic import Field, field_validator
 from iap.config import StageConfig
 from iap.errors import IapError
 
-CJK = r"[\x{3400}-\x{4dbf}\x{4e00}-\x{9fff}\x{f900}-\x{faff}]"
 SPLITS = ("train", "val", "test")
 CORE_COLUMNS = ["key", "url", "caption_zh", "caption_en", "image", "width", "height",
                 "original_width", "original_height", "sha256"]
@@ -35,12 +34,12 @@ CORE_COLUMNS = ["key", "url", "caption_zh", "caption_en", "image", "width", "hei
 class FilterConfig(StageConfig):
     """The snapshot's rules, applied in this order."""
 
-    zh_min_chars: int = Field(2, ge=0)
+    zh_min_chars: int = Field(2, ge=0, description="characters of caption_zh")
     zh_max_chars: int = Field(256, ge=1)
     en_min_words: int = Field(2, ge=0)
     en_max_words: int = Field(77, ge=1)
-    zh_cjk_ratio: float = Field(0.5, ge=0, le=1, description="CJK characters / non-space characters")
-    en_latin_ratio: float = Field(0.6, ge=0, le=1, description="ASCII letters / non-space characters")
+    zh_cjk_ratio: float = Field(0.5, ge=0, le=1, description="share of CJK-range characters (>= U+0800)")
+    en_latin_ratio: float = Field(0.8, ge=0, le=1, description="share of ASCII characters")
     min_side: int = Field(0, ge=0, description="pixels, of the original image")
     max_aspect: float = Field(3.0, ge=1)
     dedup_image: bool = True
@@ -81,21 +80,31 @@ class Snapshot:
 
 
 def _rules(cfg: FilterConfig) -> list[tuple[str, str]]:
-    """(rule name, SQL predicate a row must satisfy), in order."""
-    zh_len = "length(regexp_replace(caption_zh, '\\s', '', 'g'))"
-    en_len = "length(regexp_replace(caption_en, '\\s', '', 'g'))"
-    en_words = "len(regexp_split_to_array(trim(caption_en), '\\s+'))"
+    """(rule name, SQL predicate a row must satisfy), in order.
+
+    Script ratios come from UTF-8 byte length vs character length, which DuckDB computes ~30x faster
+    than a character-class regex: wide = (bytes - chars) / 2 counts characters at U+0800 and above
+    (CJK ideographs, kana, hangul, CJK punctuation; a 2-byte character counts half), and
+    ascii = 2 * chars - bytes counts ASCII characters (exact when the rest are 3-byte characters)."""
+    zh_n, en_n = "length(caption_zh)", "length(caption_en)"
+    en_trim = "trim(caption_en)"
+    en_words = f"(length({en_trim}) - length(replace({en_trim}, ' ', '')) + 1)"  # single-spaced words
     return [
         ("missing_caption", "coalesce(trim(caption_zh), '') <> '' AND coalesce(trim(caption_en), '') <> ''"),
-        ("zh_length", f"{zh_len} BETWEEN {cfg.zh_min_chars} AND {cfg.zh_max_chars}"),
+        ("zh_length", f"{zh_n} BETWEEN {cfg.zh_min_chars} AND {cfg.zh_max_chars}"),
         ("en_length", f"{en_words} BETWEEN {cfg.en_min_words} AND {cfg.en_max_words}"),
-        ("zh_not_chinese", f"length(regexp_replace(caption_zh, '[^' || '{CJK[1:-1]}' || ']', '', 'g')) "
-                           f">= {cfg.zh_cjk_ratio} * {zh_len}"),
-        ("en_not_latin", f"length(regexp_replace(caption_en, '[^A-Za-z]', '', 'g')) >= {cfg.en_latin_ratio} * {en_len}"),
+        ("zh_not_chinese", f"(strlen(caption_zh) - {zh_n}) / 2 >= {cfg.zh_cjk_ratio} * {zh_n}"),
+        ("en_not_latin", f"2 * {en_n} - strlen(caption_en) >= {cfg.en_latin_ratio} * {en_n}"),
         ("image_too_small", f"least(original_width, original_height) >= {cfg.min_side}"),
         ("aspect_ratio", f"greatest(original_width, original_height) <= {cfg.max_aspect} * "
                          "least(original_width, original_height)"),
     ]
+
+
+def _first_failed_rule(cfg: FilterConfig) -> str:
+    """One CASE that names the first rule a row fails (NULL when it passes them all)."""
+    whens = " ".join(f"WHEN NOT coalesce(({sql}), false) THEN '{name}'" for name, sql in _rules(cfg))
+    return f"CASE {whens} END"
 
 
 def _connect(*urls: str) -> duckdb.DuckDBPyConnection:
@@ -109,8 +118,10 @@ def _connect(*urls: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _load_rows(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | None = None) -> list[str]:
-    """Successful rows into table `rows`; returns the extra (carried-through) columns."""
+def _load_rows(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | None = None,
+               cfg: FilterConfig | None = None) -> list[str]:
+    """Successful rows into table `rows`, with the first per-row rule each fails already in `removed_by`
+    (one vectorised pass); returns the extra (carried-through) columns."""
     src = _source(shards, keys_url)
     cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
     skip = {"iap_key", "caption", "key", "status", "error_message", "exif", "jpg", "png", "webp", "url",
@@ -120,11 +131,13 @@ def _load_rows(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | N
     if image is None or "iap_key" not in cols:
         raise IapError(f"{shards}: not iap download shards (need parquet output with images and iap_key)")
     extra_sql = "".join(f', "{c}"' for c in extras)
+    removed = _first_failed_rule(cfg) if cfg else "CAST(NULL AS VARCHAR)"
     con.execute(f"""CREATE TEMP TABLE rows AS
-        SELECT row_number() OVER (ORDER BY iap_key, url) AS row_id, iap_key AS key, url, caption_zh,
-               caption AS caption_en, {image} AS image, width, height, original_width, original_height,
-               sha256{extra_sql}, CAST(NULL AS VARCHAR) AS removed_by, CAST(NULL AS VARCHAR) AS split
-        FROM {src} WHERE status = 'success'""")
+        SELECT row_number() OVER () AS row_id, * EXCLUDE (bucket), {_split(cfg) if cfg else 'NULL'} AS split FROM (
+            SELECT iap_key AS key, url, caption_zh, caption AS caption_en, {image} AS image, width, height,
+                   original_width, original_height, sha256{extra_sql}, {removed} AS removed_by,
+                   {_bucket(cfg, extras) if cfg else 'NULL'} AS bucket
+            FROM (SELECT *, caption AS caption_en FROM {src} WHERE status = 'success'))""")
     return extras
 
 
@@ -146,9 +159,9 @@ def _source(shards: Shards, keys_url: str | None = None) -> str:
 def _content_fingerprint(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | None = None) -> str:
     """Order-independent hash of the successful rows' content (so re-sharding keeps the id);
     reads metadata columns only."""
-    row = "concat_ws('\t', iap_key, sha256, caption_zh, caption, original_width, original_height)"
-    n, x, s = con.execute(f"SELECT count(*), bit_xor(md5_number_lower({row})), sum(md5_number_lower({row}) >> 20) "
-                          f"FROM {_source(shards, keys_url)} WHERE status = 'success'").fetchone()
+    row = "md5_number_lower(concat_ws('\t', iap_key, sha256, caption_zh, caption, original_width, original_height))"
+    n, x, s = con.execute(f"SELECT count(*), bit_xor(h), sum(h >> 20) FROM (SELECT {row} AS h "
+                          f"FROM {_source(shards, keys_url)} WHERE status = 'success')").fetchone()
     return hashlib.sha256(f"{n}:{x}:{s}".encode()).hexdigest()[:16]
 
 
@@ -156,11 +169,6 @@ def plan_snapshot(shards: Shards, out_url: str, cfg: FilterConfig, keys_url: str
     """(snapshot id, URL) without filtering anything."""
     sid = snapshot_id(_content_fingerprint(_connect(*_globs(shards)), shards, keys_url), cfg)
     return sid, f"{out_url.rstrip('/')}/snapshots/{sid}"
-
-
-def _remove(con, rule: str, sql_keep: str) -> int:
-    return con.execute(f"UPDATE rows SET removed_by = '{rule}' WHERE removed_by IS NULL AND NOT "
-                       f"coalesce(({sql_keep}), false)").fetchone()[0]
 
 
 def _dedup(con, rule: str, partition: str) -> int:
@@ -186,8 +194,11 @@ def _user_where(con, predicate: str) -> int:
 
 
 def _apply_rules(con, cfg: FilterConfig, start: int) -> list[dict]:
+    """The funnel: per-row rules (already evaluated at load), then de-duplication and `where`."""
     funnel, remaining = [], start
-    steps = [(name, lambda n=name, s=sql: _remove(con, n, s)) for name, sql in _rules(cfg)]
+    by_rule = dict(con.execute("SELECT removed_by, count(*) FROM rows WHERE removed_by IS NOT NULL "
+                               "GROUP BY removed_by").fetchall())
+    steps = [(name, lambda n=name: by_rule.get(n, 0)) for name, _ in _rules(cfg)]
     if cfg.dedup_image:
         steps.append(("duplicate_image", lambda: _dedup(con, "duplicate_image", "sha256")))
     if cfg.dedup_captions:
@@ -201,14 +212,18 @@ def _apply_rules(con, cfg: FilterConfig, start: int) -> list[dict]:
     return funnel
 
 
-def _assign_splits(con, cfg: FilterConfig, extras: list[str]) -> None:
+def _bucket(cfg: FilterConfig, extras: list[str]) -> str:
+    """A number in [0, 1) from an md5 of the split key: a row's split never changes as rows are added."""
     if cfg.split_key not in ["key", "url", "caption_zh", "caption_en", *extras]:
         raise IapError(f"filter 'split_key': column '{cfg.split_key}' not in the shards (have key, url, "
                        f"captions, {', '.join(extras) or 'no extra columns'})")
-    bucket = f"(md5_number_lower(CAST(\"{cfg.split_key}\" AS VARCHAR)) % 1000000) / 1000000.0"
-    con.execute(f"""UPDATE rows SET split = CASE WHEN {bucket} < {cfg.test_fraction} THEN 'test'
-        WHEN {bucket} < {cfg.test_fraction + cfg.val_fraction} THEN 'val' ELSE 'train' END
-        WHERE removed_by IS NULL""")
+    column = {"key": "iap_key", "caption_en": "caption"}.get(cfg.split_key, cfg.split_key)
+    return f"(md5_number_lower(CAST(\"{column}\" AS VARCHAR)) % 1000000) / 1000000.0"
+
+
+def _split(cfg: FilterConfig) -> str:
+    return (f"CASE WHEN bucket < {cfg.test_fraction} THEN 'test' "
+            f"WHEN bucket < {cfg.test_fraction + cfg.val_fraction} THEN 'val' ELSE 'train' END")
 
 
 def _write_local(con, folder: Path, cfg: FilterConfig, extras: list[str]) -> dict[str, list[str]]:
@@ -255,10 +270,9 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
     fs, _, _ = fsspec.get_fs_token_paths(final_url)
     if fs.exists(f"{final_url}/snapshot.json"):
         return open_snapshot(final_url)
-    extras = _load_rows(con, shards, keys_url)
+    extras = _load_rows(con, shards, keys_url, cfg)
     start = con.execute("SELECT count(*) FROM rows").fetchone()[0]
     funnel = list(download_funnel or []) + _apply_rules(con, cfg, start)
-    _assign_splits(con, cfg, extras)
     rows = dict(con.execute("SELECT split, count(*) FROM rows WHERE removed_by IS NULL GROUP BY split").fetchall())
     rows = {s: rows.get(s, 0) for s in SPLITS} | {"total": sum(rows.values())}
     with tempfile.TemporaryDirectory(prefix="iap-snapshot-") as tmp:

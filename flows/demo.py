@@ -41,7 +41,7 @@ def run_demo(workdir: str | Path, train: TrainConfig = DEMO_TRAIN, rows: int = D
                     "retrieval_top1_before": m["untrained_retrieval_top1"], "retrieval_top1_after": m["retrieval_top1"],
                     "retrieval_top5_before": m["untrained_retrieval_top5"], "retrieval_top5_after": m["retrieval_top5"],
                     "heldout_pairs": m["heldout_pairs"]},
-        "train": result["train"], "config": train.model_dump(mode="json"),
+        "evaluation": m, "train": result["train"], "config": train.model_dump(mode="json"),
         "seconds_total": round(time.perf_counter() - started, 1),
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -265,6 +265,38 @@ def print_funnel(snapshot: dict) -> None:
     console.print(f"rows: {snapshot['rows']}\nsnapshot: {snapshot['url']}")
 
 
+@app.command()
+def compare(
+    snapshot: Annotated[str, typer.Option(help="snapshot URL")],
+    base: Annotated[str, typer.Option(help="base model id or folder")],
+    zh_encoder: Annotated[str, typer.Option(help="Chinese encoder to start from")],
+    out: Annotated[Path, typer.Option(help="where runs, caches and compare.json go")],
+    objectives: str = "pivot,separate,embedding-mse,eps-distill",
+    policies: Annotated[str, typer.Option(help="cache policies to train pivot from")] = "recompute,store,store-sampled",
+    steps: int = 300, batch_size: int = 16, lr: float = 2e-3, samples: int = 8,
+) -> None:
+    """Train and evaluate several objectives and cache policies on one snapshot; print one table."""
+    from rich.table import Table
+
+    from iap.compare import COLUMNS
+    from iap.compare import compare as run
+    from iap.config import TrainConfig
+    from iap.data.snapshot import open_snapshot
+    from iap.models import load_base
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 20),
+                      checkpoint_every=steps, log_every=max(1, steps // 5))
+    rows = run(load_base(base), zh_encoder, open_snapshot(snapshot), out, cfg,
+               tuple(o for o in objectives.split(",") if o), tuple(p for p in policies.split(",") if p),
+               samples, log=console.print)
+    table = Table(title=f"IAP objectives and cache policies, {steps} steps each")
+    for col in ("objective", "teacher", *COLUMNS):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["objective"], r["teacher"], *(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])
+                                                       for c in COLUMNS))
+    console.print(table)
+
+
 registry_app = typer.Typer(no_args_is_help=True, help="The checkpoint registry.")
 app.add_typer(registry_app, name="registry")
 REGISTRY_OPT = Annotated[str, typer.Option(help="registry URL (local or s3://)")]

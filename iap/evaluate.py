@@ -107,23 +107,74 @@ def encoder_metrics(base: BaseModel, encoder: ChineseEncoder, held: InMemorySour
 
 
 def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split: str = "val",
-                        untrained: str | None = None, weights: dict[str, float] | None = None) -> dict[str, float]:
+                        untrained: str | None = None, weights: dict[str, float] | None = None, samples: int = 8,
+                        feature: torch.nn.Module | None = None, inception: str | None = None,
+                        clip_model: str | None = None) -> dict:
     """Metrics of a checkpoint on a snapshot split, next to the references computed in the same run:
-    the untrained encoder (when given) and the mismatched-caption level."""
+    the untrained encoder (when given) and the mismatched-caption level; with samples > 0, zh-vs-en
+    generation metrics on that many held-out pairs, and report.html in the run folder."""
     from iap.checkpoint import check_lineage, read_checkpoint_meta
     from iap.models.chinese import load_chinese_encoder
     checkpoint = Path(checkpoint)
     check_lineage(read_checkpoint_meta(checkpoint), base.source, f"checkpoint {checkpoint}")
     encoder = load_chinese_encoder(checkpoint / "encoder", base.cross_attention_dim, base.max_length)
-    held, _ = snapshot_source(base, encoder, snapshot, split)
+    held, rows = snapshot_source(base, encoder, snapshot, split)
     teacher = Teacher(base)
     features = AttentionFeatures(base, teacher, held.latents[:4], weights)
     from iap.objective import make_objective
     metrics = encoder_metrics(base, encoder, held, teacher, features, weights)
     metrics["mismatched_caption_loss"] = heldout_loss(make_objective("pivot", teacher, weights), None, held,
                                                       mismatched=True)
+    encoders = {"": encoder}
     if untrained:
         ref = load_chinese_encoder(untrained, base.cross_attention_dim, base.max_length)
         metrics |= {f"untrained_{k}": v for k, v in encoder_metrics(base, ref, held, teacher, features, weights).items()}
+        encoders["untrained_"] = ref
     metrics["heldout_pairs"] = len(held)
+    if samples:
+        from iap.report import write_report
+        generated, pairs = generation_metrics(base, encoders, rows[:samples], feature=feature, inception=inception,
+                                              clip_model=clip_model)
+        metrics |= generated
+        run_dir = checkpoint.parent.parent
+        metrics["report"] = str(write_report(run_dir / "report", f"IAP evaluation: {run_dir.name}/{checkpoint.name}",
+                                             metrics, pairs, run_dir / "loss_curve.png"))
     return metrics
+
+
+def _pipeline(base: BaseModel, encoder: ChineseEncoder | None):
+    """A StableDiffusionPipeline over the loaded base; with `encoder`, its text encoder is the Chinese one."""
+    from diffusers import StableDiffusionPipeline
+    parts = {"text_encoder": encoder.model, "tokenizer": encoder.tokenizer} if encoder else \
+        {"text_encoder": base.text_encoder, "tokenizer": base.tokenizer}
+    pipe = StableDiffusionPipeline.from_pretrained(base.source, unet=base.unet, vae=base.vae, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], rows: list[dict], seed: int = 0,
+                       steps: int = 20, feature: torch.nn.Module | None = None, inception: str | None = None,
+                       clip_model: str | None = None) -> tuple[dict[str, float], list[dict]]:
+    """zh-vs-en generation metrics per encoder on held-out rows; returns (metrics, zh/en pairs of the first)."""
+    from iap import image_metrics as im
+    from iap.generate import generate
+    en = generate(_pipeline(base, None), [r["caption_en"] for r in rows], seed=seed, steps=steps)
+    out: dict[str, float] = {}
+    pairs: list[dict] = []
+    for name, encoder in encoders.items():
+        encoder.eval()
+        zh = generate(_pipeline(base, encoder), [r["caption_zh"] for r in rows], seed=seed, steps=steps)
+        out[f"{name}consistency_pixel_l1"] = im.consistency(zh, en)
+        if feature is not None or inception:
+            out[f"{name}fid_zh_vs_en"] = im.fid(im.to_tensor(en), im.to_tensor(zh), feature, inception)
+        if clip_model:
+            out[f"{name}clip_score"] = im.clip_score(im.to_tensor(zh), [r["caption_en"] for r in rows], clip_model)
+        if all("combo" in r for r in rows):  # the shapes world: colours by pixel statistics
+            colors = [r["combo"].split("-on-")[0].split("-")[1] for r in rows]
+            backgrounds = [r["combo"].split("-on-")[1] for r in rows]
+            out |= {f"{name}{k}": v for k, v in im.shapes_accuracy(zh, colors, backgrounds).items()}
+        if not pairs:
+            pairs = [{"caption_zh": r["caption_zh"], "caption_en": r["caption_en"], "zh": z, "en": e}
+                     for r, z, e in zip(rows, zh, en, strict=True)]
+    return out, pairs

@@ -83,7 +83,7 @@ def snapshot_source(base: BaseModel, encoder: ChineseEncoder, snapshot, split: s
     """An in-memory source over one split of a snapshot (images decoded and encoded once)."""
     from iap.data.reader import decode, read_shard
 
-    rows = [r for url in snapshot.split_urls(split) for r in read_shard(url)]
+    rows = [r for url in snapshot.split_urls(split) for r in read_shard(url, columns=None)]
     if not rows:
         from iap.errors import IapError
         raise IapError(f"snapshot {snapshot.id} has no rows in split '{split}'")

@@ -124,3 +124,11 @@ def s3(monkeypatch):
     yield fs
     s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def grouped_snapshot_small(served, tmp_path_factory):
+    """The served shapes data with whole combinations held out (val), for evaluation tests."""
+    _, snapshot = run_data(str(served), str(tmp_path_factory.mktemp("grouped")), DOWNLOAD,
+                           FilterConfig(split_key="combo", val_fraction=0.3, test_fraction=0.0, shard_rows=20))
+    return snapshot

@@ -13,7 +13,8 @@ from iap.errors import IapError
 COLUMNS = ["key", "caption_zh", "caption_en", "image"]
 
 
-def read_shard(url: str, columns: list[str] = COLUMNS) -> list[dict]:
+def read_shard(url: str, columns: list[str] | None = COLUMNS) -> list[dict]:
+    """Rows of one snapshot shard (columns=None: all of them, extra columns included)."""
     fs, _, (path,) = fsspec.get_fs_token_paths(url)
     try:
         with fs.open(path, "rb") as f:

@@ -422,9 +422,7 @@ class CacheSource:
         for i, (s, d) in enumerate(zip(shard_of.tolist(), draw.tolist(), strict=True)):
             t, r = self._shard(s), int(indices[i] - self.offsets[s])
             for name, value in t.items():
-                if name.startswith(("q.", "o.")):
-                    rows.setdefault(name, []).append(value[r, d])
-                elif name == "timesteps" or name == "noise_seeds":
+                if name.startswith(("q.", "o.")) or name in ("timesteps", "noise_seeds"):  # per draw
                     rows.setdefault(name, []).append(value[r, d])
                 elif not name.startswith(("pos.", "_")):
                     rows.setdefault(name, []).append(value[r])

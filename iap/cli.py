@@ -104,8 +104,8 @@ def _unet_config(base: str) -> dict:
     from diffusers import UNet2DConditionModel
     if Path(base, "unet", "config.json").exists():
         return _json.loads(Path(base, "unet", "config.json").read_text())
-    from iap.models.base import _check_source
-    _check_source(base)
+    from iap.models.base import check_source
+    check_source(base)
     try:
         return dict(UNet2DConditionModel.load_config(base, subfolder="unet"))
     except OSError as e:

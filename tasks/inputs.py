@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import task
 
 from iap.errors import IapError
-from iap.models.base import _check_source, weights_fingerprint
+from iap.models.base import check_source, weights_fingerprint
 from iap.models.chinese import check_fits
 from iap.models.presets import resolve
 
@@ -28,7 +28,7 @@ def check_inputs(out: str, base: str, zh_encoder: str, manifest: str | None, sna
     if sum(x is not None and x != 0 for x in (manifest, snapshot, synthetic or None)) != 1:
         raise IapError("give exactly one data source: manifest, snapshot or synthetic (a row count)")
     if not base.startswith("preset:"):  # check user paths before writing anything
-        _check_source(base)
+        check_source(base)
     if zh_encoder.startswith((".", "/")) and _json_config(zh_encoder, "") is None:
         raise IapError(f"Chinese encoder folder '{zh_encoder}' does not exist or has no config.json")
     base, zh_encoder = resolve(base, zh_encoder, out)

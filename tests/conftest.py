@@ -96,6 +96,16 @@ def local_run(served, tmp_path_factory):
 
 
 
+def kill_at_marker(args: list[str], marker: str) -> None:
+    """Run a process until it prints `marker` on a line of its own, then kill -9 it."""
+    import signal
+    import subprocess
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == marker
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def start_moto(monkeypatch, port: int = 0):
     """A moto S3 server on 127.0.0.1 with fresh state, and env pointing s3fs at it. moto's backends and
     fsspec's s3fs instances are process-global, so both are reset for each server."""

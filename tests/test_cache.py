@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 
 import pytest
@@ -25,6 +22,7 @@ from iap.data.reader import decode, read_shard
 from iap.errors import IapError
 from iap.objective import FrozenBatch, Teacher, make_objective
 from iap.source import image_size, to_pixels
+from tests.conftest import kill_at_marker
 
 POLICIES = ["recompute", "store", "store-sampled"]
 
@@ -149,11 +147,9 @@ def test_kill_9_during_precompute_then_resume_equals_uninterrupted(local_run, ba
     _, _, snapshot = local_run
     cfg = CacheConfig(policy="store-sampled", positions=8)
     straight = precompute(snapshot, lambda: base, base.fingerprint, str(tmp_path / "a"), cfg, log=lambda _: None)
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, snapshot.url, str(tiny_dir / "base"),
-                             str(tmp_path / "b")], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "SHARD"  # tensors of the first shard written, index not yet
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # killed once the first shard's tensors are written, before its index commits it
+    kill_at_marker([sys.executable, "-c", KILL_SCRIPT, snapshot.url, str(tiny_dir / "base"), str(tmp_path / "b")],
+                   "SHARD")
     killed_dir = tmp_path / "b" / f"cache-{straight.key}"
     assert not (killed_dir / "cache.json").exists() and not list(killed_dir.glob("shards/*.parquet"))
     resumed = precompute(snapshot, lambda: base, base.fingerprint, str(tmp_path / "b"), cfg, log=lambda _: None)

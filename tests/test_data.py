@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 
 import duckdb
@@ -16,7 +13,7 @@ from iap.data.pipeline import run_data
 from iap.data.snapshot import FilterConfig, build_snapshot, open_snapshot
 from iap.data.synth import BROKEN_KINDS
 from iap.errors import IapError
-from tests.conftest import BROKEN, DOWNLOAD, FILTER, N_GOOD
+from tests.conftest import BROKEN, DOWNLOAD, FILTER, N_GOOD, kill_at_marker
 
 
 def _rows(snapshot, splits=("train", "val", "test")) -> list[dict]:
@@ -99,11 +96,7 @@ if __name__ == "__main__":
 def test_killed_filter_leaves_no_visible_snapshot(local_run, tmp_path):
     _, report, _ = local_run
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, report.shards_url, str(out)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "WRITTEN"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_at_marker([sys.executable, "-c", KILL_SCRIPT, report.shards_url, str(out)], "WRITTEN")
     assert not list(out.rglob("snapshot.json"))
     snapshot = build_snapshot(report.shards_url, str(out), FilterConfig(shard_rows=20, zh_max_chars=200))
     assert not snapshot.cached and open_snapshot(snapshot.url).rows["total"] == N_GOOD

@@ -155,7 +155,8 @@ def download(manifest: pa.Table, out_url: str, cfg: DownloadConfig | None = None
     if pc.count_distinct(keys).as_py() != manifest.num_rows:
         raise IapError("manifest: keys are not unique (duplicate rows, or a key column with repeats); "
                        "remove the duplicates or choose another --key-col")
-    run_id, _ = plan_download(manifest, out_url, cfg)
+    fingerprint = table_fingerprint(manifest)
+    run_id = download_id(fingerprint, cfg)
     fs = fsspec.get_fs_token_paths(out_url)[0]
     marker = _join(out_url, "manifests", f"{run_id}.json")
     if fs.exists(marker):
@@ -177,7 +178,7 @@ def download(manifest: pa.Table, out_url: str, cfg: DownloadConfig | None = None
                        f"{out_url}: some img2dataset shards failed; re-run to retry them")
     report = DownloadReport(raw_url=_join(out_url, f"raw-{run_id}"), shards_url=urls[-1], download_id=run_id,
                             input_rows=manifest.num_rows, downloaded=ok, failed=dict(reasons),
-                            failure_examples=examples, manifest_fingerprint=table_fingerprint(manifest),
+                            failure_examples=examples, manifest_fingerprint=fingerprint,
                             config=cfg.model_dump(mode="json"), parts=urls, keys_url=keys_url, new_rows=new.num_rows)
     with fs.open(marker, "w") as f:
         json.dump({k: v for k, v in asdict(report).items() if k != "cached"}, f, indent=1)

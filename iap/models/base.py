@@ -72,7 +72,7 @@ def weights_fingerprint(source: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _check_source(source: str) -> None:
+def check_source(source: str) -> None:
     path = Path(source)
     looks_local = source.startswith((".", "/", "~")) or path.exists() or source.count("/") != 1
     if looks_local and not path.is_dir():
@@ -85,7 +85,7 @@ def _check_source(source: str) -> None:
 def load_base(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BaseModel:
     """Load the frozen base from a Hugging Face id or a local diffusers folder (safetensors only)."""
     source = str(source)
-    _check_source(source)
+    check_source(source)
     try:
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", use_safetensors=True, torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=True, torch_dtype=dtype)

@@ -14,6 +14,7 @@ from iap.config import TrainConfig
 from iap.data.download import DownloadConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
+from iap.evaluate import EvalConfig
 from iap.registry import GateConfig
 from tasks import artifacts, asset_url
 from tasks.evaluate import export, register
@@ -30,7 +31,7 @@ def iap_train(
     snapshot: str | None = None, synthetic: int = 0, registry: str | None = None,
     download: DownloadConfig = DownloadConfig(), filter: FilterConfig = FilterConfig(),  # noqa: A002
     cache: CacheConfig = CacheConfig(), train: TrainConfig = TrainConfig(), gate: GateConfig = GateConfig(),
-    columns: ManifestColumns = ManifestColumns(),
+    columns: ManifestColumns = ManifestColumns(), evaluate: EvalConfig = EvalConfig(),
 ) -> dict:
     base, zh_encoder, fingerprint = check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
     if snapshot is None:
@@ -44,7 +45,7 @@ def iap_train(
                "zh_encoder": zh_encoder, "flow_run_id": str(runtime.flow_run.id)}
     trained = train_encoder.with_options(assets=[asset_url(run_dir)], asset_deps=[asset_url(info["url"])])(
         f"train-{run_key}-{train.steps}", info["url"], base, zh_encoder, run_dir, train, lineage)
-    metrics = iap_evaluate(trained["checkpoint"], snapshot, base, untrained=zh_encoder)
+    metrics = iap_evaluate(trained["checkpoint"], snapshot, base, untrained=zh_encoder, generation=evaluate)
     pipeline_dir = f"{out}/pipelines/{trained['checkpoint_id']}"
     pipeline = export.with_options(assets=[asset_url(pipeline_dir)], asset_deps=[asset_url(run_dir)])(
         f"export-{trained['checkpoint_id']}", trained["checkpoint"], base, pipeline_dir)
@@ -56,7 +57,7 @@ def iap_train(
                    "lineage": lineage | {"train_config": train.model_dump(mode="json")}}, gate)
     artifacts.lineage(lineage | {"run_dir": run_dir, "checkpoint": trained["checkpoint"], "pipeline": pipeline,
                                  "registry": registry, "status": f"{entry['status']} ({entry['reason']})"})
-    return {"snapshot": snapshot, "cache": info["url"], "checkpoint": trained["checkpoint"],
+    return {"base": base, "snapshot": snapshot, "cache": info["url"], "checkpoint": trained["checkpoint"],
             "checkpoint_id": trained["checkpoint_id"], "pipeline_dir": pipeline, "metrics": metrics,
             "train": {k: trained[k] for k in ("steps", "seconds", "samples_per_second", "losses")},
             "registry": registry, "status": entry["status"], "reason": entry["reason"],

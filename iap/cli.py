@@ -34,8 +34,34 @@ def models_tiny(folder: Path, seed: int = 0) -> None:
     console.print(f"tiny preset written: {folder}/base (Stable Diffusion folder), {folder}/zh_encoder")
 
 
+@models_app.command("shapes-teacher")
+def models_shapes_teacher(
+    folder: Path, seed: int = 0,
+    unet_steps: Annotated[int, typer.Option(help="denoiser training steps (the committed teacher: 3000)")] = 3000,
+    evaluate: Annotated[bool, typer.Option(help="then measure English accuracy on held-out combos")] = True,
+) -> None:
+    """Train the shapes teacher (a small English Stable Diffusion that draws the shapes world) from scratch
+    on CPU into FOLDER. The committed preset (preset:shapes-teacher) is this command with the defaults."""
+    from iap.models.shapes_teacher import (
+        GUIDANCE,
+        TeacherConfig,
+        english_accuracy,
+        held_out_prompts,
+        train_shapes_teacher,
+        write_card,
+    )
+    train_shapes_teacher(folder, TeacherConfig(seed=seed, unet_steps=unet_steps), log=console.print)
+    prompts = held_out_prompts(per_combo=3) if evaluate else []
+    acc = {g: english_accuracy(folder, prompts, guidance_scale=g) for g in (GUIDANCE, 7.5)} if evaluate else {}
+    write_card(folder, acc, len(prompts))
+    for g, a in acc.items():
+        console.print(f"held-out combos, {len(prompts)} English prompts, guidance {g}: " +
+                      ", ".join(f"{k} {v:.1%}" for k, v in a.items()))
+
+
 def _train_source(base: str, encoder, cfg, cache: str | None, snapshot: str | None, n_train: int):
-    """(source, objective, lineage) for the chosen data: a cache, a snapshot, or synthetic triples."""
+    """(source, objective, lineage, cached layers or None) for the chosen data: a cache, a snapshot, or
+    synthetic triples."""
     from iap.models import load_base
     from iap.models.base import weights_fingerprint
     from iap.objective import Teacher, make_objective
@@ -46,12 +72,14 @@ def _train_source(base: str, encoder, cfg, cache: str | None, snapshot: str | No
         from iap.cache import CacheSource, load_cached_layers, open_cache
         info = open_cache(cache, base_fingerprint=fingerprint)
         lineage |= {"cache_key": info.key, "cache_url": info.url, "snapshot_id": info.snapshot_id}
+        layers = None
         if info.policy == "recompute" or cfg.objective != "pivot":
             teacher = Teacher(load_base(base))
             objective = make_objective(cfg.objective, teacher, cfg.layer_weights)
         else:  # store policies: no UNet, only the cached cross-attention weights
-            objective = make_objective("pivot", None, cfg.layer_weights, layers=load_cached_layers(info))
-        return CacheSource(info, "train", encoder.tokenize), objective, lineage
+            layers = load_cached_layers(info)
+            objective = make_objective("pivot", None, cfg.layer_weights, layers=layers)
+        return CacheSource(info, "train", encoder.tokenize), objective, lineage, layers
     base_model = load_base(base)
     teacher = None if cfg.objective == "embedding-mse" else Teacher(base_model)
     objective = make_objective(cfg.objective, teacher, cfg.layer_weights)
@@ -59,14 +87,15 @@ def _train_source(base: str, encoder, cfg, cache: str | None, snapshot: str | No
         from iap.data.snapshot import open_snapshot
         from iap.source import snapshot_source
         snap = open_snapshot(snapshot)
-        return snapshot_source(base_model, encoder, snap, "train")[0], objective, lineage | {"snapshot_id": snap.id}
+        return (snapshot_source(base_model, encoder, snap, "train")[0], objective, lineage | {"snapshot_id": snap.id},
+                None)
     from iap.data import shapes
     from iap.source import build_in_memory_source, image_size
     samples = [s for s in shapes.samples(2 * n_train, cfg.seed) if not shapes.is_held_out(s.combo)][:n_train]
     size = image_size(base_model)
     source = build_in_memory_source(base_model, encoder, [shapes.render(s, size) for s in samples],
                                     [s.caption_en for s in samples], [s.caption_zh for s in samples])
-    return source, objective, lineage | {"data": f"shapes:{n_train}"}
+    return source, objective, lineage | {"data": f"shapes:{n_train}"}, None
 
 
 @app.command("train")
@@ -80,21 +109,36 @@ def train_cmd(
     steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
     objective: str | None = None, checkpoint_every: int | None = None,
     n_train: Annotated[int, typer.Option(help="without --cache/--snapshot: synthetic triples")] = 1200,
+    num_processes: Annotated[int | None, typer.Option(help="data-parallel processes (torchrun)")] = None,
+    accelerate_config: Annotated[str | None, typer.Option(help="accelerate config file (GPUs, nodes)")] = None,
+    lineage: Annotated[str | None, typer.Option(help="JSON merged into the checkpoints' lineage")] = None,
 ) -> None:
     """Train the Chinese encoder from a cache, a snapshot, or synthetic shapes-world triples."""
+    import json as _json
+
     from iap.config import TrainConfig, load_config
+    from iap.launch import inside_launch, run_launched
     from iap.models import load_chinese_encoder
     from iap.train import train
 
     cfg = load_config(config, TrainConfig) if config else TrainConfig()
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "objective": objective,
-                 "checkpoint_every": checkpoint_every}
+                 "checkpoint_every": checkpoint_every, "num_processes": num_processes,
+                 "accelerate_config": accelerate_config}
     cfg = TrainConfig.model_validate({**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    if cfg.distributed and not inside_launch():
+        run_launched(sys.argv[1:], cfg.num_processes, cfg.accelerate_config, log=console.print)
+        return
+    from iap.models.base import empty_prompt, english_empty_states
     unet_config = _unet_config(base)
-    encoder = load_chinese_encoder(zh_encoder, unet_config["cross_attention_dim"], max_length=77)
-    source, objective_fn, lineage = _train_source(base, encoder, cfg, cache, snapshot, n_train)
-    result = train(cfg, encoder, objective_fn, source, out, log=console.print, lineage=lineage)
-    console.print(f"checkpoint: {result.checkpoint}  ({result.samples_per_second:.1f} samples/s)")
+    en_empty = english_empty_states(base)
+    encoder = load_chinese_encoder(zh_encoder, unet_config["cross_attention_dim"], max_length=en_empty.shape[1])
+    source, objective_fn, found, layers = _train_source(base, encoder, cfg, cache, snapshot, n_train)
+    result = train(cfg, encoder, objective_fn, source, out, log=console.print,
+                   lineage=found | (_json.loads(lineage) if lineage else {}),
+                   empty=empty_prompt(en_empty, encoder, layers))
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"checkpoint: {result.checkpoint}  ({result.samples_per_second:.1f} samples/s)")
 
 
 def _unet_config(base: str) -> dict:
@@ -273,7 +317,9 @@ def compare(
     out: Annotated[Path, typer.Option(help="where runs, caches and compare.json go")],
     objectives: str = "pivot,separate,embedding-mse,eps-distill",
     policies: Annotated[str, typer.Option(help="cache policies to train pivot from")] = "recompute,store,store-sampled",
-    steps: int = 300, batch_size: int = 16, lr: float = 2e-3, samples: int = 8,
+    steps: int = 300, batch_size: int = 16, lr: float = 2e-3,
+    samples: Annotated[int, typer.Option(help="held-out prompts to draw per run")] = 64,
+    guidance_scale: Annotated[float, typer.Option(help="guidance for the drawings (shapes teacher: 3)")] = 7.5,
 ) -> None:
     """Train and evaluate several objectives and cache policies on one snapshot; print one table."""
     from rich.table import Table
@@ -282,12 +328,15 @@ def compare(
     from iap.compare import compare as run
     from iap.config import TrainConfig
     from iap.data.snapshot import open_snapshot
+    from iap.evaluate import EvalConfig
     from iap.models import load_base
+    from iap.models.presets import resolve
+    base, zh_encoder = resolve(base, zh_encoder, out)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 20),
                       checkpoint_every=steps, log_every=max(1, steps // 5))
     rows = run(load_base(base), zh_encoder, open_snapshot(snapshot), out, cfg,
                tuple(o for o in objectives.split(",") if o), tuple(p for p in policies.split(",") if p),
-               samples, log=console.print)
+               EvalConfig(samples=samples, guidance_scale=guidance_scale), log=console.print)
     table = Table(title=f"IAP objectives and cache policies, {steps} steps each")
     for col in ("objective", "teacher", *COLUMNS):
         table.add_column(col)

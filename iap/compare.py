@@ -10,25 +10,27 @@ from pathlib import Path
 
 from iap.cache import CacheConfig, CacheSource, load_cached_layers, precompute
 from iap.config import TrainConfig
-from iap.evaluate import evaluate_checkpoint
-from iap.models.base import BaseModel
+from iap.evaluate import EvalConfig, evaluate_checkpoint
+from iap.models.base import BaseModel, empty_prompt
 from iap.models.chinese import load_chinese_encoder
 from iap.objective import Teacher, make_objective
 from iap.source import snapshot_source
 from iap.train import train
 
 COLUMNS = ("heldout_loss", "retrieval_top1", "retrieval_top5", "consistency_pixel_l1", "colour_accuracy",
-           "train_seconds")
+           "shape_class_accuracy", "teacher_en_colour_accuracy", "train_seconds")
 
 
 def compare(base: BaseModel, zh_encoder: str, snapshot, out: str | Path, cfg: TrainConfig,
             objectives: tuple[str, ...] = ("pivot", "separate", "embedding-mse", "eps-distill"),
-            policies: tuple[str, ...] = ("recompute", "store", "store-sampled"), samples: int = 8,
+            policies: tuple[str, ...] = ("recompute", "store", "store-sampled"),
+            generation: EvalConfig = EvalConfig(),
             log: Callable[[str], None] = print) -> list[dict]:
     out = Path(out)
     teacher = Teacher(base)
     fresh = lambda: load_chinese_encoder(zh_encoder, base.cross_attention_dim, base.max_length)  # noqa: E731
     live, _ = snapshot_source(base, fresh(), snapshot, "train")
+    en_empty = base.encode_english([""])
     runs = [(name, "live", live, make_objective(name, teacher, cfg.layer_weights)) for name in objectives]
     for policy in policies:
         info = precompute(snapshot, lambda: base, base.fingerprint, str(out / "cache"),
@@ -39,12 +41,14 @@ def compare(base: BaseModel, zh_encoder: str, snapshot, out: str | Path, cfg: Tr
     rows = []
     for name, policy, data, objective in runs:
         encoder = fresh()
+        empty = empty_prompt(en_empty, encoder, getattr(objective, "layers", None))
         source = CacheSource(data, "train", encoder.tokenize) if policy != "live" else data
         started = time.perf_counter()
         result = train(cfg, encoder, objective, source, out / f"{name}-{policy}", log=lambda _: None,
-                       lineage={"base": base.source, "base_fingerprint": base.fingerprint, "snapshot_id": snapshot.id})
+                       lineage={"base": base.source, "base_fingerprint": base.fingerprint, "snapshot_id": snapshot.id},
+                       empty=empty)
         seconds = time.perf_counter() - started
-        metrics = evaluate_checkpoint(base, result.checkpoint, snapshot, samples=samples)
+        metrics = evaluate_checkpoint(base, result.checkpoint, snapshot, generation=generation)
         rows.append({"objective": name, "teacher": policy, **{k: metrics.get(k) for k in COLUMNS[:-1]},
                      "train_seconds": round(seconds, 1)})
         log(f"{name} ({policy}): " + ", ".join(f"{k}={rows[-1][k]}" for k in COLUMNS if rows[-1][k] is not None))

@@ -37,11 +37,23 @@ class TrainConfig(StageConfig):
     checkpoint_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
+    empty_prompt_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of samples trained as the empty prompt on both sides (zh '' -> en ''), "
+        "so the encoder also serves classifier-free guidance's unconditional branch")
     layer_weights: dict[str, float] = Field(default_factory=dict,
                                             description="layer-name prefix -> weight (default 1)")
+    num_processes: int = Field(1, ge=1, description="data-parallel processes on this machine (torchrun)")
+    accelerate_config: str | None = Field(None, description="an accelerate config file (GPUs, nodes); "
+                                                            "overrides num_processes")
 
     # Fields that may change between a run and its resume without changing the result's meaning.
-    RESUMABLE_CHANGES: ClassVar[frozenset[str]] = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "log_every"})
+    # The launch (how many processes) is one of them: the data order depends only on the step.
+    RESUMABLE_CHANGES: ClassVar[frozenset[str]] = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "log_every",
+                                                             "num_processes", "accelerate_config"})
+
+    @property
+    def distributed(self) -> bool:
+        return self.num_processes > 1 or self.accelerate_config is not None
 
     def identity(self) -> str:
         return self.content_hash(exclude=set(self.RESUMABLE_CHANGES))

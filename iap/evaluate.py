@@ -15,14 +15,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
 from iap.attention import attend
+from iap.config import StageConfig
 from iap.models.base import BaseModel
 from iap.models.chinese import ChineseEncoder
 from iap.objective import FrozenBatch, Teacher, layer_weights
 from iap.source import InMemorySource, snapshot_source
 
 EVAL_SEED = 1234
+
+
+class EvalConfig(StageConfig):
+    """How images are generated for the generation metrics."""
+
+    samples: int = Field(64, ge=0, description="held-out prompts to draw (one per combo in the shapes world); "
+                                              "0: no generation metrics")
+    steps: int = Field(20, ge=1, description="DDIM steps")
+    guidance_scale: float = Field(7.5, ge=1.0, description="classifier-free guidance (small models: lower)")
+    seed: int = 0
 PROBE_TIMESTEPS = (250, 500, 750)
 
 
@@ -107,12 +119,13 @@ def encoder_metrics(base: BaseModel, encoder: ChineseEncoder, held: InMemorySour
 
 
 def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split: str = "val",
-                        untrained: str | None = None, weights: dict[str, float] | None = None, samples: int = 8,
-                        feature: torch.nn.Module | None = None, inception: str | None = None,
+                        untrained: str | None = None, weights: dict[str, float] | None = None,
+                        generation: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None, inception: str | None = None,
                         clip_model: str | None = None) -> dict:
     """Metrics of a checkpoint on a snapshot split, next to the references computed in the same run:
     the untrained encoder (when given) and the mismatched-caption level; with samples > 0, zh-vs-en
-    generation metrics on that many held-out pairs, and report.html in the run folder."""
+    generation metrics on that many held-out prompts (one per combo in the shapes world), and
+    report.html in the run folder."""
     from iap.checkpoint import check_lineage, read_checkpoint_meta
     from iap.models.chinese import load_chinese_encoder
     checkpoint = Path(checkpoint)
@@ -131,10 +144,10 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
         metrics |= {f"untrained_{k}": v for k, v in encoder_metrics(base, ref, held, teacher, features, weights).items()}
         encoders["untrained_"] = ref
     metrics["heldout_pairs"] = len(held)
-    if samples:
+    if generation.samples:
         from iap.report import write_report
-        generated, pairs = generation_metrics(base, encoders, rows[:samples], feature=feature, inception=inception,
-                                              clip_model=clip_model)
+        generated, pairs = generation_metrics(base, encoders, _one_per_combo(rows)[:generation.samples], generation,
+                                              feature=feature, inception=inception, clip_model=clip_model)
         metrics |= generated
         run_dir = checkpoint.parent.parent
         metrics["report"] = str(write_report(run_dir / "report", f"IAP evaluation: {run_dir.name}/{checkpoint.name}",
@@ -153,28 +166,48 @@ def _pipeline(base: BaseModel, encoder: ChineseEncoder | None):
     return pipe
 
 
-def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], rows: list[dict], seed: int = 0,
-                       steps: int = 20, feature: torch.nn.Module | None = None, inception: str | None = None,
-                       clip_model: str | None = None) -> tuple[dict[str, float], list[dict]]:
-    """zh-vs-en generation metrics per encoder on held-out rows; returns (metrics, zh/en pairs of the first)."""
+def _one_per_combo(rows: list[dict]) -> list[dict]:
+    """In the shapes world, one row per distinct combo (so accuracy is over combos, not repeats)."""
+    if not all("combo" in r for r in rows):
+        return rows
+    seen: dict[str, dict] = {}
+    for r in rows:
+        seen.setdefault(r["combo"], r)
+    return list(seen.values())
+
+
+def _shapes_targets(rows: list[dict]) -> dict[str, list[str]]:
+    """Prompted shape colour, background colour and shape class from the combo name."""
+    fg = [r["combo"].split("-on-")[0].split("-") for r in rows]  # size-colour-shape
+    return {"colors": [f[1] for f in fg], "backgrounds": [r["combo"].split("-on-")[1] for r in rows],
+            "classes": [f[2] for f in fg]}
+
+
+def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], rows: list[dict],
+                       cfg: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None, inception: str | None = None,
+                       clip_model: str | None = None, grid: int = 8) -> tuple[dict[str, float], list[dict]]:
+    """zh-vs-en generation metrics per encoder on held-out rows; returns (metrics, the first `grid` rows'
+    images: zh of each encoder and en of the base, same seed)."""
     from iap import image_metrics as im
     from iap.generate import generate
-    en = generate(_pipeline(base, None), [r["caption_en"] for r in rows], seed=seed, steps=steps)
-    out: dict[str, float] = {}
-    pairs: list[dict] = []
+    sample = {"seed": cfg.seed, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
+    en = generate(_pipeline(base, None), [r["caption_en"] for r in rows], **sample)
+    shapes_world = all("combo" in r for r in rows)
+    out: dict[str, float] = {"generated_prompts": len(rows)}
+    if shapes_world:  # the base's own (English) accuracy: the level a transfer can reach
+        out |= {f"teacher_en_{k}": v for k, v in im.shapes_accuracy(en, **_shapes_targets(rows)).items()}
+    pairs = [{"caption_zh": r["caption_zh"], "caption_en": r["caption_en"], "en": e}
+             for r, e in zip(rows[:grid], en, strict=False)]
     for name, encoder in encoders.items():
         encoder.eval()
-        zh = generate(_pipeline(base, encoder), [r["caption_zh"] for r in rows], seed=seed, steps=steps)
+        zh = generate(_pipeline(base, encoder), [r["caption_zh"] for r in rows], **sample)
         out[f"{name}consistency_pixel_l1"] = im.consistency(zh, en)
         if feature is not None or inception:
             out[f"{name}fid_zh_vs_en"] = im.fid(im.to_tensor(en), im.to_tensor(zh), feature, inception)
         if clip_model:
             out[f"{name}clip_score"] = im.clip_score(im.to_tensor(zh), [r["caption_en"] for r in rows], clip_model)
-        if all("combo" in r for r in rows):  # the shapes world: colours by pixel statistics
-            colors = [r["combo"].split("-on-")[0].split("-")[1] for r in rows]
-            backgrounds = [r["combo"].split("-on-")[1] for r in rows]
-            out |= {f"{name}{k}": v for k, v in im.shapes_accuracy(zh, colors, backgrounds).items()}
-        if not pairs:
-            pairs = [{"caption_zh": r["caption_zh"], "caption_en": r["caption_en"], "zh": z, "en": e}
-                     for r, z, e in zip(rows, zh, en, strict=True)]
+        if shapes_world:
+            out |= {f"{name}{k}": v for k, v in im.shapes_accuracy(zh, **_shapes_targets(rows)).items()}
+        for pair, image in zip(pairs, zh, strict=False):
+            pair[f"{name}zh"] = image
     return out, pairs

@@ -23,10 +23,15 @@ def load_pipeline(folder: str | Path) -> StableDiffusionPipeline:
 
 
 def generate(pipe: StableDiffusionPipeline, prompts: list[str], seed: int = 0, steps: int = 25,
-             guidance_scale: float = 7.5) -> list[Image.Image]:
-    """One image per prompt; prompt i uses generator seed `seed + i`, so zh/en pairs can share seeds."""
+             guidance_scale: float = 7.5, batch_size: int = 16) -> list[Image.Image]:
+    """One image per prompt; prompt i uses generator seed `seed + i` (whatever the batching), so zh/en
+    pairs can share seeds."""
     prompts = [p for p in prompts if p and p.strip()]
     if not prompts:
         raise IapError("no prompt given: pass at least one non-empty prompt")
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators).images
+    images: list[Image.Image] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        generators = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
+        images += pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators).images
+    return images

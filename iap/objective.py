@@ -15,7 +15,7 @@ Baselines: embedding-mse (text states only) and eps-distill (noise prediction zh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,34 @@ class FrozenBatch:
                 return {k: v.to(device) for k, v in x.items()}
             return None if x is None else x.to(device)
         return FrozenBatch(**{k: move(v) for k, v in vars(self).items()})
+
+
+@dataclass
+class EmptyPrompt:
+    """The empty prompt on both sides. Classifier-free guidance runs the text encoder on "" for its
+    unconditional branch, so a share of each batch is trained as zh "" -> en "" (peers drop 10% of
+    captions). Cached targets of those rows are recomputed from the cached queries."""
+
+    zh_ids: torch.Tensor  # (L,)
+    en_states: torch.Tensor  # (L, D)
+    layers: dict[str, Attention] | None = None  # needed only for batches that carry targets
+
+    def apply(self, batch: FrozenBatch, mask: torch.Tensor) -> FrozenBatch:
+        """Rows where mask is True become the empty prompt."""
+        if not mask.any():
+            return batch
+        zh, en = batch.zh_ids.clone(), batch.en_states.clone()
+        zh[mask] = self.zh_ids.to(zh.device)
+        en[mask] = self.en_states.to(en.device, en.dtype)
+        targets = batch.targets
+        if targets is not None:
+            if self.layers is None:
+                raise ValueError("EmptyPrompt: batches with cached targets need the cross-attention layers")
+            targets = {n: v.clone() for n, v in targets.items()}
+            with torch.no_grad():
+                for n, v in targets.items():
+                    v[mask] = attend(self.layers[n], batch.queries[n][mask], en[mask]).to(v.dtype)
+        return replace(batch, zh_ids=zh, en_states=en, targets=targets)
 
 
 class Teacher:

@@ -29,6 +29,10 @@ class GateConfig(StageConfig):
     lower_is_better: bool = True
     floor_metric: str | None = "retrieval_top1"
     floor: float = Field(0.5, description="the floor metric must be at least this (higher is better)")
+    semantic_floor: float | None = Field(
+        None, description="shapes world: colour_accuracy of images from held-out Chinese prompts must be at least this")
+    semantic_gap: float | None = Field(
+        None, description="shapes world: and at most this far below the base's English teacher_en_colour_accuracy")
 
 
 @dataclass
@@ -114,6 +118,9 @@ class Registry:
             return "candidate", f"no '{gate.metric}' metric to gate on"
         if gate.floor_metric and entry.metrics.get(gate.floor_metric, float("-inf")) < gate.floor:
             return "rejected", f"{gate.floor_metric}={entry.metrics.get(gate.floor_metric)} is below the floor {gate.floor}"
+        semantic = _semantic_failure(entry.metrics, gate)
+        if semantic:
+            return "rejected", semantic
         current = self.promoted(entry.base_fingerprint)
         if current is None:
             return "promoted", "first checkpoint to pass the gate for this base model"
@@ -135,3 +142,17 @@ class Registry:
         entry.status, entry.reason = "promoted", "promoted by hand"
         self._write(entry)
         return entry
+
+
+def _semantic_failure(metrics: dict, gate: GateConfig) -> str:
+    """Why the generated images fail the semantic gate ('' when they pass or the gate is off)."""
+    if gate.semantic_floor is None and gate.semantic_gap is None:
+        return ""
+    zh, en = metrics.get("colour_accuracy"), metrics.get("teacher_en_colour_accuracy")
+    if zh is None:
+        return "no colour_accuracy metric for the semantic gate"
+    if gate.semantic_floor is not None and zh < gate.semantic_floor:
+        return f"colour_accuracy={zh:.3f} is below the semantic floor {gate.semantic_floor}"
+    if gate.semantic_gap is not None and en is not None and en - zh > gate.semantic_gap:
+        return f"colour_accuracy={zh:.3f} is more than {gate.semantic_gap} below the English {en:.3f}"
+    return ""

@@ -24,24 +24,53 @@ def _save(image: Image.Image, path: Path) -> Path:
     return path
 
 
+HEADLINE = [  # (label, English-teacher key, trained key, untrained key): shown first when present
+    ("colour accuracy (shape and background)", "teacher_en_colour_accuracy", "colour_accuracy",
+     "untrained_colour_accuracy"),
+    ("shape colour accuracy", "teacher_en_shape_colour_accuracy", "shape_colour_accuracy",
+     "untrained_shape_colour_accuracy"),
+    ("background colour accuracy", "teacher_en_background_colour_accuracy", "background_colour_accuracy",
+     "untrained_background_colour_accuracy"),
+    ("shape class accuracy", "teacher_en_shape_class_accuracy", "shape_class_accuracy",
+     "untrained_shape_class_accuracy"),
+]
+
+
+def _cell(v) -> str:
+    return "" if v is None else f"{v:.1%}" if isinstance(v, float) else html.escape(str(v))
+
+
+def _headline(metrics: dict) -> str:
+    rows = [f"<tr><td>{label}</td>" + "".join(f"<td>{_cell(metrics.get(k))}</td>" for k in keys) + "</tr>"
+            for label, *keys in HEADLINE if keys[1] in metrics]
+    if not rows:
+        return ""
+    return ("<h2>Held-out prompts, generated images classified by pixel statistics</h2><table><tr><th></th>"
+            "<th>English prompt (base)</th><th>Chinese prompt, trained</th><th>Chinese prompt, untrained</th></tr>"
+            + "".join(rows) + "</table>")
+
+
 def write_report(folder: str | Path, title: str, metrics: dict, pairs: list[dict],
                  loss_curve: str | Path | None = None) -> Path:
-    """pairs: [{caption_zh, caption_en, zh: PIL image, en: PIL image}] -> folder/report.html."""
+    """pairs: [{caption_zh, caption_en, zh: image, en: image, untrained_zh?: image}] -> folder/report.html."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>" if isinstance(v, float) else
                    f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in metrics.items())
+    columns = [c for c in ("zh", "untrained_zh", "en") if pairs and c in pairs[0]]
+    heads = {"zh": "zh (trained encoder)", "untrained_zh": "zh (untrained encoder)", "en": "en (base)"}
     grid = []
     for i, p in enumerate(pairs):
-        zh, en = _save(p["zh"], folder / f"pair{i:02d}_zh.png"), _save(p["en"], folder / f"pair{i:02d}_en.png")
+        cells = "".join(f"<td><img class=s src='{_data_uri(_save(p[c], folder / f'pair{i:02d}_{c}.png'))}'></td>"
+                        for c in columns)
         grid.append(f"<tr><td>{html.escape(p['caption_zh'])}<br><small>{html.escape(p['caption_en'])}</small></td>"
-                    f"<td><img class=s src='{_data_uri(zh)}'></td><td><img class=s src='{_data_uri(en)}'></td></tr>")
+                    f"{cells}</tr>")
     curve = f"<h2>Loss curve</h2><img src='{_data_uri(Path(loss_curve))}'>" if loss_curve and Path(loss_curve).exists() else ""
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><h2>Metrics</h2>"
-            f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>{curve}"
-            f"<h2>Held-out prompts: Chinese vs English, same seed</h2>"
-            f"<table><tr><th>prompt</th><th>zh (trained encoder)</th><th>en (base)</th></tr>{''.join(grid)}</table>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{_headline(metrics)}"
+            f"<h2>Held-out prompts: Chinese vs English, same seed</h2><table><tr><th>prompt</th>"
+            + "".join(f"<th>{heads[c]}</th>" for c in columns) + f"</tr>{''.join(grid)}</table>"
+            f"<h2>All metrics</h2><table><tr><th>metric</th><th>value</th></tr>{rows}</table>{curve}"
             "</body></html>")
     out = folder / "report.html"
     out.write_text(page, encoding="utf-8")

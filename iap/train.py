@@ -4,6 +4,13 @@ Reproducibility and resume: every random draw of step s comes from generators se
 (seed, s) and the data order of epoch e from (seed, e), so the step number is the whole RNG
 and data state. A run restarted after `kill -9` continues from its last checkpoint and ends
 with the same weights as an uninterrupted run.
+
+Data parallel (DDP, launched by `iap train --num-processes N` or `accelerate launch`): the global
+batch of a step is the same as with one process; rank r takes the r-th disjoint slice of it and draws
+its own (t, noise) from a generator seeded by (seed, step, rank). DDP averages the gradients, so N
+processes follow one process's loss trajectory (within the noise of the draws), and because the data
+order depends only on the step, a checkpoint written with N processes resumes with any other number.
+Rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from iap.checkpoint import (
 from iap.config import TrainConfig
 from iap.errors import IapError
 from iap.models.chinese import ChineseEncoder
+from iap.objective import EmptyPrompt
 from iap.source import FrozenSource
 
 
@@ -96,14 +104,28 @@ def _resume(run_dir: Path, cfg: TrainConfig, encoder, optimizer, log) -> TrainSt
 
 def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source: FrozenSource,
           run_dir: str | Path, log: Callable[[str], None] = print,
-          on_step: Callable[[TrainState], None] | None = None, lineage: dict | None = None) -> TrainResult:
+          on_step: Callable[[TrainState], None] | None = None, lineage: dict | None = None,
+          empty: EmptyPrompt | None = None) -> TrainResult:
     """Train `encoder` to minimise `objective(encoder(batch.zh_ids), batch)`; checkpoints in run_dir.
-    `lineage` (base model fingerprint, data ids) is stored in every checkpoint."""
+    `lineage` (base model fingerprint, data ids) is stored in every checkpoint; `empty` is needed when
+    cfg.empty_prompt_fraction > 0."""
     run_dir = Path(run_dir)
+    if cfg.empty_prompt_fraction > 0 and empty is None:
+        raise IapError(f"empty_prompt_fraction={cfg.empty_prompt_fraction} needs the empty prompt's states "
+                       "(pass empty=...), or set it to 0")
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     encoder.train()
     optimizer = make_optimizer([p for p in encoder.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.batch_size % world:
+        raise IapError(f"batch_size={cfg.batch_size} is not divisible by the {world} processes")
+    per_rank = cfg.batch_size // world
+    if not accelerator.is_main_process:
+        log = lambda _: None  # noqa: E731
     state = _resume(run_dir, cfg, encoder, optimizer, log)
+    if world > 1:
+        log(f"data parallel on {world} processes ({accelerator.distributed_type.value}): {per_rank} samples per rank "
+            f"of each global batch of {cfg.batch_size}")
     model, optimizer = accelerator.prepare(encoder, optimizer)
     order = DataOrder(source, cfg.batch_size, cfg.seed)
     config = cfg.model_dump(mode="json")
@@ -116,8 +138,12 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
         torch.manual_seed(_seed(cfg.seed, state.step, 1))  # dropout etc.
         total = 0.0
         for micro in range(cfg.grad_accum):
-            g = torch.Generator().manual_seed(_seed(cfg.seed, state.step, micro, 2))
-            batch = source.batch(order.indices(state.step * cfg.grad_accum + micro), g).to(accelerator.device)
+            g = torch.Generator().manual_seed(_seed(cfg.seed, state.step, micro, 2, *([rank] if world > 1 else [])))
+            indices = order.indices(state.step * cfg.grad_accum + micro)[rank * per_rank:(rank + 1) * per_rank]
+            batch = source.batch(indices, g)
+            if cfg.empty_prompt_fraction > 0:
+                batch = empty.apply(batch, torch.rand(len(batch.zh_ids), generator=g) < cfg.empty_prompt_fraction)
+            batch = batch.to(accelerator.device)
             with accelerator.autocast():
                 loss = objective(model(batch.zh_ids), batch) / cfg.grad_accum
             accelerator.backward(loss)
@@ -126,6 +152,8 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        if world > 1:  # the logged loss is the global batch's
+            total = accelerator.reduce(torch.tensor(total, device=accelerator.device), "mean").item()
         window.append(total)
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
             state.losses.append((state.step, sum(window) / len(window)))
@@ -137,8 +165,11 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
             if on_step:
                 on_step(state)
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-            ckpt = save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, state, config,
-                                   cfg.keep_checkpoints, lineage or {})
+            if accelerator.is_main_process:
+                ckpt = save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, state, config,
+                                       cfg.keep_checkpoints, lineage or {})
+            accelerator.wait_for_everyone()
+            ckpt = run_dir / "checkpoints" / f"step-{state.step:06d}"
     elapsed = time.perf_counter() - start
     done = state.step - start_step
     return TrainResult(checkpoint=ckpt, state=state, seconds=elapsed,

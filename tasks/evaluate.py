@@ -6,7 +6,7 @@ from prefect import task
 from prefect.assets import materialize
 
 from iap.data.snapshot import open_snapshot
-from iap.evaluate import evaluate_checkpoint
+from iap.evaluate import EvalConfig, evaluate_checkpoint
 from iap.export import export_pipeline
 from iap.registry import Entry, GateConfig, Registry
 from tasks import PERSIST, artifacts, by_key
@@ -16,9 +16,11 @@ from tasks.models import base_model
 
 @task(cache_key_fn=by_key, **PERSIST)
 def evaluate(key: str, checkpoint: str, snapshot_url: str, base: str, untrained: str | None,
-             split: str = "val") -> dict:
-    """Held-out metrics next to the untrained and mismatched-caption references; `key`: checkpoint+snapshot."""
-    metrics = evaluate_checkpoint(base_model(base), checkpoint, open_snapshot(snapshot_url), split, untrained)
+             split: str = "val", generation: EvalConfig = EvalConfig()) -> dict:
+    """Held-out metrics next to the untrained and mismatched-caption references; `key`: checkpoint, snapshot
+    and generation config."""
+    metrics = evaluate_checkpoint(base_model(base), checkpoint, open_snapshot(snapshot_url), split, untrained,
+                                  generation=generation)
     artifacts.metrics(metrics, f"held-out metrics ({split} split of {snapshot_url})")
     return metrics
 

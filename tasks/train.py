@@ -12,6 +12,7 @@ from iap.cache import CacheSource, load_cached_layers, open_cache
 from iap.checkpoint import checkpoint_id
 from iap.config import TrainConfig
 from iap.models import load_chinese_encoder
+from iap.models.base import empty_prompt, english_empty_states
 from iap.objective import Teacher, make_objective
 from iap.train import train
 from tasks import PERSIST, artifacts, by_key
@@ -24,15 +25,20 @@ def train_encoder(key: str, cache_url: str, base: str, zh_encoder: str, run_dir:
                   lineage: dict) -> dict:
     """Train the Chinese encoder from the cache into run_dir (resumes); `key` is the run's content id."""
     log = get_run_logger()
+    if config.distributed:
+        return _train_launched(cache_url, base, zh_encoder, run_dir, config, lineage)
     info = open_cache(cache_url, base_fingerprint=lineage["base_fingerprint"])
-    encoder = load_chinese_encoder(zh_encoder, info.cross_attention_dim)
+    en_empty = english_empty_states(base)
+    encoder = load_chinese_encoder(zh_encoder, info.cross_attention_dim, max_length=en_empty.shape[1])
+    layers = None
     if info.policy == "recompute" or config.objective != "pivot":
         objective = make_objective(config.objective, Teacher(base_model(base)), config.layer_weights)
     else:
-        objective = make_objective("pivot", None, config.layer_weights, layers=load_cached_layers(info))
+        layers = load_cached_layers(info)
+        objective = make_objective("pivot", None, config.layer_weights, layers=layers)
     progress = create_progress_artifact(progress=0.0, key="iap-train-progress", description="training steps")
     result = train(config, encoder, objective, CacheSource(info, "train", encoder.tokenize), run_dir,
-                   log=log.info, lineage=lineage,
+                   log=log.info, lineage=lineage, empty=empty_prompt(en_empty, encoder, layers),
                    on_step=lambda s: update_progress_artifact(progress, 100.0 * s.step / config.steps))
     curve = artifacts.loss_curve_png(result.state.losses, Path(run_dir) / "loss_curve.png")
     artifacts.markdown("iap-loss-curve", f"![loss curve]({curve.resolve().as_uri()})\n\nPNG: `{curve}`\n\n"
@@ -42,3 +48,30 @@ def train_encoder(key: str, cache_url: str, base: str, zh_encoder: str, run_dir:
             "steps": result.state.step, "seconds": round(result.seconds, 1),
             "samples_per_second": round(result.samples_per_second, 1), "losses": result.state.losses,
             "loss_curve": str(curve)}
+
+
+def _train_launched(cache_url: str, base: str, zh_encoder: str, run_dir: str, config: TrainConfig,
+                    lineage: dict) -> dict:
+    """Data-parallel training: `python -m iap train` under torchrun / accelerate launch, then the result
+    read back from the checkpoint rank 0 wrote."""
+    import json
+    import tempfile
+    import time
+
+    from iap.checkpoint import latest_checkpoint, read_checkpoint_meta
+    from iap.launch import run_launched
+    log = get_run_logger()
+    started = time.perf_counter()
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        f.write(config.model_dump_json())
+    run_launched(["train", "--base", base, "--zh-encoder", zh_encoder, "--out", run_dir, "--cache", cache_url,
+                  "--config", f.name, "--lineage", json.dumps(lineage)],
+                 config.num_processes, config.accelerate_config, log=log.info)
+    Path(f.name).unlink(missing_ok=True)
+    ckpt = latest_checkpoint(Path(run_dir))
+    state = read_checkpoint_meta(ckpt)
+    seconds = time.perf_counter() - started
+    curve = artifacts.loss_curve_png(state["losses"], Path(run_dir) / "loss_curve.png")
+    return {"checkpoint": str(ckpt), "checkpoint_id": checkpoint_id(ckpt), "steps": state["step"],
+            "seconds": round(seconds, 1), "samples_per_second": round(state["step"] * config.batch_size / seconds, 1),
+            "losses": state["losses"], "loss_curve": str(curve)}

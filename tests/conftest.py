@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -58,7 +59,7 @@ def small_source(base, encoder):
 @pytest.fixture(scope="session")
 def demo_summary(tmp_path_factory):
     """One `iap demo` (the iap-train flow, ephemeral Prefect) with the default settings, shared by every
-    test that needs a trained encoder (about 150 s on 2 cores)."""
+    test that needs a trained encoder (about 60 s on 2 cores)."""
     from flows.demo import run_demo
     workdir = tmp_path_factory.mktemp("demo")
     summary = run_demo(workdir)
@@ -104,6 +105,30 @@ def kill_at_marker(args: list[str], marker: str) -> None:
     assert proc.stdout.readline().strip() == marker
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def kill_after_checkpoint(args: list[str], run: Path, at_least: int, env: dict | None = None) -> int:
+    """Start a training job, kill -9 it (and every process it started: torchrun puts each rank in its own
+    session) once checkpoint `at_least` or later is committed; returns the step of the last checkpoint."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from iap.checkpoint import latest_checkpoint, read_checkpoint_meta
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    pointer, deadline = run / "checkpoints" / "latest", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if pointer.exists() and pointer.read_text().strip() >= f"step-{at_least:06d}":
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    job = psutil.Process(proc.pid)
+    for p in [*job.children(recursive=True), job]:
+        p.send_signal(signal.SIGKILL)
+    proc.wait()
+    return read_checkpoint_meta(latest_checkpoint(run))["step"]
 
 
 def start_moto(monkeypatch, port: int = 0):

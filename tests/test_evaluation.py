@@ -11,6 +11,7 @@ import torch
 
 from iap import image_metrics as im
 from iap.data import shapes
+from iap.evaluate import EvalConfig
 
 
 def tiny_extractor() -> torch.nn.Module:
@@ -93,7 +94,7 @@ def test_compare_puts_objectives_and_policies_in_one_table(grouped_snapshot_smal
     from iap.config import TrainConfig
     cfg = TrainConfig(steps=12, batch_size=8, lr=2e-3, warmup_steps=2, checkpoint_every=12, log_every=6)
     rows = compare(base, str(tiny_dir / "zh_encoder"), grouped_snapshot_small, tmp_path, cfg,
-                   policies=("store-sampled",), samples=2, log=lambda _: None)
+                   policies=("store-sampled",), generation=EvalConfig(samples=2), log=lambda _: None)
     assert [(r["objective"], r["teacher"]) for r in rows] == [
         ("pivot", "live"), ("separate", "live"), ("embedding-mse", "live"), ("eps-distill", "live"),
         ("pivot", "store-sampled")]

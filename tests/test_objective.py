@@ -72,3 +72,29 @@ def test_layer_weights_select_layers(base, encoder, small_source):
     only_one = make_objective("pivot", teacher, {"down_blocks.0": 1.0, "": 0.0})
     direct = torch.nn.functional.mse_loss(attend(teacher.layers[name], queries[name], states), targets[name])
     assert only_one(states, batch).item() == pytest.approx(direct.item(), rel=1e-6)
+
+
+def test_empty_prompt_rows_get_empty_captions_and_recomputed_cached_targets(base, encoder):
+    """The CFG pairing zh "" -> en "": masked rows change on both sides; cached targets are recomputed
+    from the cached queries; other rows are untouched."""
+    from iap.attention import attend
+    from iap.models.base import empty_prompt
+    from iap.objective import FrozenBatch, Teacher
+    teacher = Teacher(base)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(4, 4, 16, 16, generator=g)
+    batch = FrozenBatch(zh_ids=encoder.tokenize(["红色", "蓝色", "绿色", "黄色"]),
+                        en_states=base.encode_english(["red", "blue", "green", "yellow"]), latents=latents,
+                        noise=torch.randn(latents.shape, generator=g), timesteps=torch.tensor([100, 300, 500, 700]))
+    batch.queries, batch.targets, _ = teacher.english_pass(batch)
+    en_empty = base.encode_english([""])
+    empty = empty_prompt(en_empty, encoder, teacher.layers)
+    mask = torch.tensor([False, True, False, True])
+    out = empty.apply(batch, mask)
+    assert (out.zh_ids[mask] == encoder.tokenize([""])).all() and (out.zh_ids[~mask] == batch.zh_ids[~mask]).all()
+    assert torch.equal(out.en_states[1], en_empty[0]) and torch.equal(out.en_states[0], batch.en_states[0])
+    for name, target in out.targets.items():
+        assert torch.equal(target[~mask], batch.targets[name][~mask])
+        expected = attend(teacher.layers[name], batch.queries[name][mask], en_empty.expand(2, -1, -1))
+        assert torch.allclose(target[mask], expected, atol=1e-6)
+        assert not torch.allclose(target[mask], batch.targets[name][mask])

@@ -2,6 +2,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from iap.registry import Entry, GateConfig, Registry
 
 
@@ -47,3 +49,16 @@ def test_registry_on_s3(s3):
     reg = Registry("s3://iap-test/registry")
     reg.register(entry("a", 0.01))
     assert Registry("s3://iap-test/registry").get("a").status == "promoted"
+
+
+@pytest.mark.parametrize(("zh", "en", "status", "reason"), [
+    (0.90, 0.93, "promoted", "first checkpoint"),
+    (0.80, 0.82, "rejected", "below the semantic floor"),
+    (0.86, 0.95, "rejected", "more than 0.05 below the English"),
+])
+def test_semantic_gate_on_generated_images(tmp_path, zh, en, status, reason):
+    gate = GateConfig(floor=0.5, semantic_floor=0.85, semantic_gap=0.05)
+    metrics = {"heldout_loss": 0.1, "retrieval_top1": 0.9, "colour_accuracy": zh, "teacher_en_colour_accuracy": en}
+    entry = Registry(str(tmp_path / "reg")).register(
+        Entry(checkpoint_id="c1", checkpoint_url="x", base="b", base_fingerprint="f", metrics=metrics), gate)
+    assert entry.status == status and reason in entry.reason

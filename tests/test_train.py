@@ -1,9 +1,6 @@
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ from iap.config import TrainConfig
 from iap.errors import IapError
 from iap.objective import Teacher, make_objective
 from iap.train import lr_at, train
+from tests.conftest import kill_after_checkpoint
 
 TRAIN_ARGS = ["--steps", "60", "--batch-size", "8", "--lr", "1e-3", "--checkpoint-every", "10", "--n-train", "64"]
 
@@ -33,17 +31,7 @@ def test_resume_after_kill_9_gives_identical_weights(tiny_dir, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_train_cmd(tiny_dir, straight), check=True, capture_output=True, timeout=300)
 
-    proc = subprocess.Popen(_train_cmd(tiny_dir, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pointer = killed / "checkpoints" / "latest"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if pointer.exists() and pointer.read_text().strip() >= "step-000020":
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = read_checkpoint_meta(latest_checkpoint(killed))["step"]
+    killed_at = kill_after_checkpoint(_train_cmd(tiny_dir, killed), killed, 20)
     assert 20 <= killed_at < 60
 
     resumed = subprocess.run(_train_cmd(tiny_dir, killed), check=True, capture_output=True, text=True, timeout=300)
@@ -56,7 +44,7 @@ def test_resume_after_kill_9_gives_identical_weights(tiny_dir, tmp_path):
 
 @pytest.fixture
 def trained_run(base, encoder, small_source, tmp_path):
-    cfg = TrainConfig(steps=4, batch_size=4, checkpoint_every=2, lr=1e-3, warmup_steps=1)
+    cfg = TrainConfig(steps=4, batch_size=4, checkpoint_every=2, lr=1e-3, warmup_steps=1, empty_prompt_fraction=0)
     objective = make_objective("pivot", Teacher(base))
     train(cfg, encoder, objective, small_source, tmp_path / "run", log=lambda _: None)
     return cfg, objective, tmp_path / "run"

@@ -38,19 +38,37 @@ class BaseModel:
     def device(self) -> torch.device:
         return self.unet.device
 
-    @torch.no_grad()
     def encode_english(self, texts: list[str]) -> torch.Tensor:
-        """English hidden states exactly as StableDiffusionPipeline.encode_prompt builds them."""
-        ids = self.tokenizer(texts, padding="max_length", max_length=self.max_length,
-                             truncation=True, return_tensors="pt")
-        mask = ids.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
-        return self.text_encoder(ids.input_ids.to(self.device), attention_mask=mask)[0]
+        return encode_english(self.text_encoder, self.tokenizer, texts)
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Deterministic VAE latents (the posterior mean), scaled as the UNet expects. pixels in [-1, 1]."""
         latents = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist.mean
         return latents * self.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def encode_english(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
+    """English hidden states exactly as StableDiffusionPipeline.encode_prompt builds them."""
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt")
+    device = text_encoder.device
+    mask = ids.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    return text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
+
+
+def empty_prompt(base_states: torch.Tensor, encoder, layers=None):
+    """The EmptyPrompt pairing for training: en "" states (1, L, D) from the base, zh "" ids from the encoder."""
+    from iap.objective import EmptyPrompt
+    return EmptyPrompt(zh_ids=encoder.tokenize([""])[0], en_states=base_states[0].cpu(), layers=layers)
+
+
+def english_empty_states(source: str) -> torch.Tensor:
+    """The base's English states of "" (1, L, D), loading only its tokenizer and text encoder."""
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", use_safetensors=True)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+    return encode_english(text_encoder.eval(), tokenizer, [""])
 
 
 def _freeze(module: torch.nn.Module) -> torch.nn.Module:

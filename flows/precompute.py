@@ -7,12 +7,21 @@ from dataclasses import asdict
 
 from prefect import flow, unmapped
 
-from iap.cache import CacheConfig, open_cache, plan_cache
+from iap.cache import CacheConfig, CachePlan, open_cache, plan_cache
 from iap.data.snapshot import open_snapshot
 from iap.errors import IapError
 from iap.models.base import weights_fingerprint
 from tasks import artifacts, asset_url
 from tasks.cache import cache_shard, commit
+from tasks.runners import task_runner
+
+
+@flow(name="iap-precompute-shards")
+def _cache_shards(plan: CachePlan, base: str) -> list[dict]:
+    """The mapped shard tasks, in a subflow so the cache config picks their task runner."""
+    futures = cache_shard.map([f"{plan.key}/{split}/{rel}" for split, rel in plan.shards], unmapped(plan),
+                              [s for s, _ in plan.shards], [r for _, r in plan.shards], unmapped(base))
+    return [f.result() for f in futures]
 
 
 @flow(name="iap-precompute", log_prints=True)
@@ -23,9 +32,8 @@ def iap_precompute(snapshot: str, base: str, out: str, cache: CacheConfig = Cach
     except IapError:
         pass
     started = time.perf_counter()
-    futures = cache_shard.map([f"{plan.key}/{split}/{rel}" for split, rel in plan.shards], unmapped(plan),
-                              [s for s, _ in plan.shards], [r for _, r in plan.shards], unmapped(base))
-    shards = [f.result() for f in futures]
+    runner = task_runner(cache.task_runner, cache.workers, cache.runner_address)
+    shards = _cache_shards.with_options(task_runner=runner)(plan, base)
     info = commit.with_options(assets=[asset_url(plan.url)], asset_deps=[asset_url(snapshot)])(
         plan.key, plan, shards, base, time.perf_counter() - started)
     samples = sum(s["rows"] for s in shards)

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import fsspec
 import pyarrow as pa
@@ -54,6 +54,13 @@ class CacheConfig(StageConfig):
     splits: list[str] = Field(default_factory=lambda: ["train", "val"])
     seed: int = 0
     batch_size: int = Field(16, ge=1)
+    # how shards are spread (Prefect task runners); none of it changes the cache key
+    task_runner: Literal["thread", "process", "dask", "ray"] = Field(
+        "thread", description="dask / ray need prefect-dask / prefect-ray")
+    workers: int | None = Field(None, ge=1, description="parallel shards (None: the runner's default)")
+    runner_address: str | None = Field(None, description="Dask scheduler or Ray cluster address (None: local)")
+
+    LAUNCH_FIELDS: ClassVar[frozenset[str]] = frozenset({"batch_size", "task_runner", "workers", "runner_address"})
 
 
 @dataclass
@@ -75,7 +82,7 @@ class CacheInfo:
 
 
 def cache_key(snapshot_id: str, base_fingerprint: str, cfg: CacheConfig) -> str:
-    return hashlib.sha256(f"{snapshot_id}:{base_fingerprint}:{cfg.content_hash(exclude={'batch_size'})}"
+    return hashlib.sha256(f"{snapshot_id}:{base_fingerprint}:{cfg.content_hash(exclude=set(cfg.LAUNCH_FIELDS))}"
                           .encode()).hexdigest()[:16]
 
 

@@ -3,6 +3,7 @@ around one `iap` function each. Cache keys are the content ids the library compu
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -14,9 +15,18 @@ RESULTS.mkdir(parents=True, exist_ok=True)
 PERSIST = {"persist_result": True, "result_storage": RESULTS, "result_serializer": "json"}
 
 
+LOCATIONS = ("out", "run_dir", "checkpoint", "cache_url", "snapshot_url")
+
+
 def by_key(_context, parameters: dict) -> str:
-    """Cache on the content id the flow passes as `key` (never on hashes of big inputs)."""
-    return parameters["key"].replace("/", "-")  # a key is one result file name
+    """Cache on the content id the flow passes as `key` (never on hashes of big inputs), per output
+    location: the same data written under another `out` is another result, never a pointer into the
+    first one's folder."""
+    key = parameters["key"].replace("/", "-")  # a key is one result file name
+    where = [str(parameters[k]) for k in LOCATIONS if k in parameters]
+    if getattr(parameters.get("plan"), "url", None):
+        where.append(parameters["plan"].url)
+    return f"{key}-{hashlib.sha256('|'.join(where).encode()).hexdigest()[:8]}" if where else key
 
 
 def asset_url(url: str) -> str:

@@ -53,3 +53,28 @@ def test_a_transient_s3_outage_is_retried_and_the_flow_completes(harness, served
     finally:
         for s in restarted:
             s.stop()
+
+
+def _spark_ready() -> bool:
+    import importlib.util
+    import shutil
+    return importlib.util.find_spec("pyspark") is not None and shutil.which("java") is not None
+
+
+def test_data_flow_per_folder_and_per_distributor_gives_the_same_snapshot(harness, served, local_run, tmp_path):
+    """The same manifest through the iap-data flow into two folders, then (when pyspark and Java are
+    installed) with Spark in local mode into a third: every snapshot id is the library run's, and each
+    result lives under its own folder (task caches are per output location)."""
+    from pathlib import Path
+
+    from flows.data import iap_data
+    _, _, expected = local_run
+    runs = [("multiprocessing", "a"), ("multiprocessing", "b")] + ([("pyspark", "c")] if _spark_ready() else [])
+    for distributor, folder in runs:
+        snapshot = iap_data(str(served), str(tmp_path / folder),
+                            DOWNLOAD.model_copy(update={"distributor": distributor}), FILTER)
+        assert snapshot["id"] == expected.id, distributor
+        assert Path(snapshot["url"]).is_relative_to(tmp_path / folder), (folder, snapshot["url"])
+        assert Path(snapshot["url"], "snapshot.json").exists()
+    if not _spark_ready():
+        pytest.skip("ran with multiprocessing only: pyspark or Java is not installed")

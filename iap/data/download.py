@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -49,7 +50,11 @@ class DownloadConfig(StageConfig):
     number_sample_per_shard: int = Field(1000, ge=1)
     retries: int = Field(0, ge=0)
     timeout: int = Field(10, ge=1)
-    distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = Field(
+        "multiprocessing", description="pyspark: the active SparkSession, else a local one; ray: the connected "
+        "cluster (ray.init first). See infra/distributed/")
+    subjob_size: int = Field(1000, ge=1, description="shards per distributed subjob (pyspark, ray)")
+    max_shard_retry: int = Field(1, ge=0, description="times a failed shard is retried (pyspark, ray)")
 
 
 @dataclass
@@ -126,6 +131,8 @@ def _watch_progress(fs, shards_url: str, total: int, on_progress, stop: threadin
 def _run_img2dataset(input_url: str, shards_url: str, extra_cols: list[str], cfg: DownloadConfig) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
+    if cfg.distributor == "pyspark":  # local-mode Spark workers must run this interpreter (it has img2dataset)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from img2dataset import download as img2dataset_download
 
     img2dataset_download(
@@ -135,7 +142,8 @@ def _run_img2dataset(input_url: str, shards_url: str, extra_cols: list[str], cfg
         min_image_size=cfg.min_image_size, encode_format=cfg.encode_format, output_format=cfg.output_format,
         processes_count=cfg.processes_count, thread_count=cfg.thread_count,
         number_sample_per_shard=cfg.number_sample_per_shard, retries=cfg.retries, timeout=cfg.timeout,
-        distributor=cfg.distributor, enable_wandb=False, compute_hash="sha256",
+        distributor=cfg.distributor, subjob_size=cfg.subjob_size, max_shard_retry=cfg.max_shard_retry,
+        enable_wandb=False, compute_hash="sha256",
     )
 
 
@@ -204,7 +212,9 @@ def _parts_with_keys(fs, out_url: str, cfg: DownloadConfig, wanted: set[str]) ->
 
 def _options(cfg: DownloadConfig) -> str:
     """The options that change what is downloaded (not how it is parallelised)."""
-    return cfg.content_hash(exclude={"distributor", "processes_count", "thread_count"})
+    # how the work is spread does not change what is downloaded
+    return cfg.content_hash(exclude={"distributor", "processes_count", "thread_count", "subjob_size",
+                                     "max_shard_retry"})
 
 
 def _download_rows(manifest: pa.Table, out_url: str, cfg: DownloadConfig,

@@ -1,0 +1,99 @@
+"""Every file under infra/ is checked: it parses, job templates validate against Prefect's schemas, the
+accelerate configs load in accelerate, the Dockerfile installs the way the README says."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+POOLS = sorted((INFRA / "work-pools").glob("*.json"))
+
+
+def test_every_infra_file_parses():
+    files = [f for f in INFRA.rglob("*") if f.is_file()]
+    assert files
+    for f in files:
+        if f.suffix in {".yaml", ".yml"}:
+            assert yaml.safe_load(f.read_text()) is not None, f
+        elif f.suffix == ".json":
+            json.loads(f.read_text())
+        else:
+            assert f.suffix == ".md" or f.name == "Dockerfile", f"{f}: no check for this kind of file"
+
+
+def _defaults(schema: dict) -> dict:
+    return {k: v["default"] for k, v in schema["properties"].items() if "default" in v}
+
+
+@pytest.mark.parametrize("path", POOLS, ids=[p.stem for p in POOLS])
+def test_job_templates_validate_against_prefect_schemas(path):
+    from prefect._internal.schemas.validators import validate_values_conform_to_schema
+    from prefect.server.schemas.actions import WorkPoolCreate
+    template = json.loads(path.read_text())
+    pool = WorkPoolCreate(name=f"iap-{path.stem}", type=path.stem, base_job_template=template)  # every
+    assert pool.base_job_template == template  # placeholder is a declared variable
+    jsonschema.Draft202012Validator.check_schema(template["variables"])
+    validate_values_conform_to_schema(_defaults(template["variables"]), template["variables"])
+    if path.stem != "process":  # GPU pools request GPUs through a variable
+        assert "gpu_count" in template["variables"]["properties"]
+        assert "{{ gpu_count }}" in json.dumps(template["job_configuration"])
+
+
+def test_process_template_renders_with_the_process_worker():
+    from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
+    template = json.loads((INFRA / "work-pools" / "process.json").read_text())
+    default = ProcessWorker.get_default_base_job_template()
+    assert template["job_configuration"].keys() == default["job_configuration"].keys()
+    config = asyncio.run(ProcessJobConfiguration.from_template_and_values(
+        template, {"env": {"CUDA_VISIBLE_DEVICES": "3"}}))
+    assert config.env["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+def test_kubernetes_template_requests_gpus_as_a_non_root_pod():
+    template = json.loads((INFRA / "work-pools" / "kubernetes.json").read_text())
+    spec = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+
+
+@pytest.mark.parametrize("name", ["1gpu", "8gpu", "2nodes"])
+def test_accelerate_configs_load_in_accelerate(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+    config = ClusterConfig.from_yaml_file(str(INFRA / "accelerate" / f"{name}.yaml"))  # unknown keys raise
+    assert config.num_processes % config.num_machines == 0
+    assert config.num_processes == {"1gpu": 1, "8gpu": 8, "2nodes": 16}[name]
+    from iap.launch import launch_command
+    cmd = launch_command(["train", "--out", "x"], accelerate_config=str(INFRA / "accelerate" / f"{name}.yaml"))
+    assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"] and cmd[-3:] == ["train", "--out", "x"]
+
+
+def test_dockerfile_installs_as_the_readme_says_and_runs_as_non_root():
+    docker = (INFRA / "Dockerfile").read_text()
+    readme = (ROOT / "README.md").read_text()
+    install = re.search(r"^(bash install\.sh)\b.*$", readme, re.M).group(1)
+    runs = [line.split("RUN", 1)[1].strip() for line in docker.splitlines() if line.startswith("RUN")]
+    assert install in runs
+    assert re.search(r"^FROM nvidia/cuda:\S+", docker, re.M)
+    user = [line.split()[1] for line in docker.splitlines() if line.startswith("USER")]
+    assert user and user[-1] not in {"root", "0"}
+    assert docker.index("USER") < docker.index(f"RUN {install}")  # installed as the user that runs it
+
+
+def test_compose_team_setup():
+    import prefect
+    compose = yaml.safe_load((INFRA / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "prefect-server", "s3", "worker"} <= services.keys()
+    server = services["prefect-server"]
+    assert server["image"].startswith(f"prefecthq/prefect:{prefect.__version__}")
+    assert "postgresql+asyncpg://" in server["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert services["worker"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert services["worker"]["build"]["dockerfile"] == "infra/Dockerfile"

@@ -34,18 +34,24 @@ console = library_cli.console
 @app.command()
 def demo(workdir: Annotated[Path, typer.Option(help="where everything goes")] = Path("demo"),
          steps: int = 600) -> None:
-    """Run the full iap-train flow on the tiny preset and synthetic data; writes WORKDIR/summary.json."""
+    """Run the full iap-train flow on the shapes teacher and synthetic data; writes WORKDIR/summary.json."""
     from flows.demo import DEMO_TRAIN, run_demo
     summary = run_demo(workdir, DEMO_TRAIN.model_copy(update={"steps": steps}))
     m = summary["metrics"]
-    console.print(
-        f"\n[bold]IAP demo done[/bold] in {summary['seconds_total']} s (registry: {summary['registry_status']})\n"
+    lines = [
+        f"\n[bold]IAP demo done[/bold] in {summary['seconds_total']} s (registry: {summary['registry_status']})",
         f"  held-out IAP loss     {m['heldout_loss_before']:.5f} -> {m['heldout_loss_after']:.5f}"
-        f"  (mismatched-caption level {m['mismatched_caption_loss']:.5f})\n"
-        f"  zh->en retrieval top1 {m['retrieval_top1_before']:.1%} -> {m['retrieval_top1_after']:.1%}"
-        f"  on {m['heldout_pairs']} held-out pairs of never-trained combinations\n"
-        f"  pipeline: {summary['pipeline_dir']}\n  samples:  {summary['samples_dir']}\n"
-        f"  summary:  {workdir / 'summary.json'}")
+        f"  (mismatched-caption level {m['mismatched_caption_loss']:.5f})",
+        f"  zh->en retrieval top5 {m['retrieval_top5_before']:.1%} -> {m['retrieval_top5_after']:.1%}"
+        f"  on {m['heldout_pairs']} held-out pairs of never-trained combinations",
+    ]
+    if "colour_accuracy_zh_after" in m:
+        lines.append(f"  colour accuracy, {m['generated_prompts']} held-out Chinese prompts "
+                     f"{m['colour_accuracy_zh_before']:.1%} -> {m['colour_accuracy_zh_after']:.1%}"
+                     f"  (English prompts: {m['colour_accuracy_en_teacher']:.1%})")
+    lines += [f"  report:   {summary['evaluation'].get('report', '-')}", f"  pipeline: {summary['pipeline_dir']}",
+              f"  samples:  {summary['samples_dir']}", f"  summary:  {workdir / 'summary.json'}"]
+    console.print("\n".join(lines))
 
 
 @app.command()

@@ -61,20 +61,27 @@ def _spark_ready() -> bool:
     return importlib.util.find_spec("pyspark") is not None and shutil.which("java") is not None
 
 
-def test_data_flow_per_folder_and_per_distributor_gives_the_same_snapshot(harness, served, local_run, tmp_path):
-    """The same manifest through the iap-data flow into two folders, then (when pyspark and Java are
-    installed) with Spark in local mode into a third: every snapshot id is the library run's, and each
-    result lives under its own folder (task caches are per output location)."""
-    from pathlib import Path
-
+def _data_flow(served, out, distributor: str) -> dict:
     from flows.data import iap_data
+    return iap_data(str(served), str(out), DOWNLOAD.model_copy(update={"distributor": distributor}), FILTER)
+
+
+def _check(snapshot: dict, expected_id: str, folder) -> None:
+    from pathlib import Path
+    assert snapshot["id"] == expected_id
+    assert Path(snapshot["url"]).is_relative_to(folder), (folder, snapshot["url"])
+    assert Path(snapshot["url"], "snapshot.json").exists()
+
+
+def test_data_flow_into_another_folder_gives_the_same_snapshot_there(harness, served, local_run, tmp_path):
+    """The same manifest through the iap-data flow into two folders: the library run's snapshot id, and each
+    result under its own folder (task caches are per output location, not pointers into the first)."""
     _, _, expected = local_run
-    runs = [("multiprocessing", "a"), ("multiprocessing", "b")] + ([("pyspark", "c")] if _spark_ready() else [])
-    for distributor, folder in runs:
-        snapshot = iap_data(str(served), str(tmp_path / folder),
-                            DOWNLOAD.model_copy(update={"distributor": distributor}), FILTER)
-        assert snapshot["id"] == expected.id, distributor
-        assert Path(snapshot["url"]).is_relative_to(tmp_path / folder), (folder, snapshot["url"])
-        assert Path(snapshot["url"], "snapshot.json").exists()
-    if not _spark_ready():
-        pytest.skip("ran with multiprocessing only: pyspark or Java is not installed")
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        _check(_data_flow(served, folder, "multiprocessing"), expected.id, folder)
+
+
+@pytest.mark.skipif(not _spark_ready(), reason="pyspark or Java is not installed")
+def test_data_flow_with_pyspark_in_local_mode_gives_the_same_snapshot(harness, served, local_run, tmp_path):
+    _, _, expected = local_run
+    _check(_data_flow(served, tmp_path, "pyspark"), expected.id, tmp_path)

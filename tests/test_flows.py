@@ -1,9 +1,11 @@
-"""Flows in-process against Prefect's ephemeral server: retries of transient storage failures."""
+"""Flows in-process against Prefect's ephemeral server: retries of transient storage failures, the data
+flow per folder and per distributor, precompute per task runner."""
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from moto.server import ThreadedMotoServer
@@ -67,7 +69,6 @@ def _data_flow(served, out, distributor: str) -> dict:
 
 
 def _check(snapshot: dict, expected_id: str, folder) -> None:
-    from pathlib import Path
     assert snapshot["id"] == expected_id
     assert Path(snapshot["url"]).is_relative_to(folder), (folder, snapshot["url"])
     assert Path(snapshot["url"], "snapshot.json").exists()
@@ -85,3 +86,19 @@ def test_data_flow_into_another_folder_gives_the_same_snapshot_there(harness, se
 def test_data_flow_with_pyspark_in_local_mode_gives_the_same_snapshot(harness, served, local_run, tmp_path):
     _, _, expected = local_run
     _check(_data_flow(served, tmp_path, "pyspark"), expected.id, tmp_path)
+
+
+def test_precompute_on_the_process_task_runner_equals_threads(harness, grouped_snapshot_small, tiny_dir, tmp_path):
+    """Cache shards mapped over worker processes: same key and byte-identical shards as with threads."""
+    from flows.precompute import iap_precompute
+    from iap.cache import CacheConfig
+    base = str(tiny_dir / "base")
+    infos = {runner: iap_precompute(grouped_snapshot_small.url, base, str(tmp_path / runner),
+                                    CacheConfig(policy="recompute", draws=1, task_runner=runner, workers=2))
+             for runner in ("thread", "process")}
+    assert infos["thread"]["key"] == infos["process"]["key"]
+    names = [s["name"] for s in infos["thread"]["shards"]["train"]]
+    assert len(names) > 1
+    for name in names:
+        a, b = (Path(infos[r]["url"], "shards", f"{name}.safetensors").read_bytes() for r in ("thread", "process"))
+        assert a == b, name

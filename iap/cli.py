@@ -129,14 +129,15 @@ def train_cmd(
     if cfg.distributed and not inside_launch():
         run_launched(sys.argv[1:], cfg.num_processes, cfg.accelerate_config, log=console.print)
         return
-    from iap.models.base import empty_prompt, english_empty_states
+    from iap.models.base import english_empty_states
+    from iap.objective import EmptyPrompt
     unet_config = _unet_config(base)
     en_empty = english_empty_states(base)
     encoder = load_chinese_encoder(zh_encoder, unet_config["cross_attention_dim"], max_length=en_empty.shape[1])
     source, objective_fn, found, layers = _train_source(base, encoder, cfg, cache, snapshot, n_train)
     result = train(cfg, encoder, objective_fn, source, out, log=console.print,
                    lineage=found | (_json.loads(lineage) if lineage else {}),
-                   empty=empty_prompt(en_empty, encoder, layers))
+                   empty=EmptyPrompt.pair(en_empty, encoder, layers))
     if os.environ.get("RANK", "0") == "0":
         console.print(f"checkpoint: {result.checkpoint}  ({result.samples_per_second:.1f} samples/s)")
 

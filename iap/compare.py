@@ -11,9 +11,9 @@ from pathlib import Path
 from iap.cache import CacheConfig, CacheSource, load_cached_layers, precompute
 from iap.config import TrainConfig
 from iap.evaluate import EvalConfig, evaluate_checkpoint
-from iap.models.base import BaseModel, empty_prompt
+from iap.models.base import BaseModel
 from iap.models.chinese import load_chinese_encoder
-from iap.objective import Teacher, make_objective
+from iap.objective import EmptyPrompt, Teacher, make_objective
 from iap.source import snapshot_source
 from iap.train import train
 
@@ -41,7 +41,7 @@ def compare(base: BaseModel, zh_encoder: str, snapshot, out: str | Path, cfg: Tr
     rows = []
     for name, policy, data, objective in runs:
         encoder = fresh()
-        empty = empty_prompt(en_empty, encoder, getattr(objective, "layers", None))
+        empty = EmptyPrompt.pair(en_empty, encoder, getattr(objective, "layers", None))
         source = CacheSource(data, "train", encoder.tokenize) if policy != "live" else data
         started = time.perf_counter()
         result = train(cfg, encoder, objective, source, out / f"{name}-{policy}", log=lambda _: None,

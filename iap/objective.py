@@ -57,6 +57,11 @@ class EmptyPrompt:
     en_states: torch.Tensor  # (L, D)
     layers: dict[str, Attention] | None = None  # needed only for batches that carry targets
 
+    @classmethod
+    def pair(cls, en_states: torch.Tensor, encoder, layers: dict[str, Attention] | None = None) -> EmptyPrompt:
+        """From the base's English states of "" (1, L, D) and the Chinese encoder's tokenizer."""
+        return cls(zh_ids=encoder.tokenize([""])[0], en_states=en_states[0].cpu(), layers=layers)
+
     def apply(self, batch: FrozenBatch, mask: torch.Tensor) -> FrozenBatch:
         """Rows where mask is True become the empty prompt."""
         if not mask.any():

@@ -12,8 +12,8 @@ from iap.cache import CacheSource, load_cached_layers, open_cache
 from iap.checkpoint import checkpoint_id
 from iap.config import TrainConfig
 from iap.models import load_chinese_encoder
-from iap.models.base import empty_prompt, english_empty_states
-from iap.objective import Teacher, make_objective
+from iap.models.base import english_empty_states
+from iap.objective import EmptyPrompt, Teacher, make_objective
 from iap.train import train
 from tasks import PERSIST, artifacts, by_key
 from tasks.data import PLACEHOLDER_ASSET
@@ -38,7 +38,7 @@ def train_encoder(key: str, cache_url: str, base: str, zh_encoder: str, run_dir:
         objective = make_objective("pivot", None, config.layer_weights, layers=layers)
     progress = create_progress_artifact(progress=0.0, key="iap-train-progress", description="training steps")
     result = train(config, encoder, objective, CacheSource(info, "train", encoder.tokenize), run_dir,
-                   log=log.info, lineage=lineage, empty=empty_prompt(en_empty, encoder, layers),
+                   log=log.info, lineage=lineage, empty=EmptyPrompt.pair(en_empty, encoder, layers),
                    on_step=lambda s: update_progress_artifact(progress, 100.0 * s.step / config.steps))
     curve = artifacts.loss_curve_png(result.state.losses, Path(run_dir) / "loss_curve.png")
     artifacts.markdown("iap-loss-curve", f"![loss curve]({curve.resolve().as_uri()})\n\nPNG: `{curve}`\n\n"

@@ -12,8 +12,7 @@ from iap.data.snapshot import FilterConfig
 from iap.data.synth import serve, write_synth
 from iap.evaluate import AttentionFeatures, heldout_loss, retrieval
 from iap.models import load_chinese_encoder
-from iap.models.base import empty_prompt
-from iap.objective import Teacher, make_objective
+from iap.objective import EmptyPrompt, Teacher, make_objective
 from iap.source import snapshot_source
 from iap.train import train
 from tests.conftest import DOWNLOAD, free_port
@@ -56,7 +55,7 @@ def test_each_policy_trains_as_well_as_live(grouped_snapshot, tiny_dir, base, tm
     live, _ = snapshot_source(base, encoder, grouped_snapshot, "train")
     en_empty = base.encode_english([""])
     train(TRAIN, encoder, make_objective("pivot", teacher), live, tmp_path / "live", log=lambda _: None,
-          empty=empty_prompt(en_empty, encoder))
+          empty=EmptyPrompt.pair(en_empty, encoder))
     results["live"] = _evaluate(base, encoder, held, teacher)
     for policy in ("recompute", "store", "store-sampled"):
         cfg = CacheConfig(policy=policy, draws=4, positions=32, splits=["train"])
@@ -66,7 +65,7 @@ def test_each_policy_trains_as_well_as_live(grouped_snapshot, tiny_dir, base, tm
         layers = None if policy == "recompute" else load_cached_layers(info)
         objective = make_objective("pivot", teacher if policy == "recompute" else None, layers=layers)
         train(TRAIN, encoder, objective, CacheSource(info, "train", encoder.tokenize), tmp_path / policy,
-              log=lambda _: None, empty=empty_prompt(en_empty, encoder, layers))
+              log=lambda _: None, empty=EmptyPrompt.pair(en_empty, encoder, layers))
         results[policy] = _evaluate(base, encoder, held, teacher)
     print(results)
     untrained = _evaluate(base, fresh(), held, teacher)

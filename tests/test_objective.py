@@ -78,8 +78,7 @@ def test_empty_prompt_rows_get_empty_captions_and_recomputed_cached_targets(base
     """The CFG pairing zh "" -> en "": masked rows change on both sides; cached targets are recomputed
     from the cached queries; other rows are untouched."""
     from iap.attention import attend
-    from iap.models.base import empty_prompt
-    from iap.objective import FrozenBatch, Teacher
+    from iap.objective import EmptyPrompt, FrozenBatch, Teacher
     teacher = Teacher(base)
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(4, 4, 16, 16, generator=g)
@@ -88,7 +87,7 @@ def test_empty_prompt_rows_get_empty_captions_and_recomputed_cached_targets(base
                         noise=torch.randn(latents.shape, generator=g), timesteps=torch.tensor([100, 300, 500, 700]))
     batch.queries, batch.targets, _ = teacher.english_pass(batch)
     en_empty = base.encode_english([""])
-    empty = empty_prompt(en_empty, encoder, teacher.layers)
+    empty = EmptyPrompt.pair(en_empty, encoder, teacher.layers)
     mask = torch.tensor([False, True, False, True])
     out = empty.apply(batch, mask)
     assert (out.zh_ids[mask] == encoder.tokenize([""])).all() and (out.zh_ids[~mask] == batch.zh_ids[~mask]).all()

@@ -58,12 +58,6 @@ def encode_english(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, texts:
     return text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
 
 
-def empty_prompt(base_states: torch.Tensor, encoder, layers=None):
-    """The EmptyPrompt pairing for training: en "" states (1, L, D) from the base, zh "" ids from the encoder."""
-    from iap.objective import EmptyPrompt
-    return EmptyPrompt(zh_ids=encoder.tokenize([""])[0], en_states=base_states[0].cpu(), layers=layers)
-
-
 def english_empty_states(source: str) -> torch.Tensor:
     """The base's English states of "" (1, L, D), loading only its tokenizer and text encoder."""
     text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", use_safetensors=True)

@@ -152,11 +152,12 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        if world > 1:  # the logged loss is the global batch's
-            total = accelerator.reduce(torch.tensor(total, device=accelerator.device), "mean").item()
         window.append(total)
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-            state.losses.append((state.step, sum(window) / len(window)))
+            mean = sum(window) / len(window)
+            if world > 1:  # the logged loss is the global batch's; one all-reduce per log, not per step
+                mean = accelerator.reduce(torch.tensor(mean, device=accelerator.device), "mean").item()
+            state.losses.append((state.step, mean))
             elapsed = time.perf_counter() - start
             rate = (state.step - start_step) / max(elapsed, 1e-9)
             log(f"step {state.step}/{cfg.steps} loss {state.losses[-1][1]:.5f} lr {lr_at(state.step - 1, cfg):.2e} "

@@ -28,10 +28,12 @@ def train_encoder(key: str, cache_url: str, base: str, zh_encoder: str, run_dir:
     if config.distributed:
         return _train_launched(cache_url, base, zh_encoder, run_dir, config, lineage)
     info = open_cache(cache_url, base_fingerprint=lineage["base_fingerprint"])
-    en_empty = english_empty_states(base)
+    needs_unet = info.policy == "recompute" or config.objective != "pivot"
+    # the loaded base already holds the text encoder; store policies load only the text encoder
+    en_empty = base_model(base).encode_english([""]) if needs_unet else english_empty_states(base)
     encoder = load_chinese_encoder(zh_encoder, info.cross_attention_dim, max_length=en_empty.shape[1])
     layers = None
-    if info.policy == "recompute" or config.objective != "pivot":
+    if needs_unet:
         objective = make_objective(config.objective, Teacher(base_model(base)), config.layer_weights)
     else:
         layers = load_cached_layers(info)
@@ -62,12 +64,12 @@ def _train_launched(cache_url: str, base: str, zh_encoder: str, run_dir: str, co
     from iap.launch import run_launched
     log = get_run_logger()
     started = time.perf_counter()
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        f.write(config.model_dump_json())
-    run_launched(["train", "--base", base, "--zh-encoder", zh_encoder, "--out", run_dir, "--cache", cache_url,
-                  "--config", f.name, "--lineage", json.dumps(lineage)],
-                 config.num_processes, config.accelerate_config, log=log.info)
-    Path(f.name).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "train.json"
+        config_file.write_text(config.model_dump_json())
+        run_launched(["train", "--base", base, "--zh-encoder", zh_encoder, "--out", run_dir, "--cache", cache_url,
+                      "--config", str(config_file), "--lineage", json.dumps(lineage)],
+                     config.num_processes, config.accelerate_config, log=log.info)
     ckpt = latest_checkpoint(Path(run_dir))
     state = read_checkpoint_meta(ckpt)
     seconds = time.perf_counter() - started

@@ -3,7 +3,9 @@
 `separate` (no cache: English pass + Chinese UNet pass with backward), `recompute` (cached latent +
 English states; one no-grad UNet pass per step), `store` (all layers' queries and targets given),
 `store-sampled 64` (64 positions per layer), and the encoder-only forward+backward+step as the
-floor. On the tiny preset and an SD-1.5-shaped UNet (random weights) with a 768-wide BERT.
+floor. `store, empty rows` is `store` with every row turned into the empty prompt (its targets
+recomputed from the cached queries): the cost of the CFG pairing, which training pays on
+`empty_prompt_fraction` (10%) of the rows. On the tiny preset and an SD-1.5-shaped UNet (random weights) with a 768-wide BERT.
 
     python bench/cache.py [--skip-sd15] [--reps N]
 """
@@ -20,7 +22,7 @@ from transformers import BertConfig, BertModel
 
 from iap.cache import CacheConfig, projected_bytes_per_sample
 from iap.models.chinese import ChineseEncoder
-from iap.objective import FrozenBatch, Teacher, make_objective
+from iap.objective import EmptyPrompt, FrozenBatch, Teacher, make_objective
 from iap.train import make_optimizer
 
 
@@ -57,6 +59,11 @@ def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[s
             optimizer.zero_grad(set_to_none=True)
         return run
 
+    def with_empty_rows(objective, b):
+        empty = EmptyPrompt(zh_ids=b.zh_ids[0], en_states=b.en_states[0], layers=teacher.layers)
+        mask = torch.ones(batch_size, dtype=torch.bool)
+        return lambda: step(objective, empty.apply(b, mask))()
+
     def floor():
         encoder(batch.zh_ids).float().pow(2).mean().backward()
         optimizer.step()
@@ -67,6 +74,8 @@ def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[s
         "separate (no cache)": ("recompute", step(make_objective("separate", teacher), batch)),
         "recompute": ("recompute", step(make_objective("pivot", teacher), batch)),
         "store": ("store", step(pivot_given, FrozenBatch(**{**vars(batch), "queries": q16, "targets": o16}))),
+        "store, empty rows": ("store", with_empty_rows(pivot_given, FrozenBatch(**{**vars(batch), "queries": q16,
+                                                                                     "targets": o16}))),
         "store-sampled 64": ("store-sampled", step(pivot_given, FrozenBatch(**{**vars(batch), "queries": sq,
                                                                                 "targets": so}))),
         "encoder only (floor)": (None, floor),
@@ -115,6 +124,8 @@ def main() -> None:
         print(f"  {'policy':22} {'cache bytes':>14} {'step time':>12} {'vs separate':>12} {'vs floor':>9}")
         for name, (nbytes, t) in r.items():
             print(f"  {name:22} {nbytes:14,} {t * 1e3:10.1f}ms {sep / t:11.1f}x {t / floor:8.2f}x")
+        store, empty = r["store"][1], r["store, empty rows"][1]
+        print(f"  empty-prompt pairing at 10% of rows: +{10 * (empty - store) / store:.1f}% on a store step")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Capture (or inject) cross-attention queries and outputs with diffusers attention processors.
 
-Behaviour is swapped in by composition: every `attn2` layer of the frozen UNet gets a
-CaptureProcessor; self-attention layers keep their own processors. The model is never edited.
+Behaviour is swapped in by composition: every `attn2` layer of the frozen UNet gets a stateless
+CaptureProcessor; self-attention layers keep their own processors. The model is never edited. What a
+call records lives in a Recording owned by that call (`with recording() as rec: unet(...)`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,22 +19,30 @@ from diffusers.models.attention_processor import Attention
 from iap.errors import IapError
 
 
-class Recorder:
-    """Shared state of all CaptureProcessors: what to record, and which queries to inject."""
+@dataclass
+class Recording:
+    """What one UNet call captures: each cross-attention layer's queries and outputs; optionally the
+    queries to use instead of the layer's own (injection)."""
 
-    def __init__(self) -> None:
-        self.enabled = False
-        self.queries: dict[str, torch.Tensor] = {}
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.inject: dict[str, torch.Tensor] | None = None
+    inject: dict[str, torch.Tensor] | None = None
+    queries: dict[str, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    @contextmanager
-    def record(self, inject: dict[str, torch.Tensor] | None = None) -> Iterator[Recorder]:
-        self.queries, self.outputs, self.inject, self.enabled = {}, {}, inject, True
-        try:
-            yield self
-        finally:
-            self.enabled, self.inject = False, None
+
+# The recording of the UNet call in progress, per thread / task: concurrent calls on one UNet (mapped
+# precompute shards on threads) never see each other's tensors, and the processors hold no state.
+_CURRENT: ContextVar[Recording | None] = ContextVar("iap_recording", default=None)
+
+
+@contextmanager
+def recording(inject: dict[str, torch.Tensor] | None = None) -> Iterator[Recording]:
+    """Capture the cross-attention layers of the UNet calls made inside this block (this thread only)."""
+    rec = Recording(inject)
+    token = _CURRENT.set(rec)
+    try:
+        yield rec
+    finally:
+        _CURRENT.reset(token)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -53,16 +64,16 @@ def attend(attn: Attention, queries: torch.Tensor, context: torch.Tensor,
 
 
 class CaptureProcessor:
-    """Equivalent to diffusers' AttnProcessor2_0 for SD cross-attention, plus recording/injection."""
+    """Equivalent to diffusers' AttnProcessor2_0 for SD cross-attention, plus recording/injection into
+    the current call's Recording (none outside a `recording()` block: then it is the stock layer)."""
 
-    def __init__(self, name: str, recorder: Recorder):
+    def __init__(self, name: str):
         self.name = name
-        self.recorder = recorder
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
-        rec = self.recorder
-        if rec.enabled and rec.inject is not None:
+        rec = _CURRENT.get()
+        if rec is not None and rec.inject is not None:
             q = rec.inject[self.name]
         else:
             q = attn.to_q(hidden_states)
@@ -71,7 +82,7 @@ class CaptureProcessor:
             batch, seq = encoder_hidden_states.shape[0], encoder_hidden_states.shape[1]
             mask = attn.prepare_attention_mask(attention_mask, seq, batch).view(batch, attn.heads, -1, seq)
         o = attend(attn, q, encoder_hidden_states, mask)
-        if rec.enabled:
+        if rec is not None:
             rec.queries[self.name] = q
             rec.outputs[self.name] = o
         return o
@@ -92,17 +103,13 @@ def cross_attention_layers(unet: torch.nn.Module) -> dict[str, Attention]:
     return layers
 
 
-def install_capture(unet: torch.nn.Module) -> tuple[dict[str, Attention], Recorder]:
-    """Give every attn2 layer a CaptureProcessor sharing one Recorder; other layers keep theirs.
-    Idempotent: a UNet that already captures keeps its processors and Recorder, so several
-    Teachers over one UNet all see the same recordings."""
+def install_capture(unet: torch.nn.Module) -> dict[str, Attention]:
+    """Give every attn2 layer a CaptureProcessor; other layers keep theirs. Idempotent."""
     layers = cross_attention_layers(unet)
     current = unet.attn_processors
-    existing = [p for k, p in current.items() if isinstance(p, CaptureProcessor)]
-    if len(existing) == len(layers):
-        return layers, existing[0].recorder
-    recorder = Recorder()
-    processors = {key: CaptureProcessor(key.removesuffix(".processor"), recorder)
+    if sum(isinstance(p, CaptureProcessor) for p in current.values()) == len(layers):
+        return layers
+    processors = {key: CaptureProcessor(key.removesuffix(".processor"))
                   if key.removesuffix(".processor") in layers else proc for key, proc in current.items()}
     unet.set_attn_processor(processors)
-    return layers, recorder
+    return layers

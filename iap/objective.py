@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from iap.attention import attend, install_capture
+from iap.attention import attend, install_capture, recording
 from iap.models.base import BaseModel
 
 OBJECTIVES = ("pivot", "separate", "embedding-mse", "eps-distill")
@@ -81,28 +81,33 @@ class EmptyPrompt:
 
 
 class Teacher:
-    """The frozen UNet with capture processors: English passes (no grad) and Chinese passes (grad)."""
+    """The frozen UNet with capture processors: English passes (no grad) and Chinese passes (grad).
+    Inputs are moved to the UNet's device and cast to its dtype here, wherever the batch came from."""
 
     def __init__(self, base: BaseModel):
         self.unet = base.unet
         self.scheduler = base.noise_scheduler
-        self.layers, self.recorder = install_capture(self.unet)
+        self.layers = install_capture(self.unet)
 
     def noisy_latents(self, batch: FrozenBatch) -> torch.Tensor:
-        return self.scheduler.add_noise(batch.latents, batch.noise, batch.timesteps).to(batch.latents.dtype)
+        device = self.unet.device
+        latents, noise = batch.latents.to(device).float(), batch.noise.to(device).float()
+        return self.scheduler.add_noise(latents, noise, batch.timesteps.to(device)).to(self.unet.dtype)
 
     @torch.no_grad()
     def english_pass(self, batch: FrozenBatch) -> tuple[dict, dict, torch.Tensor]:
         """Queries and attention outputs of every cross-attention layer, and eps, with English states."""
-        with self.recorder.record() as rec:
-            eps = self.unet(self.noisy_latents(batch), batch.timesteps, batch.en_states).sample
+        noisy, t = self.noisy_latents(batch), batch.timesteps.to(self.unet.device)
+        with recording() as rec:
+            eps = self.unet(noisy, t, batch.en_states.to(self.unet.device, self.unet.dtype)).sample
         return rec.queries, rec.outputs, eps
 
     def chinese_pass(self, batch: FrozenBatch, zh_states: torch.Tensor,
                      inject: dict[str, torch.Tensor] | None = None) -> tuple[dict, torch.Tensor]:
         """Attention outputs and eps with Chinese states, with gradients; optionally with injected queries."""
-        with self.recorder.record(inject=inject) as rec:
-            eps = self.unet(self.noisy_latents(batch), batch.timesteps, zh_states).sample
+        noisy, t = self.noisy_latents(batch), batch.timesteps.to(self.unet.device)
+        with recording(inject=inject) as rec:
+            eps = self.unet(noisy, t, zh_states.to(self.unet.dtype)).sample
         return rec.outputs, eps
 
 

@@ -88,17 +88,28 @@ def test_data_flow_with_pyspark_in_local_mode_gives_the_same_snapshot(harness, s
     _check(_data_flow(served, tmp_path, "pyspark"), expected.id, tmp_path)
 
 
-def test_precompute_on_the_process_task_runner_equals_threads(harness, grouped_snapshot_small, tiny_dir, tmp_path):
-    """Cache shards mapped over worker processes: same key and byte-identical shards as with threads."""
+@pytest.mark.parametrize("policy", ["recompute", "store", "store-sampled"])
+def test_precompute_shards_are_byte_identical_on_threads_processes_and_in_sequence(
+        policy, harness, grouped_snapshot_small, tiny_dir, tmp_path):
+    """Cache shards mapped over 2 threads or 2 worker processes: same key and the same bytes as one shard after
+    the other. With store policies, concurrent UNet passes must not see each other's captured tensors."""
     from flows.precompute import iap_precompute
     from iap.cache import CacheConfig
+    from iap.cache import precompute as sequential
+    from iap.data.snapshot import open_snapshot
+    from iap.models import load_base
+    from iap.models.base import weights_fingerprint
     base = str(tiny_dir / "base")
+    cfg = CacheConfig(policy=policy, draws=2, positions=8, workers=2)
     infos = {runner: iap_precompute(grouped_snapshot_small.url, base, str(tmp_path / runner),
-                                    CacheConfig(policy="recompute", draws=1, task_runner=runner, workers=2))
+                                    cfg.model_copy(update={"task_runner": runner}))
              for runner in ("thread", "process")}
-    assert infos["thread"]["key"] == infos["process"]["key"]
-    names = [s["name"] for s in infos["thread"]["shards"]["train"]]
+    infos["sequential"] = vars(sequential(open_snapshot(grouped_snapshot_small.url), lambda: load_base(base),
+                                          weights_fingerprint(base), str(tmp_path / "sequential"), cfg, log=lambda _: None))
+    assert len({info["key"] for info in infos.values()}) == 1
+    names = [s["name"] for s in infos["sequential"]["shards"]["train"]]
     assert len(names) > 1
     for name in names:
-        a, b = (Path(infos[r]["url"], "shards", f"{name}.safetensors").read_bytes() for r in ("thread", "process"))
-        assert a == b, name
+        want = Path(infos["sequential"]["url"], "shards", f"{name}.safetensors").read_bytes()
+        for runner in ("thread", "process"):
+            assert Path(infos[runner]["url"], "shards", f"{name}.safetensors").read_bytes() == want, (runner, name)

@@ -1,0 +1,50 @@
+"""One decision per process: the device every stage runs on and the precision of the frozen parts.
+
+CUDA when present (this rank's GPU under torchrun / accelerate launch), else CPU; `IAP_DEVICE=cpu`
+forces the CPU. As in diffusers' train_text_to_image.py, the frozen parts (UNet, VAE, English encoder,
+cached cross-attention layers) are cast to the run's precision on the GPU; on the CPU they stay fp32
+(half-precision matmuls there are slow or missing). The trained Chinese encoder always keeps fp32
+master weights; autocast runs it in the run's precision.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from iap.errors import IapError
+
+PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype  # of the frozen parts
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def __str__(self) -> str:
+        return f"{self.device} {str(self.dtype).removeprefix('torch.')}"
+
+
+CPU = Runtime(torch.device("cpu"), torch.float32)
+
+
+def detect(precision: str = "no") -> Runtime:
+    """The runtime of this process for a run in `precision` ("no", "fp16", "bf16": TrainConfig.mixed_precision)."""
+    if precision not in PRECISIONS:
+        raise IapError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    if os.environ.get("IAP_DEVICE", "").lower() == "cpu" or not torch.cuda.is_available():
+        return CPU
+    # An explicit index: torch.device("cuda") would mean "the current device", which differs per thread.
+    return Runtime(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))), PRECISIONS[precision])
+
+
+def place(module: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """Move a frozen module to the runtime's device and precision (once, where it is loaded)."""
+    return module.to(device=runtime.device, dtype=runtime.dtype)

@@ -17,15 +17,17 @@ from tasks.runners import task_runner
 
 
 @flow(name="iap-precompute-shards")
-def _cache_shards(plan: CachePlan, base: str) -> list[dict]:
+def _cache_shards(plan: CachePlan, base: str, precision: str) -> list[dict]:
     """The mapped shard tasks, in a subflow so the cache config picks their task runner."""
     futures = cache_shard.map([f"{plan.key}/{split}/{rel}" for split, rel in plan.shards], unmapped(plan),
-                              [s for s, _ in plan.shards], [r for _, r in plan.shards], unmapped(base))
+                              [s for s, _ in plan.shards], [r for _, r in plan.shards], unmapped(base),
+                              unmapped(precision))
     return [f.result() for f in futures]
 
 
 @flow(name="iap-precompute", log_prints=True)
-def iap_precompute(snapshot: str, base: str, out: str, cache: CacheConfig = CacheConfig()) -> dict:
+def iap_precompute(snapshot: str, base: str, out: str, cache: CacheConfig = CacheConfig(), precision: str = "no") -> dict:
+    """`precision`: the run's (TrainConfig.mixed_precision); on a GPU the frozen base runs in it."""
     plan = plan_cache(open_snapshot(snapshot), weights_fingerprint(base), out, cache)
     try:
         return asdict(open_cache(plan.url))  # same key: nothing to compute
@@ -33,9 +35,9 @@ def iap_precompute(snapshot: str, base: str, out: str, cache: CacheConfig = Cach
         pass
     started = time.perf_counter()
     runner = task_runner(cache.task_runner, cache.workers, cache.runner_address)
-    shards = _cache_shards.with_options(task_runner=runner)(plan, base)
+    shards = _cache_shards.with_options(task_runner=runner)(plan, base, precision)
     info = commit.with_options(assets=[asset_url(plan.url)], asset_deps=[asset_url(snapshot)])(
-        plan.key, plan, shards, base, time.perf_counter() - started)
+        plan.key, plan, shards, base, time.perf_counter() - started, precision)
     samples = sum(s["rows"] for s in shards)
     artifacts.metrics({"cache_key": plan.key, "policy": cache.policy, "samples": samples,
                        "megabytes": info["bytes"] / 1e6, "seconds": info["seconds"],

@@ -37,7 +37,7 @@ def iap_train(
     if snapshot is None:
         with synthetic_manifest(out, synthetic) as synth:
             snapshot = iap_data(synth or manifest, f"{out}/data", download, filter, columns)["url"]
-    info = iap_precompute(snapshot, base, f"{out}/cache", cache)
+    info = iap_precompute(snapshot, base, f"{out}/cache", cache, train.mixed_precision)
     run_key = hashlib.sha256(f"{info['key']}:{zh_encoder}:{train.identity()}".encode()).hexdigest()[:16]
     run_dir = f"{out}/runs/{run_key}"
     lineage = {"base": base, "base_fingerprint": fingerprint, "snapshot_id": info["snapshot_id"],
@@ -45,7 +45,8 @@ def iap_train(
                "zh_encoder": zh_encoder, "flow_run_id": str(runtime.flow_run.id)}
     trained = train_encoder.with_options(assets=[asset_url(run_dir)], asset_deps=[asset_url(info["url"])])(
         f"train-{run_key}-{train.steps}", info["url"], base, zh_encoder, run_dir, train, lineage)
-    metrics = iap_evaluate(trained["checkpoint"], snapshot, base, untrained=zh_encoder, generation=evaluate)
+    metrics = iap_evaluate(trained["checkpoint"], snapshot, base, untrained=zh_encoder, generation=evaluate,
+                           precision=train.mixed_precision)
     pipeline_dir = f"{out}/pipelines/{trained['checkpoint_id']}"
     pipeline = export.with_options(assets=[asset_url(pipeline_dir)], asset_deps=[asset_url(run_dir)])(
         f"export-{trained['checkpoint_id']}", trained["checkpoint"], base, pipeline_dir)

@@ -40,6 +40,7 @@ from iap.data.snapshot import Snapshot
 from iap.errors import IapError
 from iap.models.base import BaseModel
 from iap.objective import FrozenBatch, Teacher
+from iap.runtime import CPU, Runtime, place
 from iap.source import image_size, to_pixels
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -53,7 +54,7 @@ class CacheConfig(StageConfig):
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     splits: list[str] = Field(default_factory=lambda: ["train", "val"])
     seed: int = 0
-    batch_size: int = Field(16, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="samples per VAE/UNet pass (None: 32 on a GPU, 4 on a CPU)")
     # how shards are spread (Prefect task runners); none of it changes the cache key
     task_runner: Literal["thread", "process", "dask", "ray"] = Field(
         "thread", description="dask / ray need prefect-dask / prefect-ray")
@@ -134,42 +135,57 @@ def _latents(base: BaseModel, pixels: torch.Tensor, keys: list[str], cfg: CacheC
 
 
 def _teacher_targets(teacher: Teacher, latents, states, steps, seeds, keys, cfg: CacheConfig) -> dict:
-    """Per layer: queries and English outputs for every draw, (N, K, HW or P, C)."""
+    """Per layer: queries and English outputs for every draw, (N, K, HW or P, C). Positions are sampled on the
+    UNet's device, so only what is stored crosses to the host."""
     out: dict[str, list[torch.Tensor]] = {}
     for k in range(cfg.draws):
         batch = FrozenBatch(zh_ids=torch.zeros(len(keys), 1), en_states=states, latents=latents,
                             noise=noise_from_seeds(seeds[:, k], latents.shape[1:]), timesteps=steps[:, k])
-        queries, outputs, _ = teacher.english_pass(batch.to(teacher.unet.device))
+        queries, outputs, _ = teacher.english_pass(batch)
         for name in queries:
-            q, o = queries[name].float().cpu(), outputs[name].float().cpu()
+            q, o = queries[name], outputs[name]
             if cfg.policy == "store-sampled":
                 pos = torch.stack([torch.randperm(q.shape[1], generator=torch.Generator().manual_seed(
                     _seed(cfg.seed, key, k, name)))[:cfg.positions] for key in keys])
-                q = torch.gather(q, 1, pos[..., None].expand(-1, -1, q.shape[-1]))
-                o = torch.gather(o, 1, pos[..., None].expand(-1, -1, o.shape[-1]))
+                at = pos.to(q.device)[..., None]
+                q, o = torch.gather(q, 1, at.expand(-1, -1, q.shape[-1])), torch.gather(o, 1, at.expand(-1, -1, o.shape[-1]))
                 out.setdefault(f"pos.{name}", []).append(pos.to(torch.int32))
-            out.setdefault(f"q.{name}", []).append(q)
-            out.setdefault(f"o.{name}", []).append(o)
+            out.setdefault(f"q.{name}", []).append(q.float().cpu())
+            out.setdefault(f"o.{name}", []).append(o.float().cpu())
     return {n: torch.stack(v, dim=1) for n, v in out.items()}
 
 
+def compute_batch(base: BaseModel, teacher: Teacher | None, pixels: torch.Tensor, captions_en: list[str],
+                  keys: list[str], cfg: CacheConfig) -> dict[str, torch.Tensor]:
+    """The cached tensors of one batch (host memory, storage dtype): VAE and English encoder on the base's
+    device, then the teacher's targets for store policies."""
+    dtype = DTYPES[cfg.dtype]
+    latents = _latents(base, pixels, keys, cfg)
+    states = base.encode_english(captions_en).float().cpu()
+    steps, seeds = _draws(keys, cfg, base.noise_scheduler.config.num_train_timesteps)
+    tensors = {"latents": latents.to(dtype), "en_states": states.to(dtype), "timesteps": steps, "noise_seeds": seeds}
+    if teacher is not None:
+        targets = _teacher_targets(teacher, latents, states, steps, seeds, keys, cfg)
+        tensors |= {n: t if n.startswith("pos.") else t.to(dtype) for n, t in targets.items()}
+    return tensors
+
+
 def _compute_shard(base: BaseModel, teacher: Teacher | None, rows: list[dict], cfg: CacheConfig) -> dict:
-    dtype, size = DTYPES[cfg.dtype], image_size(base)
-    parts: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, len(rows), cfg.batch_size):
-        chunk = rows[i:i + cfg.batch_size]
-        keys = [r["key"] for r in chunk]
-        latents = _latents(base, to_pixels([decode(r["image"]) for r in chunk], size), keys, cfg)
-        states = base.encode_english([r["caption_en"] for r in chunk]).float().cpu()
-        steps, seeds = _draws(keys, cfg, base.noise_scheduler.config.num_train_timesteps)
-        tensors = {"latents": latents.to(dtype), "en_states": states.to(dtype), "timesteps": steps,
-                   "noise_seeds": seeds}
-        if teacher is not None:
-            targets = _teacher_targets(teacher, latents, states, steps, seeds, keys, cfg)
-            tensors |= {n: t if n.startswith("pos.") else t.to(dtype) for n, t in targets.items()}
+    size, parts = image_size(base), {}
+    batch_size = cfg.batch_size or default_batch_size(base.device)
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        pixels = to_pixels([decode(r["image"]) for r in chunk], size)
+        tensors = compute_batch(base, teacher, pixels, [r["caption_en"] for r in chunk], [r["key"] for r in chunk], cfg)
         for n, t in tensors.items():
             parts.setdefault(n, []).append(t)
     return {n: torch.cat(v).contiguous() for n, v in parts.items()}
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Samples per VAE/UNet pass when CacheConfig.batch_size is None: at 512 px a CPU batch of 16 peaks near
+    18 GB (VAE activations), a GPU batch of 32 keeps an 80 GB card busy."""
+    return 32 if device.type == "cuda" else 4
 
 
 def _index(rows: list[dict], tensors: dict) -> bytes:
@@ -337,7 +353,8 @@ class FrozenCrossAttention(torch.nn.Module):
         self.requires_grad_(False)
 
 
-def load_cached_layers(info: CacheInfo) -> dict[str, FrozenCrossAttention]:
+def load_cached_layers(info: CacheInfo, runtime: Runtime = CPU) -> dict[str, FrozenCrossAttention]:
+    """The cached cross-attention weights, placed on the runtime's device in its precision."""
     fs = _fs(info.url)
     if info.policy == "recompute":
         raise IapError(f"cache {info.url} has policy 'recompute': training needs the base UNet")
@@ -345,7 +362,7 @@ def load_cached_layers(info: CacheInfo) -> dict[str, FrozenCrossAttention]:
         weights = load(f.read())
     with fs.open(f"{info.url}/layers.json", "r") as f:
         meta = json.load(f)
-    return {n: FrozenCrossAttention(weights, n, m["heads"], m["scale"]).eval() for n, m in meta.items()}
+    return {n: place(FrozenCrossAttention(weights, n, m["heads"], m["scale"]).eval(), runtime) for n, m in meta.items()}
 
 
 class CacheSource:

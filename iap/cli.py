@@ -59,43 +59,25 @@ def models_shapes_teacher(
                       ", ".join(f"{k} {v:.1%}" for k, v in a.items()))
 
 
-def _train_source(base: str, encoder, cfg, cache: str | None, snapshot: str | None, n_train: int):
-    """(source, objective, lineage, cached layers or None) for the chosen data: a cache, a snapshot, or
-    synthetic triples."""
-    from iap.models import load_base
-    from iap.models.base import weights_fingerprint
+def _live_source(base_model, encoder, cfg, snapshot: str | None, n_train: int):
+    """(source, objective, lineage) for live training (no cache): a snapshot's train split or synthetic
+    shapes-world triples, in memory."""
     from iap.objective import Teacher, make_objective
 
-    fingerprint = weights_fingerprint(base)
-    lineage = {"base": base, "base_fingerprint": fingerprint}
-    if cache:
-        from iap.cache import CacheSource, load_cached_layers, open_cache
-        info = open_cache(cache, base_fingerprint=fingerprint)
-        lineage |= {"cache_key": info.key, "cache_url": info.url, "snapshot_id": info.snapshot_id}
-        layers = None
-        if info.policy == "recompute" or cfg.objective != "pivot":
-            teacher = Teacher(load_base(base))
-            objective = make_objective(cfg.objective, teacher, cfg.layer_weights)
-        else:  # store policies: no UNet, only the cached cross-attention weights
-            layers = load_cached_layers(info)
-            objective = make_objective("pivot", None, cfg.layer_weights, layers=layers)
-        return CacheSource(info, "train", encoder.tokenize), objective, lineage, layers
-    base_model = load_base(base)
     teacher = None if cfg.objective == "embedding-mse" else Teacher(base_model)
     objective = make_objective(cfg.objective, teacher, cfg.layer_weights)
     if snapshot:
         from iap.data.snapshot import open_snapshot
         from iap.source import snapshot_source
         snap = open_snapshot(snapshot)
-        return (snapshot_source(base_model, encoder, snap, "train")[0], objective, lineage | {"snapshot_id": snap.id},
-                None)
+        return snapshot_source(base_model, encoder, snap, "train")[0], objective, {"snapshot_id": snap.id}
     from iap.data import shapes
     from iap.source import build_in_memory_source, image_size
     samples = [s for s in shapes.samples(2 * n_train, cfg.seed) if not shapes.is_held_out(s.combo)][:n_train]
     size = image_size(base_model)
     source = build_in_memory_source(base_model, encoder, [shapes.render(s, size) for s in samples],
                                     [s.caption_en for s in samples], [s.caption_zh for s in samples])
-    return source, objective, lineage | {"data": f"shapes:{n_train}"}, None
+    return source, objective, {"data": f"shapes:{n_train}"}
 
 
 @app.command("train")
@@ -126,35 +108,35 @@ def train_cmd(
                  "checkpoint_every": checkpoint_every, "num_processes": num_processes,
                  "accelerate_config": accelerate_config}
     cfg = TrainConfig.model_validate({**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    from iap.models.hub import check_pair
+    check_pair(base, zh_encoder)  # from configs alone: a mismatched pair fails before anything is loaded
     if cfg.distributed and not inside_launch():
         run_launched(sys.argv[1:], cfg.num_processes, cfg.accelerate_config, log=console.print)
         return
-    from iap.models.base import english_empty_states
+    from iap.models import load_base
+    from iap.models.base import weights_fingerprint
     from iap.objective import EmptyPrompt
-    unet_config = _unet_config(base)
-    en_empty = english_empty_states(base)
-    encoder = load_chinese_encoder(zh_encoder, unet_config["cross_attention_dim"], max_length=en_empty.shape[1])
-    source, objective_fn, found, layers = _train_source(base, encoder, cfg, cache, snapshot, n_train)
+    from iap.runtime import detect
+    runtime = detect(cfg.mixed_precision)
+    found = {"base": base, "base_fingerprint": weights_fingerprint(base)}
+    if cache:
+        from iap.cache import open_cache
+        from iap.wiring import from_cache
+        info = open_cache(cache, base_fingerprint=found["base_fingerprint"])
+        found |= {"cache_key": info.key, "cache_url": info.url, "snapshot_id": info.snapshot_id}
+        run = from_cache(info, cfg, base, zh_encoder, runtime, lambda: load_base(base, runtime))
+        encoder, objective_fn, source, empty = run.encoder, run.objective, run.source, run.empty
+    else:
+        base_model = load_base(base, runtime)
+        en_empty = base_model.encode_english([""]).float().cpu()
+        encoder = load_chinese_encoder(zh_encoder, base_model.cross_attention_dim, max_length=en_empty.shape[1])
+        source, objective_fn, data = _live_source(base_model, encoder, cfg, snapshot, n_train)
+        found |= data
+        empty = EmptyPrompt.pair(en_empty, encoder)
     result = train(cfg, encoder, objective_fn, source, out, log=console.print,
-                   lineage=found | (_json.loads(lineage) if lineage else {}),
-                   empty=EmptyPrompt.pair(en_empty, encoder, layers))
+                   lineage=found | (_json.loads(lineage) if lineage else {}), empty=empty)
     if os.environ.get("RANK", "0") == "0":
         console.print(f"checkpoint: {result.checkpoint}  ({result.samples_per_second:.1f} samples/s)")
-
-
-def _unet_config(base: str) -> dict:
-    """The UNet's config.json without loading any weights."""
-    import json as _json
-
-    from diffusers import UNet2DConditionModel
-    if Path(base, "unet", "config.json").exists():
-        return _json.loads(Path(base, "unet", "config.json").read_text())
-    from iap.models.base import check_source
-    check_source(base)
-    try:
-        return dict(UNet2DConditionModel.load_config(base, subfolder="unet"))
-    except OSError as e:
-        raise IapError(f"could not load base model '{base}': {str(e).splitlines()[0]}") from e
 
 
 @app.command()

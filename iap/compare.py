@@ -8,14 +8,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from iap.cache import CacheConfig, CacheSource, load_cached_layers, precompute
+from iap.cache import CacheConfig, precompute
 from iap.config import TrainConfig
 from iap.evaluate import EvalConfig, evaluate_checkpoint
 from iap.models.base import BaseModel
 from iap.models.chinese import load_chinese_encoder
 from iap.objective import EmptyPrompt, Teacher, make_objective
+from iap.runtime import Runtime
 from iap.source import snapshot_source
 from iap.train import train
+from iap.wiring import from_cache
 
 COLUMNS = ("heldout_loss", "retrieval_top1", "retrieval_top5", "consistency_pixel_l1", "colour_accuracy",
            "shape_class_accuracy", "teacher_en_colour_accuracy", "train_seconds")
@@ -32,17 +34,20 @@ def compare(base: BaseModel, zh_encoder: str, snapshot, out: str | Path, cfg: Tr
     live, _ = snapshot_source(base, fresh(), snapshot, "train")
     en_empty = base.encode_english([""])
     runs = [(name, "live", live, make_objective(name, teacher, cfg.layer_weights)) for name in objectives]
+    runtime = Runtime(base.device, base.dtype)
     for policy in policies:
         info = precompute(snapshot, lambda: base, base.fingerprint, str(out / "cache"),
                           CacheConfig(policy=policy, splits=["train"]), log=lambda _: None)
-        layers = None if policy == "recompute" else load_cached_layers(info)
-        objective = make_objective("pivot", teacher if policy == "recompute" else None, cfg.layer_weights, layers)
-        runs.append(("pivot", policy, info, objective))
+        runs.append(("pivot", policy, info, None))
     rows = []
     for name, policy, data, objective in runs:
-        encoder = fresh()
-        empty = EmptyPrompt.pair(en_empty, encoder, getattr(objective, "layers", None))
-        source = CacheSource(data, "train", encoder.tokenize) if policy != "live" else data
+        if policy == "live":
+            encoder, source = fresh(), data
+            empty = EmptyPrompt.pair(en_empty, encoder)
+        else:
+            run = from_cache(data, cfg.model_copy(update={"objective": "pivot"}), base.source, zh_encoder, runtime,
+                             lambda: base)
+            encoder, source, empty, objective = run.encoder, run.source, run.empty, run.objective
         started = time.perf_counter()
         result = train(cfg, encoder, objective, source, out / f"{name}-{policy}", log=lambda _: None,
                        lineage={"base": base.source, "base_fingerprint": base.fingerprint, "snapshot_id": snapshot.id},

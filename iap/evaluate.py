@@ -6,8 +6,14 @@ mismatched level   the same loss when the "Chinese" states are the English state
 retrieval top-k    for each held-out Chinese caption, rank the held-out English captions by
                    attention-feature distance; a hit when its paired English caption is in the top k.
                    Features: each cross-attention layer's output for fixed probe queries (English
-                   pass of held-out images with the empty prompt at t = 250, 500, 750) over the
-                   caption's states; distance = layer-weighted mean squared difference.
+                   pass of held-out images with the empty prompt at t = 250, 500, 750; `probe_positions`
+                   sampled query positions per layer) over the caption's states; distance =
+                   layer-weighted mean squared difference.
+
+Memory is bounded by EvalConfig, not by the split: at most `pairs` held-out pairs (latent + states,
+~300 KB each at SD-1.5 shapes), read one shard and one batch at a time; UNet passes of `batch_size`;
+retrieval features of 4 probe images x 3 timesteps x `probe_positions` per layer in fp16 (SD-1.5,
+16 positions: 4.8 MB per caption), stored for the English candidates only, the Chinese side in chunks.
 """
 
 from __future__ import annotations
@@ -22,77 +28,93 @@ from iap.config import StageConfig
 from iap.models.base import BaseModel
 from iap.models.chinese import ChineseEncoder
 from iap.objective import FrozenBatch, Teacher, layer_weights
+from iap.runtime import Runtime, place
 from iap.source import InMemorySource, snapshot_source
 
 EVAL_SEED = 1234
 
 
 class EvalConfig(StageConfig):
-    """How images are generated for the generation metrics."""
+    """What is evaluated, within a fixed budget, and how images are generated for the generation metrics."""
 
     samples: int = Field(64, ge=0, description="held-out prompts to draw (one per combo in the shapes world); "
                                               "0: no generation metrics")
     steps: int = Field(20, ge=1, description="DDIM steps")
     guidance_scale: float = Field(7.5, ge=1.0, description="classifier-free guidance (small models: lower)")
     seed: int = 0
+    pairs: int = Field(256, ge=2, description="held-out pairs for the losses and retrieval (the split's first N)")
+    probe_positions: int = Field(16, ge=1, description="retrieval: probe query positions per layer and probe")
+    batch_size: int = Field(8, ge=1, description="samples per UNet pass (losses, features, generation)")
+    inception: str | None = Field(None, description="FID: torchmetrics Inception weights file (else no FID)")
+    clip_model: str | None = Field(None, description="CLIP score: a CLIP HF id or folder (else no CLIP score)")
+
+
 PROBE_TIMESTEPS = (250, 500, 750)
 
 
 @torch.no_grad()
-def heldout_loss(objective, encoder: ChineseEncoder | None, source: InMemorySource, draws: int = 2,
-                 batch_size: int = 64, mismatched: bool = False) -> float:
+def heldout_loss(objective, encoder: ChineseEncoder | None, source: InMemorySource, device: torch.device,
+                 draws: int = 2, batch_size: int = 8, mismatched: bool = False) -> float:
     """Mean objective over the held-out source with `draws` fixed (t, noise) draws per sample.
     encoder=None with mismatched=True gives the mismatched-caption reference."""
     was_training = encoder.training if encoder is not None else False
     if encoder is not None:
         encoder.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), device=device), 0
     for d in range(draws):
         g = torch.Generator().manual_seed(EVAL_SEED + d)
         for i in range(0, len(source), batch_size):
             idx = torch.arange(i, min(i + batch_size, len(source)))
-            batch = source.batch(idx, g)
+            batch = source.batch(idx, g).to(device)
             states = batch.en_states.roll(1, 0) if mismatched else encoder(batch.zh_ids)
-            total += objective(states, batch).item() * len(idx)
+            total += objective(states, batch).float() * len(idx)
             count += len(idx)
     if encoder is not None and was_training:
         encoder.train()
-    return total / count
+    return total.item() / count
 
 
 class AttentionFeatures:
-    """Cross-attention outputs of fixed probe queries over a caption's states (one tensor per layer)."""
+    """Cross-attention outputs of fixed probe queries over a caption's states (one tensor per layer), at
+    `positions` sampled query positions per layer and probe, so a caption's features have a fixed size."""
 
     def __init__(self, base: BaseModel, teacher: Teacher, probe_latents: torch.Tensor,
-                 weights: dict[str, float] | None = None):
+                 weights: dict[str, float] | None = None, positions: int = 16):
         n = len(probe_latents) * len(PROBE_TIMESTEPS)
         latents = probe_latents.repeat_interleave(len(PROBE_TIMESTEPS), 0)
         t = torch.tensor(PROBE_TIMESTEPS * len(probe_latents))
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(EVAL_SEED))
         empty = base.encode_english([""]).expand(n, -1, -1)
         batch = FrozenBatch(zh_ids=torch.zeros(n, 1), en_states=empty, latents=latents, noise=noise, timesteps=t)
-        self.queries, _, _ = teacher.english_pass(batch.to(base.device))
-        self.layers = teacher.layers
+        queries, _, _ = teacher.english_pass(batch)
+        g = torch.Generator().manual_seed(EVAL_SEED)
+        self.queries = {name: q[:, torch.randperm(q.shape[1], generator=g)[:positions].to(q.device)]
+                        for name, q in queries.items()}
+        self.layers, self.device = teacher.layers, base.device
         self.weights = layer_weights(list(self.layers), weights)
 
     @torch.no_grad()
-    def __call__(self, states: torch.Tensor, chunk: int = 32) -> dict[str, torch.Tensor]:
-        """states (N, L, D) -> {layer: (N, probes * HW * C)}."""
+    def __call__(self, states: torch.Tensor, chunk: int = 8) -> dict[str, torch.Tensor]:
+        """states (N, L, D) -> {layer: (N, probes * positions * C)} in fp16."""
         out: dict[str, list[torch.Tensor]] = {n: [] for n in self.layers}
         for i in range(0, len(states), chunk):
-            s = states[i:i + chunk]
+            s = states[i:i + chunk].to(self.device)
             for name, q in self.queries.items():
                 p = q.shape[0]
                 qq = q.unsqueeze(0).expand(len(s), *q.shape).flatten(0, 1)
                 ss = s.repeat_interleave(p, 0)
-                out[name].append(attend(self.layers[name], qq, ss).reshape(len(s), -1).float())
+                out[name].append(attend(self.layers[name], qq, ss).reshape(len(s), -1).half())
         return {n: torch.cat(v) for n, v in out.items()}
 
-    def distances(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(Na, Nb) layer-weighted mean squared feature distance between states a and b."""
-        fa, fb = self(a), self(b)
-        total = sum(self.weights[n] * torch.cdist(fa[n], fb[n]).pow(2) / fa[n].shape[1] for n in fa)
-        return total / sum(self.weights.values())
+    def distances(self, a: torch.Tensor, b: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+        """(Na, Nb) layer-weighted mean squared feature distance between states a and b. Features of b are
+        kept; those of a are computed `chunk` captions at a time."""
+        fb, rows = self(b), []
+        for i in range(0, len(a), chunk):
+            fa = self(a[i:i + chunk])
+            total = sum(self.weights[n] * torch.cdist(fa[n].float(), fb[n].float()).pow(2) / fa[n].shape[1] for n in fa)
+            rows.append(total / sum(self.weights.values()))
+        return torch.cat(rows)
 
 
 @torch.no_grad()
@@ -100,59 +122,65 @@ def retrieval(features: AttentionFeatures, zh_states: torch.Tensor, en_states: t
               targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Top-k accuracy of zh query i retrieving English candidate targets[i]."""
     d = features.distances(zh_states, en_states)
-    ranked = d.argsort(dim=1)
+    ranked = d.argsort(dim=1).cpu()
     return {f"top{k}": (ranked[:, :k] == targets[:, None]).any(1).float().mean().item() for k in ks}
 
 
 def encoder_metrics(base: BaseModel, encoder: ChineseEncoder, held: InMemorySource, teacher: Teacher,
-                    features: AttentionFeatures, weights: dict[str, float] | None = None) -> dict[str, float]:
+                    features: AttentionFeatures, weights: dict[str, float] | None = None,
+                    batch_size: int = 8) -> dict[str, float]:
     """Held-out loss and zh->en retrieval (paired English caption among the held-out ones)."""
     from iap.objective import make_objective
     was_training = encoder.training
     encoder.eval()
     with torch.no_grad():
-        zh = torch.cat([encoder(held.zh_ids[i:i + 64]) for i in range(0, len(held), 64)])
+        zh = torch.cat([encoder(held.zh_ids[i:i + batch_size]) for i in range(0, len(held), batch_size)])
     acc = retrieval(features, zh, held.en_states, torch.arange(len(held)))
-    loss = heldout_loss(make_objective("pivot", teacher, weights), encoder, held)
+    loss = heldout_loss(make_objective("pivot", teacher, weights), encoder, held, base.device, batch_size=batch_size)
     encoder.train(was_training)
     return {"heldout_loss": loss, "retrieval_top1": acc["top1"], "retrieval_top5": acc["top5"]}
 
 
 def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split: str = "val",
                         untrained: str | None = None, weights: dict[str, float] | None = None,
-                        generation: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None, inception: str | None = None,
-                        clip_model: str | None = None) -> dict:
-    """Metrics of a checkpoint on a snapshot split, next to the references computed in the same run:
-    the untrained encoder (when given) and the mismatched-caption level; with samples > 0, zh-vs-en
-    generation metrics on that many held-out prompts (one per combo in the shapes world), and
-    report.html in the run folder."""
+                        generation: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None) -> dict:
+    """Metrics of a checkpoint on (at most `generation.pairs` rows of) a snapshot split, next to the references
+    computed in the same run: the untrained encoder (when given) and the mismatched-caption level; with
+    samples > 0, zh-vs-en generation metrics on that many held-out prompts (one per combo in the shapes
+    world), and report.html in the run folder. Runs on the base's device, in its precision."""
     from iap.checkpoint import check_lineage, read_checkpoint_meta
-    from iap.models.chinese import load_chinese_encoder
-    checkpoint = Path(checkpoint)
-    check_lineage(read_checkpoint_meta(checkpoint), base.source, f"checkpoint {checkpoint}")
-    encoder = load_chinese_encoder(checkpoint / "encoder", base.cross_attention_dim, base.max_length)
-    held, rows = snapshot_source(base, encoder, snapshot, split)
-    teacher = Teacher(base)
-    features = AttentionFeatures(base, teacher, held.latents[:4], weights)
     from iap.objective import make_objective
-    metrics = encoder_metrics(base, encoder, held, teacher, features, weights)
+    checkpoint, cfg = Path(checkpoint), generation
+    check_lineage(read_checkpoint_meta(checkpoint), base.source, f"checkpoint {checkpoint}")
+    encoder = _eval_encoder(base, checkpoint / "encoder")
+    held, rows = snapshot_source(base, encoder, snapshot, split, limit=cfg.pairs, batch_size=cfg.batch_size)
+    teacher = Teacher(base)
+    features = AttentionFeatures(base, teacher, held.latents[:4], weights, cfg.probe_positions)
+    metrics = encoder_metrics(base, encoder, held, teacher, features, weights, cfg.batch_size)
     metrics["mismatched_caption_loss"] = heldout_loss(make_objective("pivot", teacher, weights), None, held,
-                                                      mismatched=True)
+                                                      base.device, batch_size=cfg.batch_size, mismatched=True)
     encoders = {"": encoder}
     if untrained:
-        ref = load_chinese_encoder(untrained, base.cross_attention_dim, base.max_length)
-        metrics |= {f"untrained_{k}": v for k, v in encoder_metrics(base, ref, held, teacher, features, weights).items()}
+        ref = _eval_encoder(base, untrained)
+        metrics |= {f"untrained_{k}": v for k, v in
+                    encoder_metrics(base, ref, held, teacher, features, weights, cfg.batch_size).items()}
         encoders["untrained_"] = ref
     metrics["heldout_pairs"] = len(held)
-    if generation.samples:
+    if cfg.samples:
         from iap.report import write_report
-        generated, pairs = generation_metrics(base, encoders, _one_per_combo(rows)[:generation.samples], generation,
-                                              feature=feature, inception=inception, clip_model=clip_model)
+        generated, pairs = generation_metrics(base, encoders, _one_per_combo(rows)[:cfg.samples], cfg, feature=feature)
         metrics |= generated
         run_dir = checkpoint.parent.parent
         metrics["report"] = str(write_report(run_dir / "report", f"IAP evaluation: {run_dir.name}/{checkpoint.name}",
                                              metrics, pairs, run_dir / "loss_curve.png"))
     return metrics
+
+
+def _eval_encoder(base: BaseModel, source: str | Path) -> ChineseEncoder:
+    """A Chinese encoder for evaluation: on the base's device and in its precision (no training)."""
+    from iap.models.chinese import load_chinese_encoder
+    encoder = load_chinese_encoder(source, base.cross_attention_dim, base.max_length)
+    return place(encoder.eval(), Runtime(base.device, base.dtype))
 
 
 def _pipeline(base: BaseModel, encoder: ChineseEncoder | None):
@@ -184,13 +212,14 @@ def _shapes_targets(rows: list[dict]) -> dict[str, list[str]]:
 
 
 def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], rows: list[dict],
-                       cfg: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None, inception: str | None = None,
-                       clip_model: str | None = None, grid: int = 8) -> tuple[dict[str, float], list[dict]]:
+                       cfg: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None,
+                       grid: int = 8) -> tuple[dict[str, float], list[dict]]:
     """zh-vs-en generation metrics per encoder on held-out rows; returns (metrics, the first `grid` rows'
     images: zh of each encoder and en of the base, same seed)."""
     from iap import image_metrics as im
     from iap.generate import generate
-    sample = {"seed": cfg.seed, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
+    sample = {"seed": cfg.seed, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "batch_size": cfg.batch_size}
+    inception, clip_model = cfg.inception, cfg.clip_model
     en = generate(_pipeline(base, None), [r["caption_en"] for r in rows], **sample)
     shapes_world = all("combo" in r for r in rows)
     out: dict[str, float] = {"generated_prompts": len(rows)}

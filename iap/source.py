@@ -67,26 +67,41 @@ class InMemorySource:
 
 
 @torch.no_grad()
+def _encode(base: BaseModel, images: list[Image.Image], captions_en: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE latents and English states of one batch, on the base's device, returned in fp32 host memory."""
+    latents = base.encode_images(to_pixels(images, image_size(base))).float().cpu()
+    return latents, base.encode_english(captions_en).float().cpu()
+
+
 def build_in_memory_source(base: BaseModel, encoder: ChineseEncoder, images: list[Image.Image],
                            captions_en: list[str], captions_zh: list[str], batch_size: int = 64) -> InMemorySource:
     """Encode images (VAE mean) and English captions once; tokenize Chinese captions."""
-    size = image_size(base)
-    latents, states = [], []
-    for i in range(0, len(images), batch_size):
-        latents.append(base.encode_images(to_pixels(images[i:i + batch_size], size)).cpu())
-        states.append(base.encode_english(captions_en[i:i + batch_size]).cpu())
-    return InMemorySource(torch.cat(latents), torch.cat(states), encoder.tokenize(captions_zh),
-                          base.noise_scheduler.config.num_train_timesteps)
+    parts = [_encode(base, images[i:i + batch_size], captions_en[i:i + batch_size])
+             for i in range(0, len(images), batch_size)]
+    return InMemorySource(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                          encoder.tokenize(captions_zh), base.noise_scheduler.config.num_train_timesteps)
 
 
-def snapshot_source(base: BaseModel, encoder: ChineseEncoder, snapshot, split: str) -> tuple[InMemorySource, list[dict]]:
-    """An in-memory source over one split of a snapshot (images decoded and encoded once)."""
+def snapshot_source(base: BaseModel, encoder: ChineseEncoder, snapshot, split: str, limit: int | None = None,
+                    batch_size: int = 64) -> tuple[InMemorySource, list[dict]]:
+    """An in-memory source over the first `limit` rows (all: None) of a snapshot split, read one shard at a
+    time and decoded one batch at a time; the rows come back without their image bytes."""
     from iap.data.reader import decode, read_shard
+    from iap.errors import IapError
 
-    rows = [r for url in snapshot.split_urls(split) for r in read_shard(url, columns=None)]
+    latents, states, rows = [], [], []
+    for url in snapshot.split_urls(split):
+        shard = read_shard(url, columns=None)[:None if limit is None else limit - len(rows)]
+        for i in range(0, len(shard), batch_size):
+            chunk = shard[i:i + batch_size]
+            z, h = _encode(base, [decode(r["image"]) for r in chunk], [r["caption_en"] for r in chunk])
+            latents.append(z)
+            states.append(h)
+        rows += [{k: v for k, v in r.items() if k != "image"} for r in shard]
+        if limit is not None and len(rows) >= limit:
+            break
     if not rows:
-        from iap.errors import IapError
         raise IapError(f"snapshot {snapshot.id} has no rows in split '{split}'")
-    source = build_in_memory_source(base, encoder, [decode(r["image"]) for r in rows],
-                                    [r["caption_en"] for r in rows], [r["caption_zh"] for r in rows])
+    source = InMemorySource(torch.cat(latents), torch.cat(states), encoder.tokenize([r["caption_zh"] for r in rows]),
+                            base.noise_scheduler.config.num_train_timesteps)
     return source, rows

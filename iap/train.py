@@ -34,7 +34,7 @@ from iap.checkpoint import (
 from iap.config import TrainConfig
 from iap.errors import IapError
 from iap.models.chinese import ChineseEncoder
-from iap.objective import EmptyPrompt
+from iap.objective import EmptyPrompt, FrozenBatch
 from iap.source import FrozenSource
 
 
@@ -102,6 +102,16 @@ def _resume(run_dir: Path, cfg: TrainConfig, encoder, optimizer, log) -> TrainSt
     return state
 
 
+def batch_loss(model: torch.nn.Module, objective: Callable, batch: FrozenBatch, device: torch.device,
+               empty: EmptyPrompt | None = None, empty_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The objective on one micro-batch. The batch moves to the device first, so the empty-prompt pairing
+    (which recomputes cached targets through the frozen layers) runs where those layers are."""
+    batch = batch.to(device)
+    if empty is not None and empty_rows is not None:
+        batch = empty.apply(batch, empty_rows.to(device))
+    return objective(model(batch.zh_ids), batch)
+
+
 def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source: FrozenSource,
           run_dir: str | Path, log: Callable[[str], None] = print,
           on_step: Callable[[TrainState], None] | None = None, lineage: dict | None = None,
@@ -130,34 +140,33 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
     order = DataOrder(source, cfg.batch_size, cfg.seed)
     config = cfg.model_dump(mode="json")
     ckpt = latest_checkpoint(run_dir)
-    window: list[float] = []
+    window: list[torch.Tensor] = []
     start, start_step = time.perf_counter(), state.step
     while state.step < cfg.steps:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(state.step, cfg)
         torch.manual_seed(_seed(cfg.seed, state.step, 1))  # dropout etc.
-        total = 0.0
+        total = torch.zeros((), device=accelerator.device)  # read back only at log steps: no per-step sync
         for micro in range(cfg.grad_accum):
             g = torch.Generator().manual_seed(_seed(cfg.seed, state.step, micro, 2, *([rank] if world > 1 else [])))
             indices = order.indices(state.step * cfg.grad_accum + micro)[rank * per_rank:(rank + 1) * per_rank]
             batch = source.batch(indices, g)
-            if cfg.empty_prompt_fraction > 0:
-                batch = empty.apply(batch, torch.rand(len(batch.zh_ids), generator=g) < cfg.empty_prompt_fraction)
-            batch = batch.to(accelerator.device)
+            rows = torch.rand(len(batch.zh_ids), generator=g) < cfg.empty_prompt_fraction \
+                if cfg.empty_prompt_fraction > 0 else None
             with accelerator.autocast():
-                loss = objective(model(batch.zh_ids), batch) / cfg.grad_accum
+                loss = batch_loss(model, objective, batch, accelerator.device, empty, rows) / cfg.grad_accum
             accelerator.backward(loss)
-            total += loss.item()
+            total += loss.detach().float()
         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         window.append(total)
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-            mean = sum(window) / len(window)
+            mean = torch.stack(window).mean()
             if world > 1:  # the logged loss is the global batch's; one all-reduce per log, not per step
-                mean = accelerator.reduce(torch.tensor(mean, device=accelerator.device), "mean").item()
-            state.losses.append((state.step, mean))
+                mean = accelerator.reduce(mean, "mean")
+            state.losses.append((state.step, mean.item()))
             elapsed = time.perf_counter() - start
             rate = (state.step - start_step) / max(elapsed, 1e-9)
             log(f"step {state.step}/{cfg.steps} loss {state.losses[-1][1]:.5f} lr {lr_at(state.step - 1, cfg):.2e} "

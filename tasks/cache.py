@@ -14,13 +14,13 @@ from tasks.models import base_model
 
 
 @task(cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
-def cache_shard(key: str, plan: CachePlan, split: str, rel: str, base: str) -> dict:
+def cache_shard(key: str, plan: CachePlan, split: str, rel: str, base: str, precision: str = "no") -> dict:
     """Compute and commit one shard; `key` is '<cache key>/<shard>'."""
-    return precompute_shard(plan, split, rel, base_model(base))
+    return precompute_shard(plan, split, rel, base_model(base, precision))
 
 
 @materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
-def commit(key: str, plan: CachePlan, shards: list[dict], base: str, seconds: float) -> dict:
+def commit(key: str, plan: CachePlan, shards: list[dict], base: str, seconds: float, precision: str = "no") -> dict:
     """Write cache.json (the commit point); `key` is the cache key."""
     needs_base = plan.config.policy != "recompute"
-    return asdict(commit_cache(plan, shards, base_model(base) if needs_base else None, seconds))
+    return asdict(commit_cache(plan, shards, base_model(base, precision) if needs_base else None, seconds))

@@ -16,10 +16,10 @@ from tasks.models import base_model
 
 @task(cache_key_fn=by_key, **PERSIST)
 def evaluate(key: str, checkpoint: str, snapshot_url: str, base: str, untrained: str | None,
-             split: str = "val", generation: EvalConfig = EvalConfig()) -> dict:
+             split: str = "val", generation: EvalConfig = EvalConfig(), precision: str = "no") -> dict:
     """Held-out metrics next to the untrained and mismatched-caption references; `key`: checkpoint, snapshot
     and generation config."""
-    metrics = evaluate_checkpoint(base_model(base), checkpoint, open_snapshot(snapshot_url), split, untrained,
+    metrics = evaluate_checkpoint(base_model(base, precision), checkpoint, open_snapshot(snapshot_url), split, untrained,
                                   generation=generation)
     artifacts.metrics(metrics, f"held-out metrics ({split} split of {snapshot_url})")
     return metrics

@@ -11,31 +11,21 @@ from prefect import task
 
 from iap.errors import IapError
 from iap.models.base import check_source, weights_fingerprint
-from iap.models.chinese import check_fits
+from iap.models.hub import check_pair
 from iap.models.presets import resolve
-
-
-def _json_config(source: str, sub: str) -> dict | None:
-    import json
-    path = Path(source, sub, "config.json") if sub else Path(source, "config.json")
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 @task
 def check_inputs(out: str, base: str, zh_encoder: str, manifest: str | None, snapshot: str | None,
                  synthetic: int) -> tuple[str, str, str]:
-    """Resolve presets and check what can be checked cheaply: paths, sizes, data source."""
+    """Resolve presets and check what configs alone can tell, before any data work: paths, the data source,
+    the encoder's width against the UNet's (hub ids: config files only, at the pinned revision)."""
     if sum(x is not None and x != 0 for x in (manifest, snapshot, synthetic or None)) != 1:
         raise IapError("give exactly one data source: manifest, snapshot or synthetic (a row count)")
     if not base.startswith("preset:"):  # check user paths before writing anything
         check_source(base)
-    if zh_encoder.startswith((".", "/")) and _json_config(zh_encoder, "") is None:
-        raise IapError(f"Chinese encoder folder '{zh_encoder}' does not exist or has no config.json")
     base, zh_encoder = resolve(base, zh_encoder, out)
-    unet, zh = _json_config(base, "unet"), _json_config(zh_encoder, "")
-    if unet and zh:
-        hidden = zh.get("hidden_size", zh.get("text_config", {}).get("hidden_size"))
-        check_fits(int(hidden), int(unet["cross_attention_dim"]), zh_encoder)
+    check_pair(base, zh_encoder)
     return base, zh_encoder, weights_fingerprint(base)
 
 

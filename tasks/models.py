@@ -5,16 +5,19 @@ from __future__ import annotations
 import threading
 
 from iap.models import BaseModel, load_base
+from iap.runtime import detect
 
 _lock = threading.Lock()
-_loaded: dict[str, BaseModel] = {}
+_loaded: dict[tuple, BaseModel] = {}
 
 
-def base_model(source: str) -> BaseModel:
-    """Load once per process. Serialised: diffusers' meta-device init is not thread-safe, and mapped
-    tasks run in threads."""
+def base_model(source: str, precision: str = "no") -> BaseModel:
+    """Load once per process on this process's device, in the run's precision (TrainConfig.mixed_precision),
+    shared by precompute, train and evaluate. Serialised: diffusers' meta-device init is not thread-safe, and
+    mapped tasks run in threads."""
+    runtime = detect(precision)
     with _lock:
-        if source not in _loaded:
+        if (source, runtime) not in _loaded:
             _loaded.clear()  # keep one base in memory
-            _loaded[source] = load_base(source)
-        return _loaded[source]
+            _loaded[(source, runtime)] = load_base(source, runtime)
+        return _loaded[(source, runtime)]

@@ -8,13 +8,12 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.assets import materialize
 
-from iap.cache import CacheSource, load_cached_layers, open_cache
+from iap.cache import open_cache
 from iap.checkpoint import checkpoint_id
 from iap.config import TrainConfig
-from iap.models import load_chinese_encoder
-from iap.models.base import english_empty_states
-from iap.objective import EmptyPrompt, Teacher, make_objective
+from iap.runtime import detect
 from iap.train import train
+from iap.wiring import from_cache
 from tasks import PERSIST, artifacts, by_key
 from tasks.data import PLACEHOLDER_ASSET
 from tasks.models import base_model
@@ -28,19 +27,11 @@ def train_encoder(key: str, cache_url: str, base: str, zh_encoder: str, run_dir:
     if config.distributed:
         return _train_launched(cache_url, base, zh_encoder, run_dir, config, lineage)
     info = open_cache(cache_url, base_fingerprint=lineage["base_fingerprint"])
-    needs_unet = info.policy == "recompute" or config.objective != "pivot"
-    # the loaded base already holds the text encoder; store policies load only the text encoder
-    en_empty = base_model(base).encode_english([""]) if needs_unet else english_empty_states(base)
-    encoder = load_chinese_encoder(zh_encoder, info.cross_attention_dim, max_length=en_empty.shape[1])
-    layers = None
-    if needs_unet:
-        objective = make_objective(config.objective, Teacher(base_model(base)), config.layer_weights)
-    else:
-        layers = load_cached_layers(info)
-        objective = make_objective("pivot", None, config.layer_weights, layers=layers)
+    runtime = detect(config.mixed_precision)
+    log.info(f"training on {runtime}")
+    run = from_cache(info, config, base, zh_encoder, runtime, lambda: base_model(base, config.mixed_precision))
     progress = create_progress_artifact(progress=0.0, key="iap-train-progress", description="training steps")
-    result = train(config, encoder, objective, CacheSource(info, "train", encoder.tokenize), run_dir,
-                   log=log.info, lineage=lineage, empty=EmptyPrompt.pair(en_empty, encoder, layers),
+    result = train(config, run.encoder, run.objective, run.source, run_dir, log=log.info, lineage=lineage, empty=run.empty,
                    on_step=lambda s: update_progress_artifact(progress, 100.0 * s.step / config.steps))
     curve = artifacts.loss_curve_png(result.state.losses, Path(run_dir) / "loss_curve.png")
     artifacts.markdown("iap-loss-curve", f"![loss curve]({curve.resolve().as_uri()})\n\nPNG: `{curve}`\n\n"

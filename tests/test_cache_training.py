@@ -42,7 +42,7 @@ def _evaluate(base, encoder, held, teacher) -> dict:
     encoder.eval()
     with torch.no_grad():
         zh = encoder(held.zh_ids)
-    return {"loss": heldout_loss(objective, encoder, held),
+    return {"loss": heldout_loss(objective, encoder, held, base.device),
             "top1": retrieval(features, zh, held.en_states, torch.arange(len(held)))["top1"]}
 
 

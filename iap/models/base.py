@@ -12,6 +12,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from iap.errors import IapError
+from iap.models.hub import is_local, revision
+from iap.runtime import CPU, Runtime, place
 
 
 @dataclass
@@ -38,6 +40,16 @@ class BaseModel:
     def device(self) -> torch.device:
         return self.unet.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def to(self, runtime: Runtime) -> BaseModel:
+        """Move and cast the frozen parts (in place) to the runtime's device and precision."""
+        for module in (self.unet, self.vae, self.text_encoder):
+            place(module, runtime)
+        return self
+
     def encode_english(self, texts: list[str]) -> torch.Tensor:
         return encode_english(self.text_encoder, self.tokenizer, texts)
 
@@ -60,8 +72,9 @@ def encode_english(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, texts:
 
 def english_empty_states(source: str) -> torch.Tensor:
     """The base's English states of "" (1, L, D), loading only its tokenizer and text encoder."""
-    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", use_safetensors=True)
-    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", use_safetensors=True,
+                                                 revision=revision(source))
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision(source))
     return encode_english(text_encoder.eval(), tokenizer, [""])
 
 
@@ -72,13 +85,14 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def weights_fingerprint(source: str) -> str:
-    """Content hash of a local model folder's weights and configs; for a hub id, the id itself plus revision."""
+    """Content hash of a local model folder's weights and configs; for a hub id, the id and the commit it
+    resolves to (the revision every load in this process pins)."""
+    if not is_local(source):
+        return f"hub:{source}@{revision(source)}"
     path = Path(source)
-    if not path.is_dir():
-        return "hub:" + source
     h = hashlib.sha256()
     for f in sorted(path.rglob("*")):
-        if f.is_file() and f.suffix in {".safetensors", ".json", ".txt"}:
+        if f.is_file() and f.suffix in {".safetensors", ".bin", ".json", ".txt"}:
             h.update(str(f.relative_to(path)).encode())
             h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:16]
@@ -86,32 +100,34 @@ def weights_fingerprint(source: str) -> str:
 
 def check_source(source: str) -> None:
     path = Path(source)
-    looks_local = source.startswith((".", "/", "~")) or path.exists() or source.count("/") != 1
-    if looks_local and not path.is_dir():
+    if is_local(source) and not path.is_dir():
         raise IapError(f"base model folder '{source}' does not exist (give a diffusers folder or a hub id like "
                        "'stable-diffusion-v1-5/stable-diffusion-v1-5')")
     if path.is_dir() and not (path / "model_index.json").exists() and not (path / "unet").is_dir():
         raise IapError(f"'{source}' is not a diffusers Stable Diffusion folder: no model_index.json or unet/")
 
 
-def load_base(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BaseModel:
-    """Load the frozen base from a Hugging Face id or a local diffusers folder (safetensors only)."""
+def load_base(source: str | Path, runtime: Runtime = CPU) -> BaseModel:
+    """Load the frozen base from a Hugging Face id or a local diffusers folder (safetensors only), placed on
+    the runtime's device in its precision."""
     source = str(source)
     check_source(source)
     try:
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", use_safetensors=True, torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", use_safetensors=True,
-                                                     torch_dtype=dtype)
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+        # in the run's precision from the start (a bf16 run never holds an fp32 copy), at the pinned revision
+        pinned = {"revision": revision(source), "torch_dtype": runtime.dtype, "use_safetensors": True}
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **pinned)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **pinned)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **pinned)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision(source))
         scheduler_config = json.loads(Path(source, "scheduler", "scheduler_config.json").read_text()) \
-            if Path(source).is_dir() else DDPMScheduler.load_config(source, subfolder="scheduler")
+            if Path(source).is_dir() else DDPMScheduler.load_config(source, subfolder="scheduler",
+                                                                    revision=revision(source))
     except (OSError, ValueError) as e:
         raise IapError(f"could not load base model '{source}': {str(e).splitlines()[0]}") from e
     if tokenizer.model_max_length > 10_000:  # a tokenizer without model_max_length would pad to 1e30
         raise IapError(f"base model '{source}': tokenizer/tokenizer_config.json lacks model_max_length")
     noise = DDPMScheduler.from_config(scheduler_config)
     return BaseModel(
-        unet=_freeze(unet).to(device), vae=_freeze(vae).to(device), text_encoder=_freeze(text_encoder).to(device),
+        unet=_freeze(unet), vae=_freeze(vae), text_encoder=_freeze(text_encoder),
         tokenizer=tokenizer, noise_scheduler=noise, source=source, fingerprint=weights_fingerprint(source),
-    )
+    ).to(runtime)

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from iap.errors import IapError
+from iap.models.hub import is_local, revision
 
 ENCODERS_THAT_FIT = {
     768: ["hfl/chinese-roberta-wwm-ext", "OFA-Sys/chinese-clip-vit-base-patch16 (text tower)",
@@ -59,13 +60,16 @@ def check_fits(hidden_size: int, cross_attention_dim: int, source: str) -> None:
 
 def load_chinese_encoder(source: str | Path, cross_attention_dim: int, max_length: int = 77,
                          device: str | torch.device = "cpu") -> ChineseEncoder:
-    """Load any HF encoder (BERT / RoBERTa / Chinese-CLIP text tower) and check it fits the UNet."""
+    """Load any HF encoder (BERT / RoBERTa / Chinese-CLIP text tower) and check it fits the UNet. Its tokenizer
+    pads to `max_length` whatever its own config says (hfl's tokenizer_config has no model_max_length)."""
     source = str(source)
-    if (source.startswith((".", "/")) or source.count("/") != 1) and not Path(source).is_dir():
+    if is_local(source) and not Path(source).is_dir():
         raise IapError(f"Chinese encoder folder '{source}' does not exist")
     try:
-        model = AutoModel.from_pretrained(source, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        # safetensors when published; else legacy pytorch_model.bin (hfl/chinese-roberta-wwm-ext has only that),
+        # read with weights_only=True: tensors only, never arbitrary pickled objects
+        model = AutoModel.from_pretrained(source, revision=revision(source), weights_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision(source))
     except (OSError, ValueError) as e:
         raise IapError(f"could not load Chinese encoder '{source}': {str(e).splitlines()[0]}") from e
     if hasattr(model, "text_model"):  # a full CLIP-style model: keep the text tower

@@ -62,7 +62,7 @@ def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[s
     def with_empty_rows(objective, b):
         empty = EmptyPrompt(zh_ids=b.zh_ids[0], en_states=b.en_states[0], layers=teacher.layers)
         mask = torch.ones(batch_size, dtype=torch.bool)
-        return lambda: step(objective, empty.apply(b, mask))()
+        return lambda: step(objective, empty.apply(b, mask.nonzero().flatten().tolist()))()
 
     def floor():
         encoder(batch.zh_ids).float().pow(2).mean().backward()

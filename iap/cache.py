@@ -112,14 +112,16 @@ def _write(fs, url: str, data: bytes) -> None:
 # ---------------------------------------------------------------- precompute
 
 
-def _draws(keys: list[str], cfg: CacheConfig, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) timesteps and noise seeds, a pure function of (seed, key, k): shard order does not matter."""
-    seeds = torch.tensor([[_seed(cfg.seed, key, k) for k in range(cfg.draws)] for key in keys], dtype=torch.int64)
-    steps = torch.tensor([[_seed(cfg.seed, key, k, "t") % num_timesteps for k in range(cfg.draws)] for key in keys])
+def _draws(keys: list[str], cfg: CacheConfig, num_timesteps: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(N, K) timesteps and noise seeds as host integers, a pure function of (seed, key, k): shard order
+    does not matter."""
+    seeds = [[_seed(cfg.seed, key, k) for k in range(cfg.draws)] for key in keys]
+    steps = [[_seed(cfg.seed, key, k, "t") % num_timesteps for k in range(cfg.draws)] for key in keys]
     return steps, seeds
 
 
-def noise_from_seeds(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def noise_from_seeds(seeds, shape: tuple[int, ...]) -> torch.Tensor:
+    """One seeded CPU draw per seed (ints or an int64 tensor): the same noise on every device."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
@@ -140,7 +142,8 @@ def _teacher_targets(teacher: Teacher, latents, states, steps, seeds, keys, cfg:
     out: dict[str, list[torch.Tensor]] = {}
     for k in range(cfg.draws):
         batch = FrozenBatch(zh_ids=torch.zeros(len(keys), 1), en_states=states, latents=latents,
-                            noise=noise_from_seeds(seeds[:, k], latents.shape[1:]), timesteps=steps[:, k])
+                            noise=noise_from_seeds([row[k] for row in seeds], latents.shape[1:]),
+                            timesteps=torch.tensor([row[k] for row in steps]))
         queries, outputs, _ = teacher.english_pass(batch)
         for name in queries:
             q, o = queries[name], outputs[name]
@@ -163,7 +166,8 @@ def compute_batch(base: BaseModel, teacher: Teacher | None, pixels: torch.Tensor
     latents = _latents(base, pixels, keys, cfg)
     states = base.encode_english(captions_en).float().cpu()
     steps, seeds = _draws(keys, cfg, base.noise_scheduler.config.num_train_timesteps)
-    tensors = {"latents": latents.to(dtype), "en_states": states.to(dtype), "timesteps": steps, "noise_seeds": seeds}
+    tensors = {"latents": latents.to(dtype), "en_states": states.to(dtype), "timesteps": torch.tensor(steps),
+               "noise_seeds": torch.tensor(seeds, dtype=torch.int64)}
     if teacher is not None:
         targets = _teacher_targets(teacher, latents, states, steps, seeds, keys, cfg)
         tensors |= {n: t if n.startswith("pos.") else t.to(dtype) for n, t in targets.items()}
@@ -454,9 +458,8 @@ class CacheSource:
         latents = stacked["latents"].float()
         batch = FrozenBatch(zh_ids=stacked["zh_ids"], en_states=stacked["en_states"].float(), latents=latents,
                             timesteps=stacked["timesteps"])
-        if self.info.policy == "recompute":
-            batch.noise = noise_from_seeds(stacked["noise_seeds"], latents.shape[1:])
-        else:
+        batch.noise = noise_from_seeds(stacked["noise_seeds"], latents.shape[1:])  # objectives that run the UNet
+        if self.info.policy != "recompute":
             batch.queries = {n[2:]: v for n, v in stacked.items() if n.startswith("q.")}
             batch.targets = {n[2:]: v for n, v in stacked.items() if n.startswith("o.")}
         return batch

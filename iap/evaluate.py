@@ -180,7 +180,7 @@ def _eval_encoder(base: BaseModel, source: str | Path) -> ChineseEncoder:
     """A Chinese encoder for evaluation: on the base's device and in its precision (no training)."""
     from iap.models.chinese import load_chinese_encoder
     encoder = load_chinese_encoder(source, base.cross_attention_dim, base.max_length)
-    return place(encoder.eval(), Runtime(base.device, base.dtype))
+    return place(encoder.eval().requires_grad_(False), Runtime(base.device, base.dtype))
 
 
 def _pipeline(base: BaseModel, encoder: ChineseEncoder | None):

@@ -62,21 +62,23 @@ class EmptyPrompt:
         """From the base's English states of "" (1, L, D) and the Chinese encoder's tokenizer."""
         return cls(zh_ids=encoder.tokenize([""])[0], en_states=en_states[0].cpu(), layers=layers)
 
-    def apply(self, batch: FrozenBatch, mask: torch.Tensor) -> FrozenBatch:
-        """Rows where mask is True become the empty prompt."""
-        if not mask.any():
+    def apply(self, batch: FrozenBatch, rows: list[int]) -> FrozenBatch:
+        """These rows become the empty prompt. Row indices come from the host (no data-dependent indexing on
+        the device): the rows are copied in with index_copy wherever the batch lives."""
+        if not rows:
             return batch
-        zh, en = batch.zh_ids.clone(), batch.en_states.clone()
-        zh[mask] = self.zh_ids.to(zh.device)
-        en[mask] = self.en_states.to(en.device, en.dtype)
+        device, n = batch.zh_ids.device, len(rows)
+        at = torch.tensor(rows, device=device)
+        zh = batch.zh_ids.index_copy(0, at, self.zh_ids.to(device).expand(n, -1))
+        en = batch.en_states.index_copy(0, at, self.en_states.to(device, batch.en_states.dtype).expand(n, -1, -1))
         targets = batch.targets
         if targets is not None:
             if self.layers is None:
                 raise ValueError("EmptyPrompt: batches with cached targets need the cross-attention layers")
-            targets = {n: v.clone() for n, v in targets.items()}
             with torch.no_grad():
-                for n, v in targets.items():
-                    v[mask] = attend(self.layers[n], batch.queries[n][mask], en[mask]).to(v.dtype)
+                targets = {name: v.index_copy(0, at, attend(self.layers[name], batch.queries[name].index_select(0, at),
+                                                             en.index_select(0, at)).to(v.dtype))
+                           for name, v in targets.items()}
         return replace(batch, zh_ids=zh, en_states=en, targets=targets)
 
 

@@ -46,5 +46,9 @@ def detect(precision: str = "no") -> Runtime:
 
 
 def place(module: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
-    """Move a frozen module to the runtime's device and precision (once, where it is loaded)."""
+    """Move a frozen module to the runtime's device and precision (once, where it is loaded). Cast only when
+    needed: a model loaded in the run's dtype is just moved."""
+    first = next(module.parameters(), None)
+    if first is not None and first.dtype == runtime.dtype:
+        return module.to(device=runtime.device)
     return module.to(device=runtime.device, dtype=runtime.dtype)

@@ -103,12 +103,12 @@ def _resume(run_dir: Path, cfg: TrainConfig, encoder, optimizer, log) -> TrainSt
 
 
 def batch_loss(model: torch.nn.Module, objective: Callable, batch: FrozenBatch, device: torch.device,
-               empty: EmptyPrompt | None = None, empty_rows: torch.Tensor | None = None) -> torch.Tensor:
+               empty: EmptyPrompt | None = None, empty_rows: list[int] = ()) -> torch.Tensor:
     """The objective on one micro-batch. The batch moves to the device first, so the empty-prompt pairing
     (which recomputes cached targets through the frozen layers) runs where those layers are."""
     batch = batch.to(device)
-    if empty is not None and empty_rows is not None:
-        batch = empty.apply(batch, empty_rows.to(device))
+    if empty_rows:
+        batch = empty.apply(batch, list(empty_rows))
     return objective(model(batch.zh_ids), batch)
 
 
@@ -151,8 +151,8 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
             g = torch.Generator().manual_seed(_seed(cfg.seed, state.step, micro, 2, *([rank] if world > 1 else [])))
             indices = order.indices(state.step * cfg.grad_accum + micro)[rank * per_rank:(rank + 1) * per_rank]
             batch = source.batch(indices, g)
-            rows = torch.rand(len(batch.zh_ids), generator=g) < cfg.empty_prompt_fraction \
-                if cfg.empty_prompt_fraction > 0 else None
+            rows = (torch.rand(len(batch.zh_ids), generator=g) < cfg.empty_prompt_fraction).nonzero().flatten().tolist() \
+                if cfg.empty_prompt_fraction > 0 else []
             with accelerator.autocast():
                 loss = batch_loss(model, objective, batch, accelerator.device, empty, rows) / cfg.grad_accum
             accelerator.backward(loss)

@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from iap.cache import CacheInfo, CacheSource, load_cached_layers
 from iap.config import TrainConfig
-from iap.models.base import BaseModel, english_empty_states
+from iap.models.base import BaseModel, english_empty_states, english_max_length
 from iap.models.chinese import ChineseEncoder, load_chinese_encoder
 from iap.objective import EmptyPrompt, Teacher, make_objective
-from iap.runtime import Runtime
+from iap.runtime import Runtime, place
 
 
 @dataclass
@@ -28,18 +30,45 @@ def needs_unet(info: CacheInfo, cfg: TrainConfig) -> bool:
     return info.policy == "recompute" or cfg.objective != "pivot"
 
 
-def from_cache(info: CacheInfo, cfg: TrainConfig, base_source: str, zh_encoder: str, runtime: Runtime,
-               load_base_model: Callable[[], BaseModel]) -> CacheTraining:
-    """`load_base_model` is called only when the UNet is needed; it must place the base on `runtime`."""
-    layers = None
+@dataclass
+class Loaded:
+    """What a cache run reads from disk into host memory, before anything is placed on the device."""
+
+    info: CacheInfo
+    encoder: ChineseEncoder
+    layers: dict | None = None  # store policies: the cached cross-attention weights (host, fp32)
+    en_empty: torch.Tensor | None = None  # store policies: the base's English states of ""
+
+
+def load(info: CacheInfo, cfg: TrainConfig, base_source: str, zh_encoder: str) -> Loaded:
+    """Store policies read the cached layers and only the base's text encoder (for ""), never the UNet."""
     if needs_unet(info, cfg):
+        return Loaded(info, load_chinese_encoder(zh_encoder, info.cross_attention_dim, english_max_length(base_source)))
+    en_empty = english_empty_states(base_source)
+    encoder = load_chinese_encoder(zh_encoder, info.cross_attention_dim, max_length=en_empty.shape[1])
+    return Loaded(info, encoder, load_cached_layers(info), en_empty)
+
+
+def assemble(loaded: Loaded, cfg: TrainConfig, runtime: Runtime,
+             load_base_model: Callable[[], BaseModel]) -> CacheTraining:
+    """Place the frozen side on the runtime and build the objective; `load_base_model` (placed on `runtime`)
+    is called only when the UNet is needed."""
+    layers, en_empty = loaded.layers, loaded.en_empty
+    if layers is None:
         base = load_base_model()
         en_empty = base.encode_english([""]).float().cpu()  # the loaded base already holds the text encoder
-        objective = make_objective(cfg.objective, Teacher(base), cfg.layer_weights)
-    else:  # no UNet: the cached cross-attention weights, and only the base's text encoder for ""
-        en_empty = english_empty_states(base_source)
-        layers = load_cached_layers(info, runtime)
+        teacher = Teacher(base)
+        objective = make_objective(cfg.objective, teacher, cfg.layer_weights)
+        layers = teacher.layers  # a store cache's batches carry targets, which the empty pairing recomputes
+    else:
+        layers = {name: place(layer, runtime) for name, layer in layers.items()}
         objective = make_objective("pivot", None, cfg.layer_weights, layers=layers)
-    encoder = load_chinese_encoder(zh_encoder, info.cross_attention_dim, max_length=en_empty.shape[1])
-    return CacheTraining(objective, CacheSource(info, "train", encoder.tokenize),
+    encoder = loaded.encoder
+    return CacheTraining(objective, CacheSource(loaded.info, "train", encoder.tokenize),
                          EmptyPrompt.pair(en_empty, encoder, layers), encoder)
+
+
+def from_cache(info: CacheInfo, cfg: TrainConfig, base_source: str, zh_encoder: str, runtime: Runtime,
+               load_base_model: Callable[[], BaseModel]) -> CacheTraining:
+    """The training run of a cache: read (host), then placed on `runtime`."""
+    return assemble(load(info, cfg, base_source, zh_encoder), cfg, runtime, load_base_model)

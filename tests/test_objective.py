@@ -89,7 +89,7 @@ def test_empty_prompt_rows_get_empty_captions_and_recomputed_cached_targets(base
     en_empty = base.encode_english([""])
     empty = EmptyPrompt.pair(en_empty, encoder, teacher.layers)
     mask = torch.tensor([False, True, False, True])
-    out = empty.apply(batch, mask)
+    out = empty.apply(batch, mask.nonzero().flatten().tolist())
     assert (out.zh_ids[mask] == encoder.tokenize([""])).all() and (out.zh_ids[~mask] == batch.zh_ids[~mask]).all()
     assert torch.equal(out.en_states[1], en_empty[0]) and torch.equal(out.en_states[0], batch.en_states[0])
     for name, target in out.targets.items():

@@ -78,6 +78,11 @@ def english_empty_states(source: str) -> torch.Tensor:
     return encode_english(text_encoder.eval(), tokenizer, [""])
 
 
+def english_max_length(source: str) -> int:
+    """The padded prompt length of the base (its tokenizer's model_max_length), without loading any weights."""
+    return int(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision(source)).model_max_length)
+
+
 def _freeze(module: torch.nn.Module) -> torch.nn.Module:
     module.eval()
     module.requires_grad_(False)

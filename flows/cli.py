@@ -71,13 +71,22 @@ def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path,
 def precompute(snapshot: Annotated[str, typer.Option(help="snapshot URL")],
                base: Annotated[str, typer.Option(help="base model id or folder")],
                out: Annotated[str, typer.Option(help="cache root, local or s3://")],
-               policy: str = "recompute", positions: int = 64, draws: int = 2) -> None:
+               policy: str = "recompute", positions: int = 64, draws: int = 2, dtype: str = "float16",
+               max_gb: Annotated[float, typer.Option(help="refuse a cache projected larger than this (GB)")] = 500.0,
+               precision: Annotated[str, typer.Option(help="frozen parts on a GPU: no (fp32), bf16, fp16")] = "no",
+               ) -> None:
     """Run the iap-precompute flow (use `python -m iap precompute --dry-run` for a projection)."""
     from flows.precompute import iap_precompute
     from iap.cache import CacheConfig
     from iap.data.snapshot import open_snapshot
     open_snapshot(snapshot)  # a missing snapshot: one message, before the flow starts
-    info = iap_precompute(snapshot, base, out, CacheConfig(policy=policy, positions=positions, draws=draws))
+    from pydantic import ValidationError
+    try:
+        cfg = CacheConfig(policy=policy, positions=positions, draws=draws, dtype=dtype, max_gb=max_gb)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise IapError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
+    info = iap_precompute(snapshot, base, out, cfg, precision)
     console.print(f"cache {info['key']}: {info['bytes'] / 1e6:.1f} MB\n{info['url']}")
 
 
@@ -86,14 +95,14 @@ def train(out: Annotated[str, typer.Option(help="output root of the whole pipeli
           base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5", zh_encoder: str = "hfl/chinese-roberta-wwm-ext",
           manifest: str | None = None, snapshot: str | None = None, synthetic: int = 0,
           config: Annotated[Path | None, typer.Option(
-              help="JSON with download/filter/cache/train/gate/columns sections")] = None) -> None:
+              help="JSON with download/filter/cache/train/gate/columns/evaluate sections")] = None) -> None:
     """Run the full iap-train flow: data -> precompute -> train -> evaluate -> export -> register."""
     from flows.train import iap_train
     from tasks.inputs import check_inputs
     check_inputs.fn(out, base, zh_encoder, manifest, snapshot, synthetic)  # one message, before the flow starts
     result = iap_train(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest, snapshot=snapshot,
                        synthetic=synthetic,
-                       **_sections(config, ("download", "filter", "cache", "train", "gate", "columns")))
+                       **_sections(config, ("download", "filter", "cache", "train", "gate", "columns", "evaluate")))
     console.print(f"checkpoint {result['checkpoint_id']}: {result['status']} ({result['reason']})\n"
                   f"pipeline: {result['pipeline_dir']}")
 
@@ -162,9 +171,10 @@ def _config_class(name: str):
     from iap.data.download import DownloadConfig
     from iap.data.manifest import ManifestColumns
     from iap.data.snapshot import FilterConfig
+    from iap.evaluate import EvalConfig
     from iap.registry import GateConfig
     return {"download": DownloadConfig, "filter": FilterConfig, "cache": CacheConfig, "train": TrainConfig,
-            "gate": GateConfig, "columns": ManifestColumns}[name]
+            "gate": GateConfig, "columns": ManifestColumns, "evaluate": EvalConfig}[name]
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from iap.data.snapshot import open_snapshot
 from iap.errors import IapError
 from iap.models.base import weights_fingerprint
 from tasks import artifacts, asset_url
-from tasks.cache import cache_shard, commit
+from tasks.cache import budget_check, cache_shard, commit
 from tasks.runners import task_runner
 
 
@@ -33,6 +33,7 @@ def iap_precompute(snapshot: str, base: str, out: str, cache: CacheConfig = Cach
         return asdict(open_cache(plan.url))  # same key: nothing to compute
     except IapError:
         pass
+    budget_check(plan, base, precision)  # before anything is written
     started = time.perf_counter()
     runner = task_runner(cache.task_runner, cache.workers, cache.runner_address)
     shards = _cache_shards.with_options(task_runner=runner)(plan, base, precision)

@@ -61,7 +61,11 @@ class CacheConfig(StageConfig):
     workers: int | None = Field(None, ge=1, description="parallel shards (None: the runner's default)")
     runner_address: str | None = Field(None, description="Dask scheduler or Ray cluster address (None: local)")
 
-    LAUNCH_FIELDS: ClassVar[frozenset[str]] = frozenset({"batch_size", "task_runner", "workers", "runner_address"})
+    max_gb: float | None = Field(500.0, gt=0, description="stop before writing anything when the projected cache "
+                                                       "size exceeds this many GB (None: no limit)")
+
+    LAUNCH_FIELDS: ClassVar[frozenset[str]] = frozenset({"batch_size", "task_runner", "workers", "runner_address",
+                                                         "max_gb"})
 
 
 @dataclass
@@ -281,6 +285,9 @@ def precompute(snapshot: Snapshot, load_base_model: Callable[[], BaseModel], bas
     if _fs(plan.url).exists(f"{plan.url}/cache.json"):
         return open_cache(plan.url)
     started, base, shards = time.perf_counter(), None, []
+    if plan.config.max_gb is not None and not any(shard_done(plan, split, rel) for split, rel in plan.shards):
+        base = load_base_model()
+        check_budget(plan, base)
     for split, rel in plan.shards:
         if base is None and (not shard_done(plan, split, rel) or plan.config.policy != "recompute"):
             base = load_base_model()
@@ -332,6 +339,22 @@ def projected_bytes_per_sample(base: BaseModel, cfg: CacheConfig) -> dict[str, f
         teacher_bytes *= cfg.draws
     return {"latent": latent, "en_states": states, "draws": cfg.draws * 16, "teacher": teacher_bytes,
             "total": latent + states + cfg.draws * 16 + teacher_bytes}
+
+
+def check_budget(plan: CachePlan, base: BaseModel) -> float:
+    """The projected cache size in bytes; an IapError (before anything is written) when it exceeds max_gb."""
+    cfg = plan.config
+    rows = sum(plan.snapshot.rows.get(split, 0) for split in cfg.splits)
+    total = projected_bytes_per_sample(base, cfg)["total"] * rows
+    if cfg.max_gb is None or total <= cfg.max_gb * 1e9:
+        return total
+    smallest = projected_bytes_per_sample(base, cfg.model_copy(update={"policy": "recompute"}))["total"] * rows
+    raise IapError(
+        f"cache over budget: policy '{cfg.policy}' with {cfg.draws} draws"
+        f"{f' and {cfg.positions} positions' if cfg.policy == 'store-sampled' else ''} over {rows:,} samples would "
+        f"write {total / 1e9:,.1f} GB, more than max_gb={cfg.max_gb:g}. Options: policy 'recompute' "
+        f"({smallest / 1e9:,.1f} GB, any number of draws), fewer draws or positions, a smaller snapshot, or a "
+        f"larger max_gb. Nothing was written.")
 
 
 # ---------------------------------------------------------------- training source

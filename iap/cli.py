@@ -146,6 +146,7 @@ def precompute(
     out: Annotated[str, typer.Option(help="cache root, local or s3://")],
     policy: str = "recompute", positions: int = 64, draws: int = 2, dtype: str = "float16",
     latent: str = "mean", splits: str = "train,val",
+    max_gb: Annotated[float, typer.Option(help="refuse a cache projected larger than this (GB)")] = 500.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print projected size and time; write nothing")] = False,
 ) -> None:
     """Precompute the frozen English side of a snapshot into a content-addressed cache."""
@@ -158,7 +159,7 @@ def precompute(
     from iap.models.base import weights_fingerprint
     try:
         cfg = CacheConfig(policy=policy, positions=positions, draws=draws, dtype=dtype, latent=latent,
-                          splits=[s for s in splits.split(",") if s])
+                          splits=[s for s in splits.split(",") if s], max_gb=max_gb)
     except ValidationError as e:
         err = e.errors()[0]
         raise IapError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
@@ -175,13 +176,13 @@ def precompute(
 def _dry_run(snap, base_model, cfg) -> None:
     import time
 
-    from iap.cache import _compute_shard, projected_bytes_per_sample
+    from iap.cache import _compute_shard, default_batch_size, projected_bytes_per_sample
     from iap.data.reader import read_shard
     from iap.objective import Teacher
     rows = sum(snap.rows.get(s, 0) for s in cfg.splits)
     per = projected_bytes_per_sample(base_model, cfg)
     first = next(url for s in cfg.splits for url in snap.split_urls(s))
-    probe = read_shard(first)[:cfg.batch_size]
+    probe = read_shard(first)[:cfg.batch_size or default_batch_size(base_model.device)]
     teacher = Teacher(base_model) if cfg.policy != "recompute" else None
     start = time.perf_counter()
     _compute_shard(base_model, teacher, probe, cfg)
@@ -191,6 +192,8 @@ def _dry_run(snap, base_model, cfg) -> None:
                   f"teacher targets {per['teacher']:,}  total {per['total']:,}\n"
                   f"  projected cache size {per['total'] * rows / 1e9:.3f} GB, "
                   f"projected time {per_sample_s * rows:.1f} s on this machine (measured on {len(probe)} samples)\n"
+                  f"  budget max_gb={cfg.max_gb}: "
+                  f"{'within' if cfg.max_gb is None or per['total'] * rows <= cfg.max_gb * 1e9 else 'OVER (precompute would stop)'}\n"
                   f"nothing was written")
 
 
@@ -220,10 +223,11 @@ def generate(prompts: list[str], pipeline: Annotated[Path, typer.Option(help="ex
 @app.command()
 def synth(folder: Path, n: int = 200, seed: int = 0, broken: Annotated[int, typer.Option(
         help="add this many rows of each broken kind (404, corrupt, tiny, slow, empty zh, English in zh, dups)")] = 0,
-          base_url: str = "http://127.0.0.1:8765") -> None:
+          base_url: str = "http://127.0.0.1:8765",
+          image_size: Annotated[int, typer.Option(help="image side in pixels (real bases: 512)")] = 64) -> None:
     """Write shapes-world images and a bilingual manifest whose URLs point at BASE_URL."""
     from iap.data.synth import write_synth
-    manifest = write_synth(folder, n, seed, base_url, broken)
+    manifest = write_synth(folder, n, seed, base_url, broken, image_px=image_size)
     console.print(f"wrote {manifest}; serve it with: iap serve {folder} --port {base_url.rsplit(':', 1)[-1]}")
 
 

@@ -7,10 +7,16 @@ from dataclasses import asdict
 from prefect import task
 from prefect.assets import materialize
 
-from iap.cache import CachePlan, commit_cache, precompute_shard
+from iap.cache import CachePlan, check_budget, commit_cache, precompute_shard
 from tasks import PERSIST, by_key
 from tasks.data import PLACEHOLDER_ASSET
 from tasks.models import base_model
+
+
+@task
+def budget_check(plan: CachePlan, base: str, precision: str = "no") -> float:
+    """The projected cache size; fails (not retried: a user error) when it exceeds the config's max_gb."""
+    return check_budget(plan, base_model(base, precision))
 
 
 @task(cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)

@@ -174,3 +174,16 @@ def test_cache_on_s3_streams_like_local(s3, local_run, base, encoder, tmp_path):
     assert torch.equal(order, b.epoch_order(torch.Generator().manual_seed(1)))
     ba, bb = a.batch(order[:6], g), b.batch(order[:6], torch.Generator().manual_seed(3))
     assert all(torch.equal(ba.targets[n], bb.targets[n]) for n in ba.targets)
+
+
+@pytest.mark.parametrize("policy", ["recompute", "store-sampled"])
+def test_a_precompute_over_budget_writes_nothing_and_says_why(policy, local_run, base, tmp_path):
+    from iap.errors import IapError
+    _, _, snapshot = local_run
+    cfg = CacheConfig(policy=policy, draws=4, max_gb=1e-6)
+    with pytest.raises(IapError, match=r"over budget.*GB.*recompute.*Nothing was written"):
+        precompute(snapshot, lambda: base, base.fingerprint, str(tmp_path / "cache"), cfg, log=lambda _: None)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.*"))
+    within = precompute(snapshot, lambda: base, base.fingerprint, str(tmp_path / "cache"),
+                        cfg.model_copy(update={"max_gb": 1.0}), log=lambda _: None)
+    assert within.bytes > 0 and within.key == cache_key(snapshot.id, base.fingerprint, cfg)  # a launch option

@@ -157,3 +157,20 @@ def test_refresh_downloads_only_new_manifest_rows(tmp_path):
     assert report2.new_rows == 10 and report2.input_rows == 40 and report2.downloaded == 40
     assert len(report2.parts) == 2 and snap2.rows["total"] == 40 and snap2.id != snap1.id
     assert again[0].cached and again[1].cached and again[1].id == snap2.id
+
+
+def test_zero_surviving_rows_is_one_message_and_no_snapshot(local_run, tmp_path):
+    from iap.errors import IapError
+    _, report, _ = local_run
+    with pytest.raises(IapError, match=r"0 rows survived the filter \(48 in\).*image_too_small -44"):
+        build_snapshot(report.shards_url, str(tmp_path), FILTER.model_copy(update={"min_side": 10_000}))
+    assert not (tmp_path / "snapshots").exists() or not any((tmp_path / "snapshots").iterdir())
+
+
+def test_a_snapshot_written_with_a_relative_out_opens_from_anywhere(local_run, tmp_path, monkeypatch):
+    _, report, _ = local_run
+    monkeypatch.chdir(tmp_path)
+    snapshot = build_snapshot(report.shards_url, "rel-out", FILTER)
+    assert snapshot.url == str(tmp_path / "rel-out" / "snapshots" / snapshot.id)
+    monkeypatch.chdir("/")
+    assert open_snapshot(snapshot.url).rows == snapshot.rows

@@ -51,3 +51,57 @@ def test_bad_config_file_names_file_and_field(tmp_path):
     path.write_text("{not json")
     with pytest.raises(IapError, match="train.json"):
         load_config(path, TrainConfig)
+
+
+def test_a_hub_encoder_of_the_wrong_width_fails_before_any_download(tiny_dir, tmp_path, monkeypatch):
+    """Only config.json is fetched (at the pinned revision); the width check fails before weights or data."""
+    from iap.models import hub
+    fetched = []
+
+    def fake_fetch(source, filename):
+        fetched.append((source, filename))
+        return {"hidden_size": 1024, "model_type": "bert"}
+
+    monkeypatch.setattr(hub, "fetch_json", fake_fetch)
+    with pytest.raises(IapError, match=r"hidden size 1024.*cross_attention_dim is 64"):
+        hub.check_pair(str(tiny_dir / "base"), "someorg/chinese-roberta-large")
+    assert fetched == [("someorg/chinese-roberta-large", "config.json")]
+
+
+def test_a_hub_fingerprint_names_the_pinned_revision(monkeypatch):
+    from iap.models import base as base_module
+    from iap.models import hub
+
+    class Info:
+        sha = "0123abcd" * 5
+
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", lambda self, repo: Info())
+    hub.revision.cache_clear()
+    try:
+        assert base_module.weights_fingerprint("someorg/sd-base") == f"hub:someorg/sd-base@{Info.sha}"
+    finally:
+        hub.revision.cache_clear()
+
+
+def test_a_legacy_bin_encoder_loads_with_weights_only(tiny_dir, tmp_path):
+    """hfl/chinese-roberta-wwm-ext ships pytorch_model.bin only: it loads (tensors only), and a .bin holding
+    an arbitrary pickled object is refused."""
+    import shutil
+
+    import torch
+    from transformers import AutoModel
+    folder = tmp_path / "bin-only"
+    model = AutoModel.from_pretrained(tiny_dir / "zh_encoder")
+    shutil.copytree(tiny_dir / "zh_encoder", folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    loaded = load_chinese_encoder(folder, cross_attention_dim=64)
+    assert torch.equal(loaded.model.embeddings.word_embeddings.weight, model.embeddings.word_embeddings.weight)
+    torch.save({"evil": Exploit()}, folder / "pytorch_model.bin")
+    with pytest.raises(IapError, match="could not load Chinese encoder"):
+        load_chinese_encoder(folder, cross_attention_dim=64)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("unpickled arbitrary code",))

@@ -168,7 +168,12 @@ def _content_fingerprint(con: duckdb.DuckDBPyConnection, shards: Shards, keys_ur
 def plan_snapshot(shards: Shards, out_url: str, cfg: FilterConfig, keys_url: str | None = None) -> tuple[str, str]:
     """(snapshot id, URL) without filtering anything."""
     sid = snapshot_id(_content_fingerprint(_connect(*_globs(shards)), shards, keys_url), cfg)
-    return sid, f"{out_url.rstrip('/')}/snapshots/{sid}"
+    return sid, f"{absolute(out_url)}/snapshots/{sid}"
+
+
+def absolute(url: str) -> str:
+    """An output URL that means the same from any working directory: local paths made absolute."""
+    return url.rstrip("/") if "://" in url else str(Path(url).resolve())
 
 
 def _dedup(con, rule: str, partition: str) -> int:
@@ -266,7 +271,7 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
     con = _connect(*_globs(shards), out_url)
     content = _content_fingerprint(con, shards, keys_url)
     sid = snapshot_id(content, cfg)
-    final_url = f"{out_url.rstrip('/')}/snapshots/{sid}"
+    final_url = f"{absolute(out_url)}/snapshots/{sid}"
     fs, _, _ = fsspec.get_fs_token_paths(final_url)
     if fs.exists(f"{final_url}/snapshot.json"):
         return open_snapshot(final_url)
@@ -275,6 +280,10 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
     funnel = list(download_funnel or []) + _apply_rules(con, cfg, start)
     rows = dict(con.execute("SELECT split, count(*) FROM rows WHERE removed_by IS NULL GROUP BY split").fetchall())
     rows = {s: rows.get(s, 0) for s in SPLITS} | {"total": sum(rows.values())}
+    if rows["total"] == 0:
+        steps = "; ".join(f"{f['rule']} -{f['removed']}" for f in funnel if f.get("removed"))
+        raise IapError(f"0 rows survived the filter ({start} in): {steps or 'no rule removed any'}. "
+                       "Nothing was written; loosen the rules (e.g. min_image_size, caption lengths) or check the data.")
     with tempfile.TemporaryDirectory(prefix="iap-snapshot-") as tmp:
         shards = _write_local(con, Path(tmp), cfg, extras)
         snap = Snapshot(id=sid, url=final_url, rows=rows, funnel=funnel, config=cfg.model_dump(mode="json"),

@@ -6,6 +6,7 @@ so an exported pipeline behaves at inference as the encoder did in training.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -70,7 +71,7 @@ def load_chinese_encoder(source: str | Path, cross_attention_dim: int, max_lengt
         # read with weights_only=True: tensors only, never arbitrary pickled objects
         model = AutoModel.from_pretrained(source, revision=revision(source), weights_only=True)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision(source))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, pickle.UnpicklingError) as e:  # unpickling: a .bin holding more than tensors
         raise IapError(f"could not load Chinese encoder '{source}': {str(e).splitlines()[0]}") from e
     if hasattr(model, "text_model"):  # a full CLIP-style model: keep the text tower
         model = model.text_model

@@ -147,6 +147,7 @@ def precompute(
     policy: str = "recompute", positions: int = 64, draws: int = 2, dtype: str = "float16",
     latent: str = "mean", splits: str = "train,val",
     max_gb: Annotated[float, typer.Option(help="refuse a cache projected larger than this (GB)")] = 500.0,
+    precision: Annotated[str, typer.Option(help="frozen parts on a GPU: no (fp32), bf16, fp16")] = "no",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print projected size and time; write nothing")] = False,
 ) -> None:
     """Precompute the frozen English side of a snapshot into a content-addressed cache."""
@@ -163,11 +164,13 @@ def precompute(
     except ValidationError as e:
         err = e.errors()[0]
         raise IapError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
+    from iap.runtime import detect
+    runtime = detect(precision)
     snap = open_snapshot(snapshot)
     if dry_run:
-        _dry_run(snap, load_base(base), cfg)
+        _dry_run(snap, load_base(base, runtime), cfg)
         return
-    info = run(snap, lambda: load_base(base), weights_fingerprint(base), out, cfg, log=console.print)
+    info = run(snap, lambda: load_base(base, runtime), weights_fingerprint(base), out, cfg, log=console.print)
     samples = sum(s["rows"] for v in info.shards.values() for s in v)
     console.print(f"cache {info.key}{' (cached)' if info.cached else ''}: {samples} samples, "
                   f"{info.bytes / 1e6:.1f} MB, {info.seconds:.1f} s\n{info.url}")
@@ -208,11 +211,13 @@ def export_cmd(checkpoint: Path, out: Path,
 @app.command()
 def generate(prompts: list[str], pipeline: Annotated[Path, typer.Option(help="exported pipeline folder")],
              out: Annotated[Path, typer.Option(help="PNG path (prompt i > 0 gets a _i suffix)")] = Path("image.png"),
-             seed: int = 0, steps: int = 25, guidance_scale: float = 7.5) -> None:
+             seed: int = 0, steps: int = 25, guidance_scale: float = 7.5,
+             precision: Annotated[str, typer.Option(help="on a GPU: fp16, bf16 or no (fp32)")] = "fp16") -> None:
     """Generate one image per prompt, e.g. iap generate "蓝色背景上的一个大红色圆形" --pipeline OUT."""
     from iap.generate import generate as run
     from iap.generate import load_pipeline
-    images = run(load_pipeline(pipeline), prompts, seed=seed, steps=steps, guidance_scale=guidance_scale)
+    from iap.runtime import detect
+    images = run(load_pipeline(pipeline, detect(precision)), prompts, seed=seed, steps=steps, guidance_scale=guidance_scale)
     for i, img in enumerate(images):
         path = out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +326,8 @@ def compare(
     base, zh_encoder = resolve(base, zh_encoder, out)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 20),
                       checkpoint_every=steps, log_every=max(1, steps // 5))
-    rows = run(load_base(base), zh_encoder, open_snapshot(snapshot), out, cfg,
+    from iap.runtime import detect
+    rows = run(load_base(base, detect()), zh_encoder, open_snapshot(snapshot), out, cfg,
                tuple(o for o in objectives.split(",") if o), tuple(p for p in policies.split(",") if p),
                EvalConfig(samples=samples, guidance_scale=guidance_scale), log=console.print)
     table = Table(title=f"IAP objectives and cache policies, {steps} steps each")

@@ -1,21 +1,24 @@
 """Export a checkpoint as a standard diffusers Stable Diffusion folder with the Chinese encoder.
 
 Plain `StableDiffusionPipeline.from_pretrained(OUT)` loads it with no project code: the text
-encoder and tokenizer are ordinary transformers classes (e.g. BertModel + BertTokenizer).
+encoder and tokenizer are ordinary transformers classes (e.g. BertModel + BertTokenizer). The base's
+UNet, VAE and scheduler are copied file for file (default safetensors variant), never loaded: the
+export holds no second copy of the base in memory and its UNet is byte-identical to the base's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
-from diffusers import StableDiffusionPipeline
 from transformers import AutoModel, AutoTokenizer
 
 from iap.checkpoint import check_lineage, read_checkpoint_meta
 from iap.errors import IapError
+from iap.models.hub import is_local, revision
 
 CARD = """---
 library_name: diffusers
@@ -41,6 +44,30 @@ image = pipe("蓝色背景上的一个大红色圆形").images[0]
 - training config: see `iap_training.json`
 """
 
+FROZEN = ("unet", "vae", "scheduler")
+# configs and the default weights variant (single file or shards + index); not .fp16 / .non_ema / .bin
+KEEP = re.compile(r"(.*config\.json|diffusion_pytorch_model(-\d+-of-\d+)?\.safetensors(\.index\.json)?)$")
+
+
+def base_folder(source: str) -> Path:
+    """The base's files on disk: a local folder, or the hub snapshot at the pinned revision (configs and
+    default safetensors only; already cached when the base was loaded)."""
+    if is_local(source):
+        if not Path(source, "model_index.json").exists():
+            raise IapError(f"could not load base model '{source}': no model_index.json")
+        return Path(source)
+    from huggingface_hub import snapshot_download
+    patterns = ["model_index.json"] + [f"{sub}/*" for sub in FROZEN]
+    try:
+        return Path(snapshot_download(source, revision=revision(source), allow_patterns=patterns))
+    except Exception as e:
+        raise IapError(f"could not fetch base model '{source}': {str(e).splitlines()[0]}") from e
+
+
+def _library_class(obj) -> list[str]:
+    """How model_index.json names a component: [library, class], as diffusers writes it."""
+    return [type(obj).__module__.split(".")[0], type(obj).__name__]
+
 
 def export_pipeline(checkpoint: str | Path, base_source: str, out: str | Path) -> Path:
     checkpoint, out = Path(checkpoint), Path(out)
@@ -48,15 +75,20 @@ def export_pipeline(checkpoint: str | Path, base_source: str, out: str | Path) -
     fingerprint = check_lineage(meta, base_source, f"checkpoint {checkpoint}")
     encoder = AutoModel.from_pretrained(checkpoint / "encoder", use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint / "encoder")
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            base_source, text_encoder=encoder, tokenizer=tokenizer, safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False, use_safetensors=True)
-    except (OSError, ValueError) as e:
-        raise IapError(f"could not load base model '{base_source}': {str(e).splitlines()[0]}") from e
+    base = base_folder(base_source)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
+    for sub in FROZEN:
+        (tmp / sub).mkdir(parents=True)
+        for f in sorted(Path(base, sub).iterdir()):
+            if KEEP.match(f.name):
+                shutil.copyfile(f, tmp / sub / f.name)  # follows the hub cache's symlinks
+    encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    index = json.loads(Path(base, "model_index.json").read_text())
+    index |= {"text_encoder": _library_class(encoder), "tokenizer": _library_class(tokenizer),
+              "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
     (tmp / "README.md").write_text(CARD.format(base=base_source, out=out, checkpoint=checkpoint, step=meta["step"],
                                                sha=meta["encoder_sha256"], fingerprint=fingerprint))
     (tmp / "iap_training.json").write_text(json.dumps(

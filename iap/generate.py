@@ -9,13 +9,16 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from iap.errors import IapError
+from iap.runtime import CPU, Runtime
 
 
-def load_pipeline(folder: str | Path) -> StableDiffusionPipeline:
+def load_pipeline(folder: str | Path, runtime: Runtime = CPU) -> StableDiffusionPipeline:
+    """An exported (or any) SD folder, loaded in the runtime's precision and placed on its device."""
     if not Path(folder).is_dir():
         raise IapError(f"pipeline folder '{folder}' does not exist")
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
+                                                       torch_dtype=runtime.dtype).to(runtime.device)
     except (OSError, ValueError) as e:
         raise IapError(f"could not load pipeline '{folder}': {str(e).splitlines()[0]}") from e
     pipe.set_progress_bar_config(disable=True)

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.assets import materialize
 
 from iap.cache import CachePlan, check_budget, commit_cache, precompute_shard
+from iap.profile import stage
 from tasks import PERSIST, by_key
 from tasks.data import PLACEHOLDER_ASSET
 from tasks.models import base_model
@@ -16,13 +17,19 @@ from tasks.models import base_model
 @task
 def budget_check(plan: CachePlan, base: str, precision: str = "no") -> float:
     """The projected cache size; fails (not retried: a user error) when it exceeds the config's max_gb."""
-    return check_budget(plan, base_model(base, precision))
+    with stage("load base"):
+        model = base_model(base, precision)
+    return check_budget(plan, model)
 
 
 @task(cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
 def cache_shard(key: str, plan: CachePlan, split: str, rel: str, base: str, precision: str = "no") -> dict:
     """Compute and commit one shard; `key` is '<cache key>/<shard>'."""
-    return precompute_shard(plan, split, rel, base_model(base, precision))
+    base_model(base, precision)  # loading is its own stage, once per process
+    with stage("precompute") as record:
+        info = precompute_shard(plan, split, rel, base_model(base, precision))
+        record["samples"] = info["rows"]
+    return info
 
 
 @materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)

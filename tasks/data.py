@@ -12,6 +12,7 @@ from iap.data.download import plan_download as plan
 from iap.data.manifest import ManifestColumns, read_manifest
 from iap.data.pipeline import download_funnel
 from iap.data.snapshot import FilterConfig, build_snapshot, plan_snapshot
+from iap.profile import stage
 from tasks import PERSIST, by_key
 
 PLACEHOLDER_ASSET = "file:///iap/placeholder"  # replaced per call by with_options(assets=[...])
@@ -20,7 +21,8 @@ PLACEHOLDER_ASSET = "file:///iap/placeholder"  # replaced per call by with_optio
 @materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
 def download_shards(key: str, manifest: str, out: str, config: DownloadConfig, columns: ManifestColumns) -> dict:
     """img2dataset download; `key` is the download id. Call it directly (main thread), never .submit()."""
-    return asdict(download(read_manifest(manifest, columns), out, config))
+    with stage("download"):
+        return asdict(download(read_manifest(manifest, columns), out, config))
 
 
 @task(retries=2, retry_delay_seconds=5)
@@ -34,7 +36,8 @@ def plan_filter(report: dict, out: str, config: FilterConfig) -> dict:
 def filter_snapshot(key: str, report: dict, out: str, config: FilterConfig) -> dict:
     """DuckDB filter into a snapshot; `key` is the snapshot id."""
     rep = DownloadReport(**report)
-    return asdict(build_snapshot(rep.parts, out, config, download_funnel(rep), rep.keys_url))
+    with stage("filter"):
+        return asdict(build_snapshot(rep.parts, out, config, download_funnel(rep), rep.keys_url))
 
 
 @task(retries=2, retry_delay_seconds=5)

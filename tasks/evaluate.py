@@ -8,6 +8,7 @@ from prefect.assets import materialize
 from iap.data.snapshot import open_snapshot
 from iap.evaluate import EvalConfig, evaluate_checkpoint
 from iap.export import export_pipeline
+from iap.profile import stage
 from iap.registry import Entry, GateConfig, Registry
 from tasks import PERSIST, artifacts, by_key
 from tasks.data import PLACEHOLDER_ASSET
@@ -19,8 +20,10 @@ def evaluate(key: str, checkpoint: str, snapshot_url: str, base: str, untrained:
              split: str = "val", generation: EvalConfig = EvalConfig(), precision: str = "no") -> dict:
     """Held-out metrics next to the untrained and mismatched-caption references; `key`: checkpoint, snapshot
     and generation config."""
-    metrics = evaluate_checkpoint(base_model(base, precision), checkpoint, open_snapshot(snapshot_url), split, untrained,
-                                  generation=generation)
+    with stage("evaluate") as record:
+        metrics = evaluate_checkpoint(base_model(base, precision), checkpoint, open_snapshot(snapshot_url), split,
+                                      untrained, generation=generation)
+        record["samples"] = metrics["heldout_pairs"]
     artifacts.metrics(metrics, f"held-out metrics ({split} split of {snapshot_url})")
     return metrics
 
@@ -28,7 +31,8 @@ def evaluate(key: str, checkpoint: str, snapshot_url: str, base: str, untrained:
 @materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=1, **PERSIST)
 def export(key: str, checkpoint: str, base: str, out: str) -> str:
     """A plain diffusers pipeline with the Chinese encoder; `key` is the checkpoint id."""
-    return str(export_pipeline(checkpoint, base, out))
+    with stage("export"):
+        return str(export_pipeline(checkpoint, base, out))
 
 
 @materialize(PLACEHOLDER_ASSET, retries=2, retry_delay_seconds=2)

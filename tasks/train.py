@@ -11,6 +11,7 @@ from prefect.assets import materialize
 from iap.cache import open_cache
 from iap.checkpoint import checkpoint_id
 from iap.config import TrainConfig
+from iap.profile import stage
 from iap.runtime import detect
 from iap.train import train
 from iap.wiring import from_cache
@@ -31,8 +32,10 @@ def train_encoder(key: str, cache_url: str, base: str, zh_encoder: str, run_dir:
     log.info(f"training on {runtime}")
     run = from_cache(info, config, base, zh_encoder, runtime, lambda: base_model(base, config.mixed_precision))
     progress = create_progress_artifact(progress=0.0, key="iap-train-progress", description="training steps")
-    result = train(config, run.encoder, run.objective, run.source, run_dir, log=log.info, lineage=lineage, empty=run.empty,
-                   on_step=lambda s: update_progress_artifact(progress, 100.0 * s.step / config.steps))
+    with stage("train") as record:
+        result = train(config, run.encoder, run.objective, run.source, run_dir, log=log.info, lineage=lineage,
+                       empty=run.empty, on_step=lambda s: update_progress_artifact(progress, 100.0 * s.step / config.steps))
+        record["samples"] = result.state.step * config.batch_size * config.grad_accum
     curve = artifacts.loss_curve_png(result.state.losses, Path(run_dir) / "loss_curve.png")
     artifacts.markdown("iap-loss-curve", f"![loss curve]({curve.resolve().as_uri()})\n\nPNG: `{curve}`\n\n"
                        f"final loss {result.state.losses[-1][1]:.6f} after {result.state.step} steps, "

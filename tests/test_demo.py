@@ -75,3 +75,15 @@ def test_export_refuses_another_base(demo_summary, tmp_path):
 def test_generate_rejects_empty_prompt_list(demo_summary):
     with pytest.raises(IapError, match="no prompt"):
         generate(load_pipeline(demo_summary["pipeline_dir"]), ["", "  "])
+
+
+def test_export_copies_the_frozen_base_file_for_file(demo_summary):
+    """UNet, VAE and scheduler are the base's files, never re-saved (no second base in memory, no lossy
+    re-cast on a bf16 run); only the text encoder and tokenizer are new."""
+    from iap.models.presets import SHAPES_TEACHER
+    out = Path(demo_summary["pipeline_dir"])
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "unet/config.json", "scheduler/scheduler_config.json"):
+        assert (out / part).read_bytes() == (SHAPES_TEACHER / part).read_bytes(), part
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["text_encoder"] == ["transformers", "BertModel"] and index["safety_checker"] == [None, None]

@@ -49,7 +49,9 @@ def child(snapshot_url: str, checkpoint: str, base: str) -> None:
     """Run one evaluation and print its figures as JSON (the process's own peak RSS)."""
     from iap.data.snapshot import open_snapshot
     from iap.evaluate import EvalConfig, evaluate_checkpoint
+    import iap
     from iap.models import load_base
+    print(f"iap from {iap.__file__}", file=sys.stderr)
     model = load_base(base)
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()
@@ -69,9 +71,11 @@ def measure(rows: list[int], rehearsal: Path = REHEARSAL, python_path: str | Non
     out = []
     for n in rows:
         url = snapshot_of(n, rehearsal / "eval-memory")
-        code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench.eval_memory import child; "
+        # ROOT is appended (and the child runs elsewhere), so PYTHONPATH's `iap` wins when --code is given
+        code = (f"import sys; sys.path.append({str(ROOT)!r}); from bench.eval_memory import child; "
                 f"child({url!r}, {str(checkpoint)!r}, {str(base)!r})")
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                              cwd=tempfile.gettempdir())
         if done.returncode != 0:
             out.append({"rows": n, "error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]})
             continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -31,6 +32,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+# each rehearsal starts cold: its own Prefect state and task results (nothing cached from an earlier one)
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="iap-rehearsal-prefect-")
+os.environ["IAP_RESULTS_DIR"] = tempfile.mkdtemp(prefix="iap-rehearsal-results-")
 
 SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
                 layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -103,6 +107,7 @@ def run(args) -> dict:
     from iap.data.synth import serve, write_synth
     from tests.conftest import free_port
     out = Path(args.out)
+    shutil.rmtree(out / "run", ignore_errors=True)  # the models are kept; the run starts from the manifest
     base, zh = write_sd15(out / "models" / "sd15"), write_roberta(out / "models" / "roberta-zh")
     port = free_port()
     manifest = write_synth(out / "synth", args.rows, seed=0, base_url=f"http://127.0.0.1:{port}", image_px=512)

@@ -11,7 +11,8 @@ retrieval top-k    for each held-out Chinese caption, rank the held-out English 
                    layer-weighted mean squared difference.
 
 Memory is bounded by EvalConfig, not by the split: at most `pairs` held-out pairs (latent + states,
-~300 KB each at SD-1.5 shapes), read one shard and one batch at a time; UNet passes of `batch_size`;
+~300 KB each at SD-1.5 shapes), read one shard and one batch at a time; UNet passes of `batch_size`
+(by default 8 at 64x64 latents, up to 64 for small ones);
 retrieval features of 4 probe images x 3 timesteps x `probe_positions` per layer in fp16 (SD-1.5,
 16 positions: 4.8 MB per caption), stored for the English candidates only, the Chinese side in chunks.
 """
@@ -44,7 +45,8 @@ class EvalConfig(StageConfig):
     seed: int = 0
     pairs: int = Field(256, ge=2, description="held-out pairs for the losses and retrieval (the split's first N)")
     probe_positions: int = Field(16, ge=1, description="retrieval: probe query positions per layer and probe")
-    batch_size: int = Field(8, ge=1, description="samples per UNet pass (losses, features, generation)")
+    batch_size: int | None = Field(None, ge=1, description="samples per UNet pass (losses, features, generation); "
+                                                          "None: 8 at SD-1.5's 64x64 latents, more for smaller ones")
     inception: str | None = Field(None, description="FID: torchmetrics Inception weights file (else no FID)")
     clip_model: str | None = Field(None, description="CLIP score: a CLIP HF id or folder (else no CLIP score)")
 
@@ -150,7 +152,8 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
     world), and report.html in the run folder. Runs on the base's device, in its precision."""
     from iap.checkpoint import check_lineage, read_checkpoint_meta
     from iap.objective import make_objective
-    checkpoint, cfg = Path(checkpoint), generation
+    checkpoint = Path(checkpoint)
+    cfg = generation.model_copy(update={"batch_size": generation.batch_size or eval_batch_size(base)})
     check_lineage(read_checkpoint_meta(checkpoint), base.source, f"checkpoint {checkpoint}")
     encoder = _eval_encoder(base, checkpoint / "encoder")
     held, rows = snapshot_source(base, encoder, snapshot, split, limit=cfg.pairs, batch_size=cfg.batch_size)
@@ -174,6 +177,12 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
         metrics["report"] = str(write_report(run_dir / "report", f"IAP evaluation: {run_dir.name}/{checkpoint.name}",
                                              metrics, pairs, run_dir / "loss_curve.png"))
     return metrics
+
+
+def eval_batch_size(base: BaseModel) -> int:
+    """Samples per UNet pass that bound a pass's memory by the latent area: 8 at 64x64 (SD-1.5 at 512 px)."""
+    size = int(base.unet.config.sample_size)
+    return max(1, min(64, 8 * 64 * 64 // (size * size)))
 
 
 def _eval_encoder(base: BaseModel, source: str | Path) -> ChineseEncoder:
@@ -218,7 +227,8 @@ def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], row
     images: zh of each encoder and en of the base, same seed)."""
     from iap import image_metrics as im
     from iap.generate import generate
-    sample = {"seed": cfg.seed, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "batch_size": cfg.batch_size}
+    sample = {"seed": cfg.seed, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
+              "batch_size": cfg.batch_size or eval_batch_size(base)}
     inception, clip_model = cfg.inception, cfg.clip_model
     en = generate(_pipeline(base, None), [r["caption_en"] for r in rows], **sample)
     shapes_world = all("combo" in r for r in rows)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from iap.data import shapes
 from iap.data.download import DownloadConfig, download
-from iap.data.manifest import read_manifest
+from iap.data.manifest import load_manifest
 from iap.data.snapshot import FilterConfig, _apply_rules, _connect, _load_rows, _write_local
 from iap.data.synth import serve, write_synth
 
@@ -35,9 +35,9 @@ def bench_download(n: int, folder: Path) -> float:
     manifest = write_synth(folder / "synth", n, seed=0, base_url=f"http://127.0.0.1:{port}")
     server = serve(folder / "synth", port)
     try:
-        table = read_manifest(str(manifest))
+        rows = load_manifest(str(manifest))
         start = time.perf_counter()
-        report = download(table, str(folder / "out"), DownloadConfig())
+        report = download(rows, str(folder / "out"), DownloadConfig())
         elapsed = time.perf_counter() - start
     finally:
         server.shutdown()

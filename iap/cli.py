@@ -256,7 +256,9 @@ def data(
     manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path, glob or s3:// URL")],
     out: Annotated[str, typer.Option(help="output root, local or s3://")],
     url_col: str = "url", caption_zh_col: str = "caption_zh", caption_en_col: str = "caption_en",
-    key_col: str = "key", image_size: int = 256, min_image_size: int = 0, timeout: int = 10, retries: int = 0,
+    key_col: str = "key",
+    encoding: Annotated[str, typer.Option(help="text encoding of a CSV/TSV/JSONL manifest (e.g. gbk)")] = "utf-8",
+    image_size: int = 256, min_image_size: int = 0, timeout: int = 10, retries: int = 0,
     processes: int = 1, threads: int = 16, output_format: str = "parquet", distributor: str = "multiprocessing",
     where: Annotated[str | None, typer.Option(help="extra SQL predicate over row columns")] = None,
     split_key: str = "key", val_fraction: float = 0.05, test_fraction: float = 0.05,
@@ -278,10 +280,11 @@ def data(
                             distributor=distributor)
         flt = FilterConfig(where=where, split_key=split_key, val_fraction=val_fraction, test_fraction=test_fraction,
                            min_side=min_side, max_aspect=max_aspect)
+        cols = ManifestColumns(url=url_col, caption_zh=caption_zh_col, caption_en=caption_en_col, key=key_col,
+                               encoding=encoding)
     except ValidationError as e:
         err = e.errors()[0]
         raise IapError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
-    cols = ManifestColumns(url=url_col, caption_zh=caption_zh_col, caption_en=caption_en_col, key=key_col)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("downloading shards", total=None)
         report, snapshot = run_data(manifest, out, dl, flt, cols,

@@ -9,7 +9,7 @@ from prefect.assets import materialize
 
 from iap.data.download import DownloadConfig, DownloadReport, download
 from iap.data.download import plan_download as plan
-from iap.data.manifest import ManifestColumns, read_manifest
+from iap.data.manifest import ManifestColumns, load_manifest, read_manifest
 from iap.data.pipeline import download_funnel
 from iap.data.snapshot import FilterConfig, build_snapshot, plan_snapshot
 from iap.profile import stage
@@ -22,7 +22,7 @@ PLACEHOLDER_ASSET = "file:///iap/placeholder"  # replaced per call by with_optio
 def download_shards(key: str, manifest: str, out: str, config: DownloadConfig, columns: ManifestColumns) -> dict:
     """img2dataset download; `key` is the download id. Call it directly (main thread), never .submit()."""
     with stage("download"):
-        return asdict(download(read_manifest(manifest, columns), out, config))
+        return asdict(download(load_manifest(manifest, columns), out, config))
 
 
 @task(retries=2, retry_delay_seconds=5)

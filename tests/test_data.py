@@ -104,7 +104,7 @@ def test_killed_filter_leaves_no_visible_snapshot(local_run, tmp_path):
 
 @pytest.mark.parametrize("content, fmt, match", [
     ("url,caption_en\nhttp://x/a.jpg,a cat\n", "csv", "column 'caption_zh'"),
-    ('url,caption_zh,caption_en\n"http://x/a.jpg,猫,a cat\n', "csv", "cannot read it as csv"),
+    ('url,caption_zh,caption_en\n"http://x/a.jpg,猫,a cat\n', "csv", "no rows \\(1 unreadable: malformed_line"),
     (b"PAR1 not really parquet", "parquet", "cannot read it as parquet"),
     ("url,caption_zh,caption_en\n", "csv", "no rows"),
 ])

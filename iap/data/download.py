@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from iap.config import StageConfig
-from iap.data.manifest import table_fingerprint
+from iap.data.manifest import Manifest, table_fingerprint
 from iap.errors import IapError
 
 FAILURE_REASONS = ("http_error", "timeout", "corrupt_image", "too_small", "network_error", "other")
@@ -62,7 +62,7 @@ class DownloadReport:
     raw_url: str  # OUT/raw-<id>
     shards_url: str
     download_id: str
-    input_rows: int
+    input_rows: int  # manifest rows downloaded or failed (after the manifest's skipped rows)
     downloaded: int
     failed: dict[str, int]
     failure_examples: dict[str, str] = field(default_factory=dict)
@@ -71,6 +71,9 @@ class DownloadReport:
     parts: list[str] = field(default_factory=list)  # every shards folder holding this manifest's rows
     keys_url: str = ""  # Parquet of the manifest's keys: the snapshot reads exactly these rows
     new_rows: int = 0  # rows downloaded by this call (the rest were already downloaded)
+    manifest_rows: int = 0  # rows in the manifest's files, before duplicates and unreadable lines
+    skipped: dict[str, int] = field(default_factory=dict)  # the manifest's skipped rows by reason
+    skipped_examples: dict[str, str] = field(default_factory=dict)
     cached: bool = False
 
     @property
@@ -153,16 +156,22 @@ def plan_download(manifest: pa.Table, out_url: str, cfg: DownloadConfig) -> tupl
     return run_id, _join(out_url, f"raw-{run_id}")
 
 
-def download(manifest: pa.Table, out_url: str, cfg: DownloadConfig | None = None,
+def download(manifest: Manifest, out_url: str, cfg: DownloadConfig | None = None,
              on_progress: Callable[[int, int], None] | None = None) -> DownloadReport:
-    """Make every manifest row (columns from read_manifest) available as downloaded-or-failed, fetching
+    """Make every kept manifest row (see load_manifest) available as downloaded-or-failed, fetching
     only rows whose key no earlier download under OUT (with the same options) has seen: a refreshed
     manifest with new rows downloads just those. The report accounts for every manifest row."""
-    cfg = cfg or DownloadConfig()
+    report = _download(manifest.table, out_url, cfg or DownloadConfig(), on_progress)
+    report.manifest_rows, report.skipped, report.skipped_examples = (
+        manifest.input_rows, manifest.skipped, manifest.examples)
+    return report
+
+
+def _download(manifest: pa.Table, out_url: str, cfg: DownloadConfig,
+              on_progress: Callable[[int, int], None] | None) -> DownloadReport:
     keys = manifest["key"]
     if pc.count_distinct(keys).as_py() != manifest.num_rows:
-        raise IapError("manifest: keys are not unique (duplicate rows, or a key column with repeats); "
-                       "remove the duplicates or choose another --key-col")
+        raise ValueError("manifest keys must be unique (load_manifest drops duplicates)")
     fingerprint = table_fingerprint(manifest)
     run_id = download_id(fingerprint, cfg)
     fs = fsspec.get_fs_token_paths(out_url)[0]

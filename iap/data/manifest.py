@@ -1,32 +1,79 @@
 """Read a bilingual manifest (Parquet, CSV, TSV, JSONL; local path, glob or s3://) into one table.
 
 Output columns: key, url, caption_zh, caption_en, then every extra column, carried through.
-A missing column, an unreadable file or an empty manifest is one IapError naming file and column.
+Per-row problems are counted, never fatal: a line that is not valid text in the file's encoding, a
+malformed JSONL line or CSV row, and duplicates (an exact repeat of an earlier row, or another row
+under an earlier row's key) are skipped under their own reason, with a 1-based line number as example.
+A missing column, a file in another encoding, an unreadable file or an empty manifest is one
+IapError naming the file (and the column, or the encoding to pass).
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from iap.config import StageConfig
 from iap.errors import IapError
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+GUESSES = ("gbk", "gb18030", "big5", "shift_jis", "euc-kr")  # tried, in order, on a file that is not UTF-8
 
 
 class ManifestColumns(StageConfig):
+    """Which manifest columns hold what, and how its text files are read."""
+
     url: str = "url"
     caption_zh: str = "caption_zh"
     caption_en: str = "caption_en"
     key: str | None = Field("key", description="optional; a hash of url+captions when the column is absent")
+    encoding: str = Field("utf-8", description="text encoding of CSV/TSV/JSONL files (e.g. gbk, gb18030, big5)")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        try:
+            return codecs.lookup(v).name
+        except LookupError as e:
+            raise ValueError(f"unknown text encoding '{v}'") from e
+
+
+@dataclass
+class Manifest:
+    """The manifest's rows, one per key, and the account of every row that was not kept."""
+
+    table: pa.Table
+    input_rows: int  # rows (text lines) in the files, before any was skipped
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> where its first row is
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+
+class _Skips:
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.examples: dict[str, str] = {}
+
+    def add(self, reason: str, n: int, example: str) -> None:
+        if n:
+            self.counts[reason] += n
+            self.examples.setdefault(reason, example)
 
 
 def _files(path: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
@@ -37,21 +84,92 @@ def _files(path: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     return fs, files
 
 
-def _read_one(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+def _decode(raw: bytes, path: str, encoding: str, skips: _Skips) -> bytes:
+    """The file as UTF-8. Lines that are not valid UTF-8 are skipped (a few mojibake rows are normal in
+    scraped corpora); a file where most non-ASCII lines are not is in another encoding: one message."""
+    if encoding != "utf-8":
+        try:
+            return raw.decode(encoding).encode()
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise IapError(f"manifest {path}: line {line} is not valid {encoding}; pass the file's encoding "
+                           "with --encoding") from e
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    if _decodes(raw, "utf-8"):
+        return raw
+    lines = raw.split(b"\n")
+    bad = [i for i, line in enumerate(lines, 1) if not _decodes(line, "utf-8")]
+    non_ascii = sum(1 for line in lines if not line.isascii())
+    if len(bad) * 2 >= non_ascii:
+        found = next((enc for enc in GUESSES if _decodes(raw, enc)), None)
+        hint = f"it reads as {found}: pass --encoding {found}" if found else "pass its encoding with --encoding"
+        raise IapError(f"manifest {path}: not UTF-8 ({len(bad)} of {non_ascii} non-ASCII lines are not, "
+                       f"first at line {bad[0]}); {hint}")
+    skips.add("bad_encoding", len(bad), f"{path}:{bad[0]}")
+    bad_set = set(bad)
+    return b"\n".join(line for i, line in enumerate(lines, 1) if i not in bad_set)
+
+
+def _decodes(raw: bytes, encoding: str) -> bool:
+    try:
+        raw.decode(encoding)
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _read_jsonl(data: bytes, path: str, skips: _Skips) -> pa.Table:
+    """Whole-file parse; on a malformed line, keep the object lines and count the others by line number."""
+    try:
+        return pajson.read_json(io.BytesIO(data))
+    except pa.ArrowInvalid:
+        pass
+    good, bad = [], []
+    for i, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except ValueError:
+            ok = False
+        (good if ok else bad).append(line if ok else i)
+    skips.add("malformed_line", len(bad), f"{path}:{bad[0]}" if bad else "")
+    return pajson.read_json(io.BytesIO(b"\n".join(good))) if good else pa.table({})
+
+
+def _read_csv(data: bytes, path: str, delimiter: str, skips: _Skips) -> pa.Table:
+    bad: list[str] = []
+
+    def skip(row) -> str:  # a row with the wrong number of fields (arrow knows no line number here)
+        bad.append(row.text[:60])
+        return "skip"
+
+    table = pacsv.read_csv(io.BytesIO(data),
+                           parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
+                                                            invalid_row_handler=skip),
+                           convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+    skips.add("malformed_line", len(bad), f"{path}: row {bad[0]!r}" if bad else "")
+    return table
+
+
+def _read_one(fs: fsspec.AbstractFileSystem, path: str, encoding: str, skips: _Skips) -> tuple[pa.Table, int]:
+    """The file's table and how many of its rows were skipped as unreadable."""
     fmt = next((f for ext, f in FORMATS.items() if path.lower().endswith(ext)), None)
     if fmt is None:
         raise IapError(f"manifest {path}: unknown format (use .parquet, .csv, .tsv or .jsonl)")
+    before = sum(skips.counts.values())
     try:
         with fs.open(path, "rb") as f:
             if fmt == "parquet":
-                return pq.read_table(f)
-            if fmt == "jsonl":
-                return pajson.read_json(f)
-            delimiter = "\t" if fmt == "tsv" else ","
-            return pacsv.read_csv(f, parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                                  convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+                return pq.read_table(f), 0
+            data = _decode(f.read(), path, encoding, skips)
+        if fmt == "jsonl":
+            table = _read_jsonl(data, path, skips)
+        else:
+            table = _read_csv(data, path, "\t" if fmt == "tsv" else ",", skips)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise IapError(f"manifest {path}: cannot read it as {fmt}: {str(e).splitlines()[0]}") from e
+    return table, sum(skips.counts.values()) - before
 
 
 def _normalise(table: pa.Table, path: str, cols: ManifestColumns) -> pa.Table:
@@ -73,17 +191,52 @@ def _normalise(table: pa.Table, path: str, cols: ManifestColumns) -> pa.Table:
     return pa.table({"key": key, **out, **extras})
 
 
-def read_manifest(path: str, cols: ManifestColumns | None = None) -> pa.Table:
+def _drop_duplicates(table: pa.Table, skips: _Skips) -> pa.Table:
+    """Keep the first row of each key; a later one is a duplicate_row when it repeats that row
+    exactly, else a duplicate_key (another row under a used key)."""
+    n = table.num_rows
+    order = pa.table({"key": table["key"], "i": pa.array(np.arange(n))})
+    first = order.group_by("key", use_threads=False).aggregate([("i", "min")])
+    keep = np.zeros(n, bool)
+    keep[first["i_min"].to_numpy()] = True
+    if keep.all():
+        return table
+    first_of = dict(zip(first["key"].to_pylist(), first["i_min"].to_pylist(), strict=True))
+    dups = np.nonzero(~keep)[0]
+    rows = table.take(pa.array(dups)).to_pylist()
+    firsts = table.take(pa.array([first_of[r["key"]] for r in rows])).to_pylist()
+    exact = [i for i, (r, f) in zip(dups, zip(rows, firsts, strict=True), strict=True) if r == f]
+    skips.add("duplicate_row", len(exact), f"key {rows[0]['key'] if exact else ''}".strip())
+    other = [r["key"] for r, f in zip(rows, firsts, strict=True) if r != f]
+    skips.add("duplicate_key", len(other), f"key {other[0]}" if other else "")
+    return table.filter(pa.array(keep))
+
+
+def load_manifest(path: str, cols: ManifestColumns | None = None) -> Manifest:
+    """Every manifest row, kept or counted under the reason it was skipped."""
     cols = cols or ManifestColumns()
     fs, files = _files(path)
-    tables = [_normalise(_read_one(fs, f), f, cols) for f in files]
+    skips, tables, unreadable = _Skips(), [], 0
+    for f in files:
+        table, skipped = _read_one(fs, f, cols.encoding, skips)
+        unreadable += skipped
+        if table.num_rows:
+            tables.append(_normalise(table, f, cols))
+    if not tables:
+        first = "; ".join(f"{reason} at {where}" for reason, where in skips.examples.items())
+        raise IapError(f"manifest {path}: no rows" + (f" ({unreadable} unreadable: {first})" if unreadable else ""))
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException as e:
         raise IapError(f"manifest {path}: shards have incompatible columns: {e}") from e
-    if table.num_rows == 0:
-        raise IapError(f"manifest {path}: no rows")
-    return table
+    read = table.num_rows
+    table = _drop_duplicates(table, skips)
+    return Manifest(table, read + unreadable, dict(skips.counts), skips.examples)
+
+
+def read_manifest(path: str, cols: ManifestColumns | None = None) -> pa.Table:
+    """The kept rows only (see load_manifest for the account of the others)."""
+    return load_manifest(path, cols).table
 
 
 def table_fingerprint(table: pa.Table) -> str:

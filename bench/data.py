@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from iap.data import shapes
 from iap.data.download import DownloadConfig, download
 from iap.data.manifest import load_manifest
+from iap.data.script import has_kana_hangul, is_chinese
 from iap.data.snapshot import FilterConfig, _apply_rules, _connect, _load_rows, _write_local
 from iap.data.synth import serve, write_synth
 
@@ -97,9 +98,10 @@ def bench_naive(shards: Path, limit: int, cfg: FilterConfig) -> tuple[float, int
             continue
         if not cfg.en_min_words <= len(en.split()) <= cfg.en_max_words:
             continue
-        wide = (len(zh_raw.encode()) - len(zh_raw)) / 2  # the same script ratios as the DuckDB rules
-        ascii_chars = 2 * len(en_raw) - len(en_raw.encode())
-        if wide < cfg.zh_cjk_ratio * len(zh_raw) or ascii_chars < cfg.en_latin_ratio * len(en_raw):
+        if cfg.zh_reject_kana_hangul and has_kana_hangul(zh_raw):
+            continue
+        ascii_chars = 2 * len(en_raw) - len(en_raw.encode())  # the same English share as the DuckDB rule
+        if not is_chinese(zh_raw, cfg.zh_han_ratio, cfg.zh_latin_allowance) or ascii_chars < cfg.en_latin_ratio * len(en_raw):
             continue
         w, h = r["original_width"], r["original_height"]
         if min(w, h) < cfg.min_side or max(w, h) > cfg.max_aspect * min(w, h):

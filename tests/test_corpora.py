@@ -81,3 +81,115 @@ def test_a_csv_row_with_the_wrong_number_of_fields_is_counted(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     m = load_manifest(str(path))
     assert m.num_rows == 6 and m.skipped == {"malformed_line": 1} and "short.jpg" in m.examples["malformed_line"]
+
+
+def _shards(folder, captions: list[tuple[str, str]]):
+    """img2dataset-shaped shards (what the filter reads) holding these (zh, en) captions."""
+    import hashlib
+    n = len(captions)
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({
+        "iap_key": [f"k{i:04d}" for i in range(n)], "url": [f"http://x/{i}.jpg" for i in range(n)],
+        "caption_zh": [zh for zh, _ in captions], "caption": [en for _, en in captions],
+        "jpg": [b"\xff\xd8" + bytes([i % 256]) * 8 for i in range(n)], "width": [64] * n, "height": [64] * n,
+        "original_width": [512] * n, "original_height": [512] * n,
+        "sha256": [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)],
+        "status": ["success"] * n, "error_message": pa.nulls(n, pa.string())}), folder / "00000.parquet")
+    return str(folder)
+
+
+MIX = {  # caption_zh -> the rule that removes it (None: kept) under the default FilterConfig
+    "一只红色的猫坐在沙发上": None,
+    "一只猫, masterpiece, best quality, 8k": None,  # a mixed prompt: Chinese with English tags
+    "iPhone 14 Pro Max 手机壳": None,  # a brand name
+    "2023年上海的夜景": None,
+    "一隻貓在樹上睡覺": None,  # Traditional is Chinese
+    "猫がソファで寝ている": "zh_kana_hangul",
+    "소파 위의 고양이 猫": "zh_kana_hangul",
+    "A photo of a cat on a sofa 猫": "zh_not_chinese",
+    "a cat on a sofa": "zh_not_chinese",
+    "Кошка на диване 猫": "zh_not_chinese",
+}
+
+
+def test_chinese_means_han_kana_and_hangul_are_not_and_mixed_prompts_are_kept(tmp_path):
+    from iap.data.snapshot import FilterConfig, build_snapshot
+    captions = [(zh, f"caption number {i}") for i, zh in enumerate(MIX)]
+    cfg = FILTER.model_copy(update={"val_fraction": 0, "test_fraction": 0})
+    snap = build_snapshot(_shards(tmp_path / "shards", captions), str(tmp_path / "out"), cfg)
+    kept = set(pq.read_table(f"{snap.url}/{snap.shards['train'][0]}")["caption_zh"].to_pylist())
+    assert kept == {zh for zh, rule in MIX.items() if rule is None}
+    removed = {f["rule"]: f["removed"] for f in snap.funnel}
+    assert removed["zh_kana_hangul"] == 2 and removed["zh_not_chinese"] == 3
+    strict = build_snapshot(_shards(tmp_path / "s2", captions), str(tmp_path / "out"),
+                            cfg.model_copy(update={"zh_latin_allowance": 0, "zh_han_ratio": 0.6}))
+    assert {f["rule"]: f["removed"] for f in strict.funnel}["zh_not_chinese"] == 5  # the tags and the brand count
+    assert FilterConfig().zh_convert == "none"
+
+
+def test_the_sql_and_python_chinese_rules_agree():
+    import duckdb
+
+    from iap.data.script import has_kana_hangul, is_chinese, sql_has_kana_hangul, sql_is_chinese
+    texts = [*MIX, "", "   ", "，。！", "ＡＢＣ 猫", "猫\u00a0猫", "𠀀𠀁 rare Han", "中文 and English and more words here"]
+    con = duckdb.connect()
+    for ratio, allowance in ((0.5, 3), (0.8, 0), (0.2, 10)):
+        for t in texts:
+            sql = con.execute(f"SELECT {sql_is_chinese('t', ratio, allowance)}, {sql_has_kana_hangul('t')} "
+                              "FROM (SELECT ? AS t)", [t]).fetchone()
+            assert sql == (is_chinese(t, ratio, allowance), has_kana_hangul(t)), (t, ratio, allowance)
+
+
+def test_traditional_captions_can_be_normalised_to_simplified(tmp_path):
+    captions = [("一隻貓在樹上睡覺", "a cat sleeping in a tree"), ("一只猫在树上睡觉", "a cat sleeping in a tree"),
+                ("臺灣的夜市", "a night market in taiwan")]
+    cfg = FILTER.model_copy(update={"val_fraction": 0, "test_fraction": 0, "zh_convert": "t2s"})
+    from iap.data.snapshot import build_snapshot
+    snap = build_snapshot(_shards(tmp_path / "shards", captions), str(tmp_path / "out"), cfg)
+    kept = pq.read_table(f"{snap.url}/{snap.shards['train'][0]}")["caption_zh"].to_pylist()
+    assert sorted(kept) == sorted(["一只猫在树上睡觉", "台湾的夜市"])
+    assert {f["rule"]: f["removed"] for f in snap.funnel}["duplicate_captions"] == 1  # T and S were one caption
+    assert snap.config["zh_convert"] == "t2s" and snap.inputs["zh_convert"]["tool"].startswith("opencc ")
+    assert snap.inputs["zh_convert"]["rows_changed"] == 2  # of the kept rows
+
+
+def _bomb_png(path, side: int = 20_000) -> None:
+    """A valid 1-bit PNG of side x side pixels, a few hundred KB on disk (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    rows = zlib.compress(b"\0" * ((side // 8 + 1) * side), 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_image_bombs_and_trickling_servers_are_bounded(served, tmp_path):
+    """A 20000x20000 PNG fails from its header, never decoded; a server sending a byte every 20 ms
+    fails at the whole-request timeout, not when its last byte arrives a minute later."""
+    from iap.data.download import download
+    from iap.data.manifest import Manifest
+    from iap.data.synth import _Handler, serve
+    from tests.conftest import free_port
+    folder, port = tmp_path / "web", free_port()
+    (folder / "images").mkdir(parents=True)
+    _bomb_png(folder / "images" / "bomb.png")
+    good = pq.read_table(served).to_pylist()[0]
+    image = served.parent / "images" / good["url"].rsplit("/", 1)[1]
+    (folder / "images" / image.name).write_bytes(image.read_bytes())
+    base = f"http://127.0.0.1:{port}"
+    rows = [{"key": "good", "url": f"{base}/images/{image.name}"}, {"key": "bomb", "url": f"{base}/images/bomb.png"},
+            {"key": "trickle", "url": f"{base}/trickle/images/{image.name}"}]
+    table = pa.Table.from_pylist([{**r, "caption_zh": "一只猫", "caption_en": "a cat"} for r in rows])
+    server = serve(folder, port)
+    try:
+        report = download(Manifest(table, 3), str(tmp_path / "out"), DOWNLOAD.model_copy(update={"timeout": 1}))
+        sent = _Handler.sent.get(f"/trickle/images/{image.name}")
+    finally:
+        server.shutdown()
+    assert report.downloaded == 1 and report.failed == {"too_large": 1, "timeout": 1}
+    assert "400000000 pixels" in report.failure_examples["too_large"]
+    assert "not decoded" in report.failure_examples["too_large"]
+    assert "whole request" in report.failure_examples["timeout"]
+    assert sent is not None and sent < image.stat().st_size  # the download ended long before the trickle would

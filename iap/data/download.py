@@ -33,7 +33,7 @@ from iap.config import StageConfig
 from iap.data.manifest import Manifest, table_fingerprint
 from iap.errors import IapError
 
-FAILURE_REASONS = ("http_error", "timeout", "corrupt_image", "too_small", "network_error", "other")
+FAILURE_REASONS = ("http_error", "timeout", "corrupt_image", "too_small", "too_large", "network_error", "other")
 
 
 class DownloadConfig(StageConfig):
@@ -42,14 +42,17 @@ class DownloadConfig(StageConfig):
     image_size: int = Field(256, ge=8)
     resize_mode: Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"] = "keep_ratio"
     resize_only_if_bigger: bool = True
-    min_image_size: int = Field(0, ge=0, description="smaller originals fail as too_small")
+    min_image_size: int = Field(128, ge=0, description="originals with a shorter side fail as too_small")
+    max_pixels: int = Field(64_000_000, ge=1, description="originals with more pixels fail as too_large, "
+                            "read from the header before anything decodes them")
+    max_bytes: int = Field(50_000_000, ge=1, description="larger files fail as too_large")
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
     output_format: Literal["parquet", "webdataset"] = "parquet"
     processes_count: int = Field(1, ge=1)
     thread_count: int = Field(16, ge=1)
     number_sample_per_shard: int = Field(1000, ge=1)
     retries: int = Field(0, ge=0)
-    timeout: int = Field(10, ge=1)
+    timeout: int = Field(10, ge=1, description="seconds for a whole request (a trickling server fails as timeout)")
     distributor: Literal["multiprocessing", "pyspark", "ray"] = Field(
         "multiprocessing", description="pyspark: the active SparkSession, else a local one; ray: the connected "
         "cluster (ray.init first). See infra/distributed/")
@@ -89,6 +92,8 @@ def failure_reason(message: str | None) -> str:
         return "timeout"
     if "too small" in m:
         return "too_small"
+    if "too large" in m:
+        return "too_large"
     if "decoding" in m or "cannot identify" in m or "truncated" in m:
         return "corrupt_image"
     if "urlopen error" in m or "connection" in m or "unknown url type" in m:
@@ -138,16 +143,18 @@ def _run_img2dataset(input_url: str, shards_url: str, extra_cols: list[str], cfg
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from img2dataset import download as img2dataset_download
 
-    img2dataset_download(
-        url_list=input_url, input_format="parquet", url_col="url", caption_col="caption_en",
-        save_additional_columns=["caption_zh", "iap_key", *extra_cols], output_folder=shards_url,
-        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
-        min_image_size=cfg.min_image_size, encode_format=cfg.encode_format, output_format=cfg.output_format,
-        processes_count=cfg.processes_count, thread_count=cfg.thread_count,
-        number_sample_per_shard=cfg.number_sample_per_shard, retries=cfg.retries, timeout=cfg.timeout,
-        distributor=cfg.distributor, subjob_size=cfg.subjob_size, max_shard_retry=cfg.max_shard_retry,
-        enable_wandb=False, compute_hash="sha256",
-    )
+    from iap.data.fetch import FetchLimits, limited
+    with limited(FetchLimits(cfg.timeout, cfg.max_bytes, cfg.max_pixels)):
+        img2dataset_download(
+            url_list=input_url, input_format="parquet", url_col="url", caption_col="caption_en",
+            save_additional_columns=["caption_zh", "iap_key", *extra_cols], output_folder=shards_url,
+            image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
+            min_image_size=cfg.min_image_size, encode_format=cfg.encode_format, output_format=cfg.output_format,
+            processes_count=cfg.processes_count, thread_count=cfg.thread_count,
+            number_sample_per_shard=cfg.number_sample_per_shard, retries=cfg.retries, timeout=cfg.timeout,
+            distributor=cfg.distributor, subjob_size=cfg.subjob_size, max_shard_retry=cfg.max_shard_retry,
+            enable_wandb=False, compute_hash="sha256", max_image_area=cfg.max_pixels,
+        )
 
 
 def plan_download(manifest: pa.Table, out_url: str, cfg: DownloadConfig) -> tuple[str, str]:

@@ -18,12 +18,14 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import duckdb
 import fsspec
 from pydantic import Field, field_validator
 
 from iap.config import StageConfig
+from iap.data.script import sql_has_kana_hangul, sql_is_chinese
 from iap.errors import IapError
 
 SPLITS = ("train", "val", "test")
@@ -38,7 +40,13 @@ class FilterConfig(StageConfig):
     zh_max_chars: int = Field(256, ge=1)
     en_min_words: int = Field(2, ge=0)
     en_max_words: int = Field(77, ge=1)
-    zh_cjk_ratio: float = Field(0.5, ge=0, le=1, description="share of CJK-range characters (>= U+0800)")
+    zh_han_ratio: float = Field(0.5, ge=0, le=1, description="share of Han characters and CJK punctuation in "
+                                "caption_zh, against other non-ASCII characters and the Latin words over the allowance")
+    zh_latin_allowance: int = Field(3, ge=0, description="Latin words a Chinese caption holds for free "
+                                    "(tags, brand names: '一只猫, masterpiece, 8k')")
+    zh_reject_kana_hangul: bool = Field(True, description="captions with kana or Hangul are Japanese or Korean")
+    zh_convert: Literal["none", "t2s"] = Field("none", description="t2s: Traditional -> Simplified Chinese (OpenCC) "
+                                               "before the rules")
     en_latin_ratio: float = Field(0.8, ge=0, le=1, description="share of ASCII characters")
     min_side: int = Field(0, ge=0, description="pixels, of the original image")
     max_aspect: float = Field(3.0, ge=1)
@@ -82,9 +90,8 @@ class Snapshot:
 def _rules(cfg: FilterConfig) -> list[tuple[str, str]]:
     """(rule name, SQL predicate a row must satisfy), in order.
 
-    Script ratios come from UTF-8 byte length vs character length, which DuckDB computes ~30x faster
-    than a character-class regex: wide = (bytes - chars) / 2 counts characters at U+0800 and above
-    (CJK ideographs, kana, hangul, CJK punctuation; a 2-byte character counts half), and
+    Chinese is decided by iap.data.script (Han share, kana and Hangul). The English share comes from
+    UTF-8 byte length vs character length, which DuckDB computes much faster than a regex:
     ascii = 2 * chars - bytes counts ASCII characters (exact when the rest are 3-byte characters)."""
     zh_n, en_n = "length(caption_zh)", "length(caption_en)"
     en_trim = "trim(caption_en)"
@@ -93,7 +100,8 @@ def _rules(cfg: FilterConfig) -> list[tuple[str, str]]:
         ("missing_caption", "coalesce(trim(caption_zh), '') <> '' AND coalesce(trim(caption_en), '') <> ''"),
         ("zh_length", f"{zh_n} BETWEEN {cfg.zh_min_chars} AND {cfg.zh_max_chars}"),
         ("en_length", f"{en_words} BETWEEN {cfg.en_min_words} AND {cfg.en_max_words}"),
-        ("zh_not_chinese", f"(strlen(caption_zh) - {zh_n}) / 2 >= {cfg.zh_cjk_ratio} * {zh_n}"),
+        *([("zh_kana_hangul", f"NOT {sql_has_kana_hangul('caption_zh')}")] if cfg.zh_reject_kana_hangul else []),
+        ("zh_not_chinese", sql_is_chinese("caption_zh", cfg.zh_han_ratio, cfg.zh_latin_allowance)),
         ("en_not_latin", f"2 * {en_n} - strlen(caption_en) >= {cfg.en_latin_ratio} * {en_n}"),
         ("image_too_small", f"least(original_width, original_height) >= {cfg.min_side}"),
         ("aspect_ratio", f"greatest(original_width, original_height) <= {cfg.max_aspect} * "
@@ -132,13 +140,36 @@ def _load_rows(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | N
         raise IapError(f"{shards}: not iap download shards (need parquet output with images and iap_key)")
     extra_sql = "".join(f', "{c}"' for c in extras)
     removed = _first_failed_rule(cfg) if cfg else "CAST(NULL AS VARCHAR)"
+    rows = f"SELECT *, caption AS caption_en FROM {src} WHERE status = 'success'"
+    converted = "false"
+    if cfg and cfg.zh_convert == "t2s":  # before the rules: T and S forms of a caption are one caption
+        con.create_function("iap_t2s", _t2s, [duckdb.sqltype("VARCHAR")], duckdb.sqltype("VARCHAR"), type="arrow")
+        rows = f"SELECT * REPLACE (iap_t2s(caption_zh) AS caption_zh), caption_zh AS caption_zh_source FROM ({rows})"
+        converted = "caption_zh IS DISTINCT FROM caption_zh_source"
     con.execute(f"""CREATE TEMP TABLE rows AS
         SELECT row_number() OVER () AS row_id, * EXCLUDE (bucket), {_split(cfg) if cfg else 'NULL'} AS split FROM (
             SELECT iap_key AS key, url, caption_zh, caption AS caption_en, {image} AS image, width, height,
                    original_width, original_height, sha256{extra_sql}, {removed} AS removed_by,
-                   {_bucket(cfg, extras) if cfg else 'NULL'} AS bucket
-            FROM (SELECT *, caption AS caption_en FROM {src} WHERE status = 'success'))""")
+                   {_bucket(cfg, extras) if cfg else 'NULL'} AS bucket, {converted} AS zh_converted
+            FROM ({rows}))""")
     return extras
+
+
+def _normalisation(con, cfg: FilterConfig) -> dict:
+    """What was changed in the kept rows' text, and with which tool."""
+    if cfg.zh_convert == "none":
+        return {}
+    from importlib.metadata import version
+    n = con.execute("SELECT count(*) FROM rows WHERE removed_by IS NULL AND zh_converted").fetchone()[0]
+    return {"zh_convert": {"rule": cfg.zh_convert, "tool": f"opencc {version('opencc')}", "rows_changed": n}}
+
+
+def _t2s(captions):
+    """Traditional -> Simplified Chinese with OpenCC, over an Arrow array of captions."""
+    import opencc
+    import pyarrow as pa
+    convert = opencc.OpenCC("t2s").convert
+    return pa.array([None if c is None else convert(c) for c in captions.to_pylist()], pa.string())
 
 
 Shards = str | list[str]
@@ -288,7 +319,7 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
         shards = _write_local(con, Path(tmp), cfg, extras)
         snap = Snapshot(id=sid, url=final_url, rows=rows, funnel=funnel, config=cfg.model_dump(mode="json"),
                         inputs={"shards": shards, "keys_url": keys_url, "content_fingerprint": content,
-                                "rows_in": start}, shards=shards)
+                                "rows_in": start, **_normalisation(con, cfg)}, shards=shards)
         _commit(fs, Path(tmp), final_url, snap)
     return snap
 

@@ -31,6 +31,7 @@ BROKEN_KINDS = {
     "dup_captions": "filter: duplicate_captions",  # another image, same caption pair as a good row
 }
 SLOW_SECONDS = 4.0
+TRICKLE_SECONDS_PER_BYTE = 0.02  # /trickle/<path>: the file, one byte at a time (a whole-request timeout test)
 
 
 def _row(key: str, url: str, sample: shapes.Sample, broken: str = "") -> dict:
@@ -82,7 +83,11 @@ def _broken_rows(images: Path, base_url: str, good: list, rows: list, k: int, se
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
+    sent: dict[str, int] = {}  # /trickle/ path -> bytes sent before the client went away or all were sent
+
     def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path.startswith("/trickle/"):
+            return self._trickle(Path(self.directory) / self.path[len("/trickle/"):])
         if self.path.startswith("/slow/"):
             time.sleep(SLOW_SECONDS)
             self.path = self.path[len("/slow"):]
@@ -90,6 +95,21 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return super().do_GET()
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
             return None
+
+    def _trickle(self, file: Path) -> None:
+        data = file.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        _Handler.sent[self.path] = 0
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                _Handler.sent[self.path] = i + 1
+                time.sleep(TRICKLE_SECONDS_PER_BYTE)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def log_message(self, *args):  # quiet
         pass

@@ -255,7 +255,8 @@ def precompute_shard(plan: CachePlan, split: str, rel: str, base: BaseModel) -> 
         _write(fs, f"{shard_url}.parquet", _index(rows, tensors))  # commit point of the shard
     with fs.open(f"{shard_url}.parquet", "rb") as f:
         rows_n = pq.read_metadata(f).num_rows
-    return {"split": split, "name": name, "rows": rows_n, "bytes": fs.size(f"{shard_url}.safetensors")}
+    return {"split": split, "name": name, "rows": rows_n, "bytes": fs.size(f"{shard_url}.safetensors"),
+            "url": f"{shard_url}.parquet"}
 
 
 def commit_cache(plan: CachePlan, shards: list[dict], base: BaseModel | None, seconds: float) -> CacheInfo:
@@ -267,7 +268,7 @@ def commit_cache(plan: CachePlan, shards: list[dict], base: BaseModel | None, se
         _write(fs, f"{plan.url}/layers.json", json.dumps(meta).encode())
     by_split: dict[str, list[dict]] = {}
     for s in shards:
-        by_split.setdefault(s["split"], []).append({k: v for k, v in s.items() if k != "split"})
+        by_split.setdefault(s["split"], []).append({k: v for k, v in s.items() if k not in ("split", "url")})
     dim = base.cross_attention_dim if base else _dim_from_any(fs, plan.url, by_split)
     info = CacheInfo(key=plan.key, url=plan.url, snapshot_id=plan.snapshot.id,
                      base_fingerprint=plan.base_fingerprint, cross_attention_dim=dim,

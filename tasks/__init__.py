@@ -4,9 +4,11 @@ around one `iap` function each. Cache keys are the content ids the library compu
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
+import fsspec
 from prefect.settings import PREFECT_HOME
 
 # Results persist under $IAP_RESULTS_DIR (or PREFECT_HOME/iap-results) as JSON.
@@ -16,6 +18,7 @@ PERSIST = {"persist_result": True, "result_storage": RESULTS, "result_serializer
 
 
 LOCATIONS = ("out", "run_dir", "checkpoint", "cache_url", "snapshot_url")
+OUTPUT_FIELDS = ("url", "shards_url", "parts", "keys_url", "checkpoint", "run_dir", "pipeline_dir")
 
 
 def by_key(_context, parameters: dict) -> str:
@@ -26,7 +29,42 @@ def by_key(_context, parameters: dict) -> str:
     where = [str(parameters[k]) for k in LOCATIONS if k in parameters]
     if getattr(parameters.get("plan"), "url", None):
         where.append(parameters["plan"].url)
-    return f"{key}-{hashlib.sha256('|'.join(where).encode()).hexdigest()[:8]}" if where else key
+    key = f"{key}-{hashlib.sha256('|'.join(where).encode()).hexdigest()[:8]}" if where else key
+    _forget_if_outputs_gone(key)
+    return key
+
+
+def _forget_if_outputs_gone(key: str) -> None:
+    """A cached result whose outputs were deleted is dropped, so the task runs again: a cache must never
+    answer with a pointer to nothing."""
+    record = RESULTS / key
+    try:
+        result = json.loads(json.loads(record.read_text())["result"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no record (or not ours to read): Prefect decides
+    if not all(_exists(url) for url in _outputs(result)):
+        record.unlink(missing_ok=True)
+
+
+def _outputs(result) -> list[str]:
+    """The storage URLs a task result names as its outputs."""
+    if isinstance(result, str):
+        return [result]
+    if not isinstance(result, dict):
+        return []
+    found = []
+    for field in OUTPUT_FIELDS:
+        value = result.get(field)
+        found += [value] if isinstance(value, str) else [v for v in value or [] if isinstance(v, str)]
+    return [u for u in found if u]
+
+
+def _exists(url: str) -> bool:
+    try:
+        fs, _, _ = fsspec.get_fs_token_paths(url)
+        return fs.exists(url)
+    except (OSError, ValueError):  # storage unreachable: the task itself will say so
+        return True
 
 
 def asset_url(url: str) -> str:

@@ -82,6 +82,18 @@ def test_data_flow_into_another_folder_gives_the_same_snapshot_there(harness, se
         _check(_data_flow(served, folder, "multiprocessing"), expected.id, folder)
 
 
+def test_a_deleted_output_folder_is_recomputed_not_served_from_the_task_cache(harness, served, tmp_path):
+    """Prefect's cached results point into `out`; once it is deleted they must not be used."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    few = tmp_path / "few.parquet"
+    pq.write_table(pq.read_table(served).slice(0, 6), few)
+    first = _data_flow(few, tmp_path / "out", "multiprocessing")
+    shutil.rmtree(tmp_path / "out")
+    _check(_data_flow(few, tmp_path / "out", "multiprocessing"), first["id"], tmp_path / "out")
+
+
 @pytest.mark.skipif(not _spark_ready(), reason="pyspark or Java is not installed")
 def test_data_flow_with_pyspark_in_local_mode_gives_the_same_snapshot(harness, served, local_run, tmp_path):
     _, _, expected = local_run

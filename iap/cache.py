@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from iap.models.base import BaseModel
 from iap.objective import FrozenBatch, Teacher
 from iap.runtime import CPU, Runtime, place
 from iap.source import image_size, to_pixels
+from iap.storage import write_atomic
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -100,17 +100,7 @@ def _fs(url: str) -> fsspec.AbstractFileSystem:
 
 
 def _write(fs, url: str, data: bytes) -> None:
-    """Atomic on local disk (temp + rename); a single PUT on object stores."""
-    if "file" in fs.protocol:
-        tmp = f"{url}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, url)
-    else:
-        with fs.open(url, "wb") as f:
-            f.write(data)
+    write_atomic(url, data, fs)
 
 
 # ---------------------------------------------------------------- precompute

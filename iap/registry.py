@@ -5,15 +5,21 @@ Registration is idempotent (same checkpoint id -> same entry) and each entry is 
 write, so concurrent registrations of different checkpoints never lose each other. A new entry is
 promoted only when its gating metric beats the promoted checkpoint of the same base model (and it
 clears the floor metric); otherwise it stays a candidate (or is rejected, below the floor) with the
-reason recorded.
+reason recorded. Decisions for one base model hold a lock object (created exclusively: O_EXCL
+locally, a conditional PUT on S3), so concurrent promoters leave exactly one promoted entry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +28,10 @@ from pydantic import Field
 
 from iap.config import StageConfig
 from iap.errors import IapError
+from iap.storage import create_exclusive, write_atomic
+
+LOCK_WAIT_S = 120  # a promoter waits this long for another one's decision
+LOCK_STALE_S = 300  # a lock older than this was left by a killed promoter and is broken
 
 
 class GateConfig(StageConfig):
@@ -64,34 +74,52 @@ class Registry:
         self.url = url.rstrip("/")
         self.fs = fsspec.get_fs_token_paths(self.url)[0]
         self.fs.makedirs(f"{self.url}/entries", exist_ok=True)
+        self.fs.makedirs(f"{self.url}/locks", exist_ok=True)
 
     def _path(self, checkpoint_id: str) -> str:
         return f"{self.url}/entries/{checkpoint_id}.json"
 
     def _write(self, entry: Entry) -> None:
-        data = json.dumps(asdict(entry), indent=1, ensure_ascii=False)
-        path = self._path(entry.checkpoint_id)
-        if "file" in self.fs.protocol:
-            tmp = f"{path}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-            Path(tmp).write_text(data)
-            os.replace(tmp, path)
-        else:
-            with self.fs.open(path, "w") as f:
-                f.write(data)
+        write_atomic(self._path(entry.checkpoint_id), json.dumps(asdict(entry), indent=1, ensure_ascii=False).encode(),
+                     self.fs)
+
+    def _read(self, path: str) -> Entry:
+        return Entry(**json.loads(self.fs.cat_file(path)))  # one GET: never a torn read of a rewritten entry
 
     def get(self, checkpoint_id: str) -> Entry | None:
-        path = self._path(checkpoint_id)
-        if not self.fs.exists(path):
+        try:
+            return self._read(self._path(checkpoint_id))
+        except FileNotFoundError:
             return None
-        with self.fs.open(path, "r") as f:
-            return Entry(**json.load(f))
 
     def entries(self) -> list[Entry]:
-        out = []
-        for path in sorted(self.fs.glob(f"{self.url}/entries/*.json")):
-            with self.fs.open(path, "r") as f:
-                out.append(Entry(**json.load(f)))
+        self.fs.invalidate_cache(f"{self.url}/entries")  # other processes add entries
+        out = [self._read(path) for path in sorted(self.fs.glob(f"{self.url}/entries/*.json"))]
         return sorted(out, key=lambda e: e.registered_at)
+
+    @contextmanager
+    def _decision(self, base_fingerprint: str) -> Iterator[None]:
+        """Hold the base model's promotion lock: one decision per base at a time, across machines."""
+        path = f"{self.url}/locks/{hashlib.sha256(base_fingerprint.encode()).hexdigest()[:16]}.lock"
+        holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}).encode()
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while not create_exclusive(path, holder, self.fs):
+            if self._stale(path):
+                self.fs.rm(path)
+            elif time.monotonic() > deadline:
+                raise IapError(f"registry {self.url}: {path} has been held for over {LOCK_WAIT_S} s; if no "
+                               "registration is running, a killed one left it: delete it")
+            time.sleep(random.uniform(0.01, 0.1))
+        try:
+            yield
+        finally:
+            self.fs.rm(path)
+
+    def _stale(self, path: str) -> bool:
+        try:
+            return time.time() - json.loads(self.fs.cat_file(path))["at"] > LOCK_STALE_S
+        except (FileNotFoundError, ValueError, KeyError):
+            return False
 
     def promoted(self, base_fingerprint: str) -> Entry | None:
         return next((e for e in reversed(self.entries())
@@ -104,13 +132,17 @@ class Registry:
             return existing
         gate = gate or GateConfig()
         entry.code_version = entry.code_version or code_version()
-        entry.registered_at = time.time()
-        entry.status, entry.reason = self._decide(entry, gate)
-        current = self.promoted(entry.base_fingerprint) if entry.status == "promoted" else None
-        self._write(entry)
-        if current is not None:
-            current.status, current.reason = "candidate", f"superseded by {entry.checkpoint_id}"
-            self._write(current)
+        with self._decision(entry.base_fingerprint):
+            existing = self.get(entry.checkpoint_id)
+            if existing is not None:
+                return existing
+            entry.registered_at = time.time()
+            entry.status, entry.reason = self._decide(entry, gate)
+            current = self.promoted(entry.base_fingerprint) if entry.status == "promoted" else None
+            self._write(entry)
+            if current is not None:
+                current.status, current.reason = "candidate", f"superseded by {entry.checkpoint_id}"
+                self._write(current)
         return entry
 
     def _decide(self, entry: Entry, gate: GateConfig) -> tuple[str, str]:
@@ -135,12 +167,14 @@ class Registry:
         entry = self.get(checkpoint_id)
         if entry is None:
             raise IapError(f"registry {self.url}: no entry for checkpoint {checkpoint_id}")
-        current = self.promoted(entry.base_fingerprint)
-        if current is not None and current.checkpoint_id != checkpoint_id:
-            current.status, current.reason = "candidate", f"superseded by {checkpoint_id} (manual)"
-            self._write(current)
-        entry.status, entry.reason = "promoted", "promoted by hand"
-        self._write(entry)
+        with self._decision(entry.base_fingerprint):
+            current = self.promoted(entry.base_fingerprint)
+            if current is not None and current.checkpoint_id != checkpoint_id:
+                current.status, current.reason = "candidate", f"superseded by {checkpoint_id} (manual)"
+                self._write(current)
+            entry = self.get(checkpoint_id)
+            entry.status, entry.reason = "promoted", "promoted by hand"
+            self._write(entry)
         return entry
 
 

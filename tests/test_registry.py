@@ -62,3 +62,35 @@ def test_semantic_gate_on_generated_images(tmp_path, zh, en, status, reason):
     entry = Registry(str(tmp_path / "reg")).register(
         Entry(checkpoint_id="c1", checkpoint_url="x", base="b", base_fingerprint="f", metrics=metrics), gate)
     assert entry.status == status and reason in entry.reason
+
+
+def _race(url: str, n: int = 20) -> Registry:
+    """n candidates of one base, then n threads at once: register n better ones, and promote each by hand."""
+    import threading
+    reg = Registry(url)
+    for i in range(n):
+        reg.register(entry(f"hand{i}", 1.0 + i, top1=0.0))  # rejected: below the floor
+    start = threading.Barrier(2 * n)
+
+    def go(i: int) -> None:
+        start.wait()
+        if i < n:
+            Registry(url).register(entry(f"auto{i}", 0.5 - 0.01 * i))
+        else:
+            Registry(url).promote(f"hand{i - n}")
+    with ThreadPoolExecutor(2 * n) as pool:
+        list(pool.map(go, range(2 * n)))
+    return reg
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_concurrent_promotions_leave_exactly_one_promoted(tmp_path, trial):
+    reg = _race(str(tmp_path / "reg"))
+    promoted = [e.checkpoint_id for e in reg.entries() if e.status == "promoted"]
+    assert len(promoted) == 1, promoted
+    assert not list((tmp_path / "reg").rglob("*.lock"))
+
+
+def test_concurrent_promotions_on_s3_leave_exactly_one_promoted(s3):
+    reg = _race("s3://iap-test/registry", n=4)
+    assert [e.status for e in reg.entries()].count("promoted") == 1

@@ -61,8 +61,10 @@ def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path,
     """Run the iap-data flow: img2dataset download + DuckDB filter into a snapshot."""
     from flows.data import iap_data
     from iap.data.manifest import read_manifest
+    from iap.storage import check_reachable
     sections = _sections(config, ("download", "filter", "columns"))
-    read_manifest(manifest, sections.get("columns"))  # a bad manifest: one message, before the flow starts
+    check_reachable(out)  # bad storage or a bad manifest: one message, before the flow starts
+    read_manifest(manifest, sections.get("columns"))
     snapshot = iap_data(manifest, out, **sections)
     library_cli.print_funnel(snapshot)
 

@@ -6,6 +6,10 @@ Layout of RUN/checkpoints/step-000200/:
   state.json          step, config, loss history, file checksums
 RUN/checkpoints/latest names the newest complete checkpoint. A checkpoint directory appears
 under its final name only after everything in it is written and fsynced (rename of a temp dir).
+
+A remote RUN (s3://...) is trained in a local staging folder (storage.local_workdir): each committed
+checkpoint is uploaded (state.json last), then the remote `latest` moves; a resumed run first pulls
+the remote latest checkpoint. Readers of a remote checkpoint get a verified local copy (fetch_checkpoint).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from iap.errors import IapError
 from iap.models.base import weights_fingerprint
+from iap.storage import filesystem, get_tree, is_remote, local_cache, local_workdir, put_tree, write_atomic
 
 ENCODER_WEIGHTS = "encoder/model.safetensors"
 
@@ -107,9 +112,80 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpt_root / pointer.read_text().strip()
 
 
+def local_run(run_dir: str | Path) -> Path:
+    """Where training writes checkpoints: run_dir itself, or (remote) a staging folder holding the remote
+    run's latest checkpoint, so a resumed run continues from it."""
+    if not is_remote(run_dir):
+        return Path(run_dir)
+    run_dir, local = str(run_dir).rstrip("/"), local_workdir(str(run_dir))
+    fs = filesystem(run_dir)
+    try:
+        name = fs.cat_file(f"{run_dir}/checkpoints/latest").decode().strip()
+    except FileNotFoundError:
+        return local
+    pointer = local / "checkpoints" / "latest"
+    if not (pointer.exists() and pointer.read_text().strip() == name):
+        (local / "checkpoints").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(local / "checkpoints" / name, ignore_errors=True)
+        get_tree(f"{run_dir}/checkpoints/{name}", local / "checkpoints" / name)
+        write_atomic(str(pointer), name.encode())
+    return local
+
+
+def push_checkpoint(ckpt: Path, run_dir: str | Path, keep: int) -> str:
+    """The committed local checkpoint at its run's URL (a no-op for a local run): files first, state.json
+    last, then `latest`; older remote checkpoints beyond `keep` are removed."""
+    if not is_remote(run_dir):
+        return str(ckpt)
+    root = f"{str(run_dir).rstrip('/')}/checkpoints"
+    put_tree(ckpt, f"{root}/{ckpt.name}", last="state.json")
+    fs = filesystem(root)
+    fs.pipe_file(f"{root}/latest", ckpt.name.encode())
+    fs.invalidate_cache(root)
+    for old in sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{root}/step-*"))[:-keep]:
+        fs.rm(f"{root}/{old}", recursive=True)
+    return f"{root}/{ckpt.name}"
+
+
+def checkpoint_url(run_dir: str | Path, step: int) -> Path | str:
+    """Where a run's checkpoint of `step` lives: a Path for a local run, a URL for a remote one."""
+    name = f"checkpoints/step-{step:06d}"
+    return f"{str(run_dir).rstrip('/')}/{name}" if is_remote(run_dir) else Path(run_dir) / name
+
+
+def committed_checkpoint(run_dir: str | Path) -> Path | str | None:
+    """The run's newest committed checkpoint (local Path or URL), from its `latest` pointer."""
+    if not is_remote(run_dir):
+        return latest_checkpoint(Path(run_dir))
+    try:
+        name = filesystem(str(run_dir)).cat_file(f"{str(run_dir).rstrip('/')}/checkpoints/latest").decode().strip()
+    except FileNotFoundError:
+        return None
+    return f"{str(run_dir).rstrip('/')}/checkpoints/{name}"
+
+
+def run_of(ckpt: str | Path) -> str:
+    """The run folder (local path or URL) a checkpoint belongs to: RUN/checkpoints/step-N -> RUN."""
+    return str(ckpt).rstrip("/").rsplit("/", 2)[0]
+
+
+def fetch_checkpoint(ckpt: str | Path) -> Path:
+    """A local folder with the checkpoint: itself, or (remote) a download cached by its URL."""
+    if not is_remote(ckpt):
+        return Path(ckpt)
+    url = str(ckpt).rstrip("/")
+    local = local_cache("checkpoints", hashlib.sha256(url.encode()).hexdigest()[:16], url.rsplit("/", 1)[-1])
+    if not (local / "state.json").exists():
+        if not filesystem(url).exists(f"{url}/state.json"):
+            raise IapError(f"checkpoint {url} is missing or incomplete (no state.json)")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        get_tree(url, local)
+    return local
+
+
 def read_checkpoint_meta(ckpt: str | Path) -> dict:
     """state.json of a checkpoint, after checking that its files exist and match their checksums."""
-    ckpt = Path(ckpt)
+    ckpt = fetch_checkpoint(ckpt)
     try:
         meta = json.loads((ckpt / "state.json").read_text())
         for rel, key in ((ENCODER_WEIGHTS, "encoder_sha256"), ("optimizer.safetensors", "optimizer_sha256")):
@@ -121,7 +197,8 @@ def read_checkpoint_meta(ckpt: str | Path) -> dict:
     return meta
 
 
-def load_checkpoint(ckpt: Path, encoder, optimizer) -> TrainState:
+def load_checkpoint(ckpt: str | Path, encoder, optimizer) -> TrainState:
+    ckpt = fetch_checkpoint(ckpt)
     meta = read_checkpoint_meta(ckpt)
     try:
         weights = load_file(ckpt / ENCODER_WEIGHTS)

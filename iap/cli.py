@@ -273,6 +273,8 @@ def data(
     from iap.data.download import DownloadConfig
     from iap.data.manifest import ManifestColumns
     from iap.data.pipeline import run_data
+    from iap.storage import check_reachable
+    check_reachable(out)
     from iap.data.snapshot import FilterConfig
     try:
         dl = DownloadConfig(image_size=image_size, min_image_size=min_image_size, timeout=timeout, retries=retries,

@@ -150,12 +150,12 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
     computed in the same run: the untrained encoder (when given) and the mismatched-caption level; with
     samples > 0, zh-vs-en generation metrics on that many held-out prompts (one per combo in the shapes
     world), and report.html in the run folder. Runs on the base's device, in its precision."""
-    from iap.checkpoint import check_lineage, read_checkpoint_meta
+    from iap.checkpoint import check_lineage, fetch_checkpoint, read_checkpoint_meta, run_of
     from iap.objective import make_objective
-    checkpoint = Path(checkpoint)
+    local = fetch_checkpoint(checkpoint)
     cfg = generation.model_copy(update={"batch_size": generation.batch_size or eval_batch_size(base)})
-    check_lineage(read_checkpoint_meta(checkpoint), base.source, f"checkpoint {checkpoint}")
-    encoder = _eval_encoder(base, checkpoint / "encoder")
+    check_lineage(read_checkpoint_meta(local), base.source, f"checkpoint {checkpoint}")
+    encoder = _eval_encoder(base, local / "encoder")
     held, rows = snapshot_source(base, encoder, snapshot, split, limit=cfg.pairs, batch_size=cfg.batch_size)
     teacher = Teacher(base)
     features = AttentionFeatures(base, teacher, held.latents[:4], weights, cfg.probe_positions)
@@ -173,9 +173,9 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
         from iap.report import write_report
         generated, pairs = generation_metrics(base, encoders, _one_per_combo(rows)[:cfg.samples], cfg, feature=feature)
         metrics |= generated
-        run_dir = checkpoint.parent.parent
-        metrics["report"] = str(write_report(run_dir / "report", f"IAP evaluation: {run_dir.name}/{checkpoint.name}",
-                                             metrics, pairs, run_dir / "loss_curve.png"))
+        run_dir = run_of(checkpoint)
+        title = f"IAP evaluation: {run_dir.rsplit('/', 1)[-1]}/{local.name}"
+        metrics["report"] = write_report(f"{run_dir}/report", title, metrics, pairs, f"{run_dir}/loss_curve.png")
     return metrics
 
 

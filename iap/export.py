@@ -12,13 +12,15 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer
 
-from iap.checkpoint import check_lineage, read_checkpoint_meta
+from iap.checkpoint import check_lineage, fetch_checkpoint, read_checkpoint_meta
 from iap.errors import IapError
 from iap.models.hub import is_local, revision
+from iap.storage import is_remote, put_tree
 
 CARD = """---
 library_name: diffusers
@@ -69,15 +71,30 @@ def _library_class(obj) -> list[str]:
     return [type(obj).__module__.split(".")[0], type(obj).__name__]
 
 
-def export_pipeline(checkpoint: str | Path, base_source: str, out: str | Path) -> Path:
-    checkpoint, out = Path(checkpoint), Path(out)
-    meta = read_checkpoint_meta(checkpoint)
-    fingerprint = check_lineage(meta, base_source, f"checkpoint {checkpoint}")
-    encoder = AutoModel.from_pretrained(checkpoint / "encoder", use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint / "encoder")
-    base = base_folder(base_source)
+def export_pipeline(checkpoint: str | Path, base_source: str, out: str | Path) -> Path | str:
+    """The pipeline folder at `out` (local or remote), visible only when complete: a local one appears by a
+    rename; a remote one is uploaded with model_index.json (what from_pretrained reads first) last."""
+    if is_remote(out):
+        with tempfile.TemporaryDirectory(prefix="iap-export-") as tmp:
+            _build(checkpoint, base_source, Path(tmp) / "pipeline", str(out))
+            put_tree(Path(tmp) / "pipeline", str(out), last="model_index.json")
+        return str(out)
+    out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    _build(checkpoint, base_source, tmp, out)
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(tmp, out)
+    return out
+
+
+def _build(checkpoint: str | Path, base_source: str, tmp: Path, out: str | Path) -> None:
+    local = fetch_checkpoint(checkpoint)
+    meta = read_checkpoint_meta(local)
+    fingerprint = check_lineage(meta, base_source, f"checkpoint {checkpoint}")
+    encoder = AutoModel.from_pretrained(local / "encoder", use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(local / "encoder")
+    base = base_folder(base_source)
     for sub in FROZEN:
         (tmp / sub).mkdir(parents=True)
         for f in sorted(Path(base, sub).iterdir()):
@@ -94,6 +111,3 @@ def export_pipeline(checkpoint: str | Path, base_source: str, out: str | Path) -
     (tmp / "iap_training.json").write_text(json.dumps(
         {"config": meta["config"], "lineage": meta.get("lineage", {}), "step": meta["step"],
          "encoder_sha256": meta["encoder_sha256"]}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.rename(tmp, out)
-    return out

@@ -8,11 +8,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import fsspec
+
+from iap.errors import IapError
 
 
 def filesystem(url: str) -> fsspec.AbstractFileSystem:
@@ -49,3 +54,69 @@ def create_exclusive(url: str, data: bytes, fs: fsspec.AbstractFileSystem | None
     except FileExistsError:
         return False
     return True
+
+
+def is_remote(url: str | os.PathLike) -> bool:
+    return "://" in str(url) and not str(url).startswith("file://")
+
+
+def local_cache(*parts: str) -> Path:
+    """A folder on this machine for what a remote output needs locally (presets, staged checkpoints):
+    $IAP_CACHE_DIR, else ~/.cache/iap."""
+    root = Path(os.environ.get("IAP_CACHE_DIR") or Path.home() / ".cache" / "iap")
+    return root.joinpath(*parts)
+
+
+def local_workdir(out: str) -> Path:
+    """Where a run under `out` keeps its local-only files: `out` itself when local, else a cache folder
+    named after the URL (so a re-run of the same remote output finds it again)."""
+    if not is_remote(out):
+        return Path(out)
+    return local_cache("work", hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:16])
+
+
+def put_tree(local: Path, url: str, last: str | None = None) -> None:
+    """Upload every file under `local` to `url`, the file named `last` (the commit marker) after all others."""
+    fs = filesystem(url)
+    files = sorted(p for p in Path(local).rglob("*") if p.is_file())
+    for path in sorted(files, key=lambda p: p.relative_to(local).as_posix() == last):
+        fs.put_file(str(path), f"{url.rstrip('/')}/{path.relative_to(local).as_posix()}")
+
+
+def get_tree(url: str, local: Path) -> Path:
+    """Download everything under `url` into `local`, atomically: a half download is never at `local`."""
+    fs = filesystem(url)
+    tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    base = url.rstrip("/")
+    for remote in fs.find(base):
+        rel = remote[len(fs._strip_protocol(base)):].lstrip("/")
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(tmp / rel))
+    try:
+        os.rename(tmp, local)
+    except OSError:  # another process finished the same download first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+def check_reachable(url: str, what: str = "output") -> None:
+    """One message when the storage behind `url` cannot be used (no endpoint, no bucket, no credentials),
+    before any work: a quick probe with no retries."""
+    if not is_remote(url):
+        return
+    protocol = url.split("://", 1)[0]
+    options = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 1}}} \
+        if protocol in ("s3", "s3a") else {}
+    fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    try:
+        fs.ls(bucket)
+    except FileNotFoundError as e:
+        raise IapError(f"{what} {url}: bucket '{bucket}' does not exist (create it first)") from e
+    except Exception as e:  # noqa: BLE001 - every storage failure is one message, never a traceback
+        endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IapError(f"{what} {url}: cannot use the storage ({first}); endpoint: {endpoint}; check "
+                       "AWS_ENDPOINT_URL, the credentials and the bucket name") from e

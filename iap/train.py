@@ -26,8 +26,11 @@ from accelerate import Accelerator
 
 from iap.checkpoint import (
     TrainState,
+    checkpoint_url,
     latest_checkpoint,
     load_checkpoint,
+    local_run,
+    push_checkpoint,
     read_checkpoint_meta,
     save_checkpoint,
 )
@@ -40,7 +43,7 @@ from iap.source import FrozenSource
 
 @dataclass
 class TrainResult:
-    checkpoint: Path
+    checkpoint: Path | str  # a URL for a remote run
     state: TrainState
     seconds: float
     samples_per_second: float
@@ -119,7 +122,7 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
     """Train `encoder` to minimise `objective(encoder(batch.zh_ids), batch)`; checkpoints in run_dir.
     `lineage` (base model fingerprint, data ids) is stored in every checkpoint; `empty` is needed when
     cfg.empty_prompt_fraction > 0."""
-    run_dir = Path(run_dir)
+    run_url, run_dir = str(run_dir), local_run(run_dir)  # a remote run trains in a local staging folder
     if cfg.empty_prompt_fraction > 0 and empty is None:
         raise IapError(f"empty_prompt_fraction={cfg.empty_prompt_fraction} needs the empty prompt's states "
                        "(pass empty=...), or set it to 0")
@@ -139,7 +142,7 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
     model, optimizer = accelerator.prepare(encoder, optimizer)
     order = DataOrder(source, cfg.batch_size, cfg.seed)
     config = cfg.model_dump(mode="json")
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = checkpoint_url(run_url, state.step) if latest_checkpoint(run_dir) else None
     window: list[torch.Tensor] = []
     start, start_step = time.perf_counter(), state.step
     while state.step < cfg.steps:
@@ -178,8 +181,9 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
             if accelerator.is_main_process:
                 ckpt = save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, state, config,
                                        cfg.keep_checkpoints, lineage or {})
+                push_checkpoint(ckpt, run_url, cfg.keep_checkpoints)
             accelerator.wait_for_everyone()
-            ckpt = run_dir / "checkpoints" / f"step-{state.step:06d}"
+            ckpt = checkpoint_url(run_url, state.step)
     elapsed = time.perf_counter() - start
     done = state.step - start_step
     return TrainResult(checkpoint=ckpt, state=state, seconds=elapsed,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from iap.storage import write_atomic
 
 
 def funnel(rows: list[dict], snapshot_id: str) -> None:
@@ -25,7 +25,10 @@ def lineage(items: dict) -> None:
     markdown("iap-lineage", "\n".join(lines), "every upstream id and URL of this run")
 
 
-def loss_curve_png(losses: list[tuple[int, float]], path: Path) -> Path:
+def loss_curve_png(losses: list[tuple[int, float]], url: str) -> str:
+    """The training loss curve as a PNG at `url` (local or remote)."""
+    import io
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -37,6 +40,8 @@ def loss_curve_png(losses: list[tuple[int, float]], path: Path) -> Path:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    return path
+    write_atomic(url, png.getvalue())
+    return url

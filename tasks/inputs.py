@@ -13,6 +13,7 @@ from iap.errors import IapError
 from iap.models.base import check_source, weights_fingerprint
 from iap.models.hub import check_pair
 from iap.models.presets import resolve
+from iap.storage import check_reachable, local_workdir
 
 
 @task
@@ -22,9 +23,10 @@ def check_inputs(out: str, base: str, zh_encoder: str, manifest: str | None, sna
     the encoder's width against the UNet's (hub ids: config files only, at the pinned revision)."""
     if sum(x is not None and x != 0 for x in (manifest, snapshot, synthetic or None)) != 1:
         raise IapError("give exactly one data source: manifest, snapshot or synthetic (a row count)")
+    check_reachable(out)
     if not base.startswith("preset:"):  # check user paths before writing anything
         check_source(base)
-    base, zh_encoder = resolve(base, zh_encoder, out)
+    base, zh_encoder = resolve(base, zh_encoder, local_workdir(out))  # presets are local files
     check_pair(base, zh_encoder)
     return base, zh_encoder, weights_fingerprint(base)
 
@@ -33,7 +35,7 @@ def _stable_server(folder: Path, out: str):
     """Serve on a port derived from `out` (the next free one if taken), so URLs repeat across runs."""
     from iap.data.synth import serve
     folder.mkdir(parents=True, exist_ok=True)
-    start = 20000 + int(hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest(), 16) % 20000
+    start = 20000 + int(hashlib.sha256(str(local_workdir(out).resolve()).encode()).hexdigest(), 16) % 20000
     for port in range(start, start + 50):
         try:
             return serve(folder, port), port
@@ -49,7 +51,7 @@ def synthetic_manifest(out: str, rows: int) -> Iterator[str | None]:
         yield None
         return
     from iap.data.synth import write_synth
-    folder = Path(out) / "synthetic"
+    folder = local_workdir(out) / "synthetic"  # served from this machine whatever `out` is
     server, port = _stable_server(folder, out)
     manifest = folder / "manifest.parquet"
     stamp = folder / f"written-{rows}-{port}"

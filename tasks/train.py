@@ -15,7 +15,7 @@ from iap.profile import stage
 from iap.runtime import detect
 from iap.train import train
 from iap.wiring import from_cache
-from tasks import PERSIST, artifacts, by_key
+from tasks import PERSIST, artifacts, asset_url, by_key
 from tasks.data import PLACEHOLDER_ASSET
 from tasks.models import base_model
 
@@ -36,8 +36,8 @@ def train_encoder(key: str, cache_url: str, base: str, zh_encoder: str, run_dir:
         result = train(config, run.encoder, run.objective, run.source, run_dir, log=log.info, lineage=lineage,
                        empty=run.empty, on_step=lambda s: update_progress_artifact(progress, 100.0 * s.step / config.steps))
         record["samples"] = result.state.step * config.batch_size * config.grad_accum
-    curve = artifacts.loss_curve_png(result.state.losses, Path(run_dir) / "loss_curve.png")
-    artifacts.markdown("iap-loss-curve", f"![loss curve]({curve.resolve().as_uri()})\n\nPNG: `{curve}`\n\n"
+    curve = artifacts.loss_curve_png(result.state.losses, f"{run_dir.rstrip('/')}/loss_curve.png")
+    artifacts.markdown("iap-loss-curve", f"![loss curve]({asset_url(curve)})\n\nPNG: `{curve}`\n\n"
                        f"final loss {result.state.losses[-1][1]:.6f} after {result.state.step} steps, "
                        f"{result.samples_per_second:.1f} samples/s", "training loss curve")
     return {"checkpoint": str(result.checkpoint), "checkpoint_id": checkpoint_id(result.checkpoint),
@@ -54,7 +54,7 @@ def _train_launched(cache_url: str, base: str, zh_encoder: str, run_dir: str, co
     import tempfile
     import time
 
-    from iap.checkpoint import latest_checkpoint, read_checkpoint_meta
+    from iap.checkpoint import committed_checkpoint, read_checkpoint_meta
     from iap.launch import run_launched
     log = get_run_logger()
     started = time.perf_counter()
@@ -64,10 +64,10 @@ def _train_launched(cache_url: str, base: str, zh_encoder: str, run_dir: str, co
         run_launched(["train", "--base", base, "--zh-encoder", zh_encoder, "--out", run_dir, "--cache", cache_url,
                       "--config", str(config_file), "--lineage", json.dumps(lineage)],
                      config.num_processes, config.accelerate_config, log=log.info)
-    ckpt = latest_checkpoint(Path(run_dir))
+    ckpt = committed_checkpoint(run_dir)
     state = read_checkpoint_meta(ckpt)
     seconds = time.perf_counter() - started
-    curve = artifacts.loss_curve_png(state["losses"], Path(run_dir) / "loss_curve.png")
+    curve = artifacts.loss_curve_png(state["losses"], f"{run_dir.rstrip('/')}/loss_curve.png")
     return {"checkpoint": str(ckpt), "checkpoint_id": checkpoint_id(ckpt), "steps": state["step"],
             "seconds": round(seconds, 1), "samples_per_second": round(state["step"] * config.batch_size / seconds, 1),
             "losses": state["losses"], "loss_curve": str(curve)}

@@ -193,3 +193,89 @@ def test_image_bombs_and_trickling_servers_are_bounded(served, tmp_path):
     assert "not decoded" in report.failure_examples["too_large"]
     assert "whole request" in report.failure_examples["timeout"]
     assert sent is not None and sent < image.stat().st_size  # the download ended long before the trickle would
+
+
+S3_TRAIN_CONFIG = {
+    "download": {"image_size": 32, "min_image_size": 16, "timeout": 5},
+    "filter": {"split_key": "combo", "val_fraction": 0.3, "test_fraction": 0.0},
+    "cache": {"policy": "recompute", "draws": 1},
+    "train": {"steps": 4, "batch_size": 8, "warmup_steps": 1, "checkpoint_every": 2, "keep_checkpoints": 1,
+              "log_every": 2},
+    "evaluate": {"samples": 2, "steps": 2, "pairs": 8},
+    "gate": {"floor": 0.0},
+}
+
+
+def test_iap_train_into_s3_leaves_nothing_local_and_records_urls_that_exist(s3, tmp_path):
+    """`iap train --out s3://...` through the iap-train flow: every output (snapshot, cache, run, checkpoint,
+    report, pipeline, registry) in the bucket, every URL the registry records exists, and nothing is written
+    locally outside the cache folder (presets, staged checkpoints)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    work, cache = tmp_path / "cwd", tmp_path / "iap-cache"
+    work.mkdir()
+    (tmp_path / "train.json").write_text(json.dumps(S3_TRAIN_CONFIG))
+    iap = str(Path(sys.executable).with_name("iap"))
+    r = subprocess.run([iap, "train", "--out", "s3://iap-test/x", "--base", "preset:tiny", "--zh-encoder", "preset:tiny",
+                        "--synthetic", "60", "--config", str(tmp_path / "train.json")], cwd=work, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "IAP_CACHE_DIR": str(cache)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert not list(work.iterdir())  # no 's3:' folder, nothing
+    entries = [json.loads(s3.cat_file(p)) for p in s3.glob("iap-test/x/registry/entries/*.json")]
+    assert len(entries) == 1
+    urls = []
+
+    def collect(value) -> None:
+        if isinstance(value, str) and "://" in value:
+            urls.append(value)
+        elif isinstance(value, dict):
+            [collect(v) for v in value.values()]
+        elif isinstance(value, list):
+            [collect(v) for v in value]
+    collect(entries[0])
+    assert {u.split("://")[0] for u in urls} == {"s3"}, urls
+    assert all(s3.exists(u) for u in urls), [u for u in urls if not s3.exists(u)]
+    pipeline = entries[0]["pipeline_url"]
+    assert s3.exists(f"{pipeline}/model_index.json") and s3.exists(f"{pipeline}/text_encoder/model.safetensors")
+    run = entries[0]["checkpoint_url"].rsplit("/checkpoints/", 1)[0]
+    assert s3.exists(f"{run}/report/report.html") and s3.exists(f"{run}/loss_curve.png")
+    assert s3.cat_file(f"{run}/checkpoints/latest").decode() == "step-000004"
+    assert not s3.exists(f"{run}/checkpoints/step-000002")  # keep_checkpoints=1, remotely too
+
+
+@pytest.mark.parametrize("endpoint, match", [
+    ("closed-port", "cannot use the storage"),
+    ("moto", "bucket 'no-such-bucket' does not exist"),
+])
+def test_unusable_storage_is_one_message(s3, served, monkeypatch, endpoint, match):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+    if endpoint == "closed-port":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    bucket = "no-such-bucket" if endpoint == "moto" else "iap-test"
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "data", "--manifest", str(served), "--out",
+                        f"s3://{bucket}/data"], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    output = (r.stdout + r.stderr).strip()
+    assert r.returncode == 2 and match in output and len(output.splitlines()) <= 3, output
+    assert "testing" not in output  # never the credentials
+
+
+def test_library_cli_data_into_s3_counts_the_shards_it_wrote(s3, served, tmp_path):
+    """`python -m iap data` watches img2dataset's progress by listing the bucket; that listing must not
+    hide the shards from the final count."""
+    import os
+    import subprocess
+    import sys
+    few = tmp_path / "few.parquet"
+    pq.write_table(pq.read_table(served).slice(0, 6), few)
+    r = subprocess.run([sys.executable, "-m", "iap", "data", "--manifest", str(few), "--out", "s3://iap-test/d",
+                        "--image-size", "32", "--min-image-size", "16", "--val-fraction", "0", "--test-fraction", "0"],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    snapshots = s3.glob("iap-test/d/snapshots/*/snapshot.json")
+    assert len(snapshots) == 1 and json.loads(s3.cat_file(snapshots[0]))["rows"]["total"] == 6

@@ -108,6 +108,8 @@ def _join(*parts: str) -> str:
 def _count_rows(fs: fsspec.AbstractFileSystem, shards_urls: list[str], keys: pa.Array | None,
                 input_rows: int) -> tuple[int, Counter, dict]:
     """Successes and failures by reason of the rows (with `keys`, only those) in the shards."""
+    for url in shards_urls:  # img2dataset wrote them from other processes: a cached listing is stale
+        fs.invalidate_cache(url)
     files = sorted(f for url in shards_urls for f in fs.glob(_join(url, "*.parquet")))
     if not files:
         raise IapError(f"img2dataset wrote no shard under {shards_urls}")
@@ -131,6 +133,7 @@ def _count_rows(fs: fsspec.AbstractFileSystem, shards_urls: list[str], keys: pa.
 def _watch_progress(fs, shards_url: str, total: int, on_progress, stop: threading.Event) -> None:
     while not stop.wait(0.5):
         try:
+            fs.invalidate_cache(shards_url)
             on_progress(len(fs.glob(_join(shards_url, "*_stats.json"))), total)
         except OSError:
             pass

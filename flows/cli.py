@@ -57,14 +57,16 @@ def demo(workdir: Annotated[Path, typer.Option(help="where everything goes")] = 
 @app.command()
 def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path, glob or s3:// URL")],
          out: Annotated[str, typer.Option(help="output root, local or s3://")],
-         config: Annotated[Path | None, typer.Option(help="JSON with download/filter/columns sections")] = None) -> None:
+         config: Annotated[Path | None, typer.Option(
+             help="JSON with download/filter/columns/english sections")] = None) -> None:
     """Run the iap-data flow: img2dataset download + DuckDB filter into a snapshot."""
     from flows.data import iap_data
-    from iap.data.manifest import read_manifest
+    from iap.data.manifest import load_manifest
     from iap.storage import check_reachable
-    sections = _sections(config, ("download", "filter", "columns"))
+    sections = _sections(config, ("download", "filter", "columns", "english"))
     check_reachable(out)  # bad storage or a bad manifest: one message, before the flow starts
-    read_manifest(manifest, sections.get("columns"))
+    english = sections.get("english")
+    load_manifest(manifest, sections.get("columns"), require_english=not (english and english.active))
     snapshot = iap_data(manifest, out, **sections)
     library_cli.print_funnel(snapshot)
 
@@ -97,38 +99,57 @@ def train(out: Annotated[str, typer.Option(help="output root of the whole pipeli
           base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5", zh_encoder: str = "hfl/chinese-roberta-wwm-ext",
           manifest: str | None = None, snapshot: str | None = None, synthetic: int = 0,
           config: Annotated[Path | None, typer.Option(
-              help="JSON with download/filter/cache/train/gate/columns/evaluate sections")] = None) -> None:
+              help="JSON with download/filter/cache/train/gate/columns/evaluate/english sections")] = None) -> None:
     """Run the full iap-train flow: data -> precompute -> train -> evaluate -> export -> register."""
     from flows.train import iap_train
     from tasks.inputs import check_inputs
     check_inputs.fn(out, base, zh_encoder, manifest, snapshot, synthetic)  # one message, before the flow starts
     result = iap_train(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest, snapshot=snapshot,
                        synthetic=synthetic,
-                       **_sections(config, ("download", "filter", "cache", "train", "gate", "columns", "evaluate")))
+                       **_sections(config, ("download", "filter", "cache", "train", "gate", "columns", "evaluate",
+                                            "english")))
     console.print(f"checkpoint {result['checkpoint_id']}: {result['status']} ({result['reason']})\n"
                   f"pipeline: {result['pipeline_dir']}")
 
 
 @app.command()
-def evaluate(checkpoint: str, snapshot: Annotated[str, typer.Option(help="snapshot URL")],
-             base: Annotated[str, typer.Option(help="the base model the checkpoint was trained for")],
-             untrained: str | None = None, split: str = "val") -> None:
-    """Run the iap-evaluate flow on any checkpoint and snapshot split."""
+def evaluate(checkpoint: str, base: Annotated[str, typer.Option(help="the base model the checkpoint was trained for")],
+             snapshot: Annotated[str | None, typer.Option(help="snapshot URL (its --split is evaluated)")] = None,
+             manifest: Annotated[str | None, typer.Option(
+                 help="an evaluation set instead (image URL + Chinese + English, e.g. COCO-CN), downloaded whole")]
+             = None,
+             out: Annotated[str | None, typer.Option(help="with --manifest: where its data goes")] = None,
+             untrained: str | None = None, split: str = "val",
+             config: Annotated[Path | None, typer.Option(
+                 help="JSON with download/filter/columns/evaluate sections")] = None) -> None:
+    """Run the iap-evaluate flow on any checkpoint: a snapshot split, or an evaluation manifest."""
     from flows.evaluate import iap_evaluate
     from iap.checkpoint import read_checkpoint_meta
+    from iap.data.manifest import load_manifest
     from iap.data.snapshot import open_snapshot
+    if (snapshot is None) == (manifest is None) or (manifest and not out):
+        raise IapError("give --snapshot, or --manifest with --out")
+    sections = _sections(config, ("download", "filter", "columns", "evaluate"))
     read_checkpoint_meta(checkpoint)  # missing inputs: one message, before the flow starts
-    open_snapshot(snapshot)
-    for k, v in iap_evaluate(checkpoint, snapshot, base, untrained, split).items():
+    if snapshot:
+        open_snapshot(snapshot)
+    else:
+        load_manifest(manifest, sections.get("columns"))
+    generation = sections.pop("evaluate", None)
+    for k, v in iap_evaluate(checkpoint, snapshot, base, untrained, split, manifest=manifest, out=out,
+                             **({"generation": generation} if generation else {}), **sections).items():
         console.print(f"{k:32} {v}")
 
 
 @server_app.command("up")
-def server_up(port: int = 4200, out: str = "runs/prefect") -> None:
+def server_up(port: int = 4200, out: str = "runs/prefect",
+              manifest: Annotated[str | None, typer.Option(
+                  help="manifest of the daily iap-data/refresh (else $IAP_MANIFEST; paused when it does not exist)")]
+              = None) -> None:
     """Start a Prefect server on 127.0.0.1, a process pool, all deployments and a worker."""
     from iap.server import up
-    state = up(port, out)
-    console.print(f"Prefect UI: {state['api'].removesuffix('/api')}\n"
+    state = up(port, out, manifest=manifest)
+    console.print(f"Prefect UI: {state['api'].removesuffix('/api')}\n{state['refresh']}\n"
                   f"export PREFECT_API_URL={state['api']}\n"
                   "prefect deployment run iap-train/smoke --watch")
 
@@ -171,12 +192,13 @@ def _config_class(name: str):
     from iap.cache import CacheConfig
     from iap.config import TrainConfig
     from iap.data.download import DownloadConfig
+    from iap.data.english import EnglishConfig
     from iap.data.manifest import ManifestColumns
     from iap.data.snapshot import FilterConfig
     from iap.evaluate import EvalConfig
     from iap.registry import GateConfig
     return {"download": DownloadConfig, "filter": FilterConfig, "cache": CacheConfig, "train": TrainConfig,
-            "gate": GateConfig, "columns": ManifestColumns, "evaluate": EvalConfig}[name]
+            "gate": GateConfig, "columns": ManifestColumns, "evaluate": EvalConfig, "english": EnglishConfig}[name]
 
 
 def main() -> None:

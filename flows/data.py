@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from iap.data.download import DownloadConfig
+from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
 from tasks import artifacts, asset_url
@@ -13,11 +14,12 @@ from tasks.data import download_shards, filter_snapshot, plan_download, plan_fil
 
 @flow(name="iap-data", log_prints=True)
 def iap_data(manifest: str, out: str, download: DownloadConfig = DownloadConfig(),
-             filter: FilterConfig = FilterConfig(), columns: ManifestColumns = ManifestColumns()) -> dict:  # noqa: A002
-    planned = plan_download(manifest, out, download, columns)
+             filter: FilterConfig = FilterConfig(), columns: ManifestColumns = ManifestColumns(),  # noqa: A002
+             english: EnglishConfig = EnglishConfig()) -> dict:
+    planned = plan_download(manifest, out, download, columns, english)
     # img2dataset must run in this (main) thread: call the task, never .submit() it
     report = download_shards.with_options(assets=[asset_url(planned["raw_url"])], asset_deps=[asset_url(manifest)])(
-        planned["id"], manifest, out, download, columns)
+        planned["id"], manifest, out, download, columns, english)
     planned_snapshot = plan_filter(report, out, filter)
     snapshot = filter_snapshot.with_options(assets=[asset_url(planned_snapshot["url"])],
                                             asset_deps=[asset_url(planned["raw_url"])])(

@@ -12,6 +12,7 @@ from flows.precompute import iap_precompute
 from iap.cache import CacheConfig
 from iap.config import TrainConfig
 from iap.data.download import DownloadConfig
+from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
 from iap.evaluate import EvalConfig
@@ -32,11 +33,12 @@ def iap_train(
     download: DownloadConfig = DownloadConfig(), filter: FilterConfig = FilterConfig(),  # noqa: A002
     cache: CacheConfig = CacheConfig(), train: TrainConfig = TrainConfig(), gate: GateConfig = GateConfig(),
     columns: ManifestColumns = ManifestColumns(), evaluate: EvalConfig = EvalConfig(),
+    english: EnglishConfig = EnglishConfig(),
 ) -> dict:
     base, zh_encoder, fingerprint = check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
     if snapshot is None:
         with synthetic_manifest(out, synthetic) as synth:
-            snapshot = iap_data(synth or manifest, f"{out}/data", download, filter, columns)["url"]
+            snapshot = iap_data(synth or manifest, f"{out}/data", download, filter, columns, english)["url"]
     info = iap_precompute(snapshot, base, f"{out}/cache", cache, train.mixed_precision)
     run_key = hashlib.sha256(f"{info['key']}:{zh_encoder}:{train.identity()}".encode()).hexdigest()[:16]
     run_dir = f"{out}/runs/{run_key}"

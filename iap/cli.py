@@ -258,6 +258,10 @@ def data(
     url_col: str = "url", caption_zh_col: str = "caption_zh", caption_en_col: str = "caption_en",
     key_col: str = "key",
     encoding: Annotated[str, typer.Option(help="text encoding of a CSV/TSV/JSONL manifest (e.g. gbk)")] = "utf-8",
+    en_join: Annotated[str | None, typer.Option(help="table with English captions for a Chinese-only manifest")] = None,
+    en_join_on: Annotated[str, typer.Option(help="column both tables share: url or key")] = "url",
+    translate: Annotated[str | None, typer.Option(
+        help="translation model for rows without English (HF id, folder, preset:tiny-mt)")] = None,
     image_size: int = 256, min_image_size: int = 0, timeout: int = 10, retries: int = 0,
     processes: int = 1, threads: int = 16, output_format: str = "parquet", distributor: str = "multiprocessing",
     where: Annotated[str | None, typer.Option(help="extra SQL predicate over row columns")] = None,
@@ -271,6 +275,7 @@ def data(
     from rich.progress import Progress
 
     from iap.data.download import DownloadConfig
+    from iap.data.english import EnglishConfig
     from iap.data.manifest import ManifestColumns
     from iap.data.pipeline import run_data
     from iap.storage import check_reachable
@@ -284,13 +289,15 @@ def data(
                            min_side=min_side, max_aspect=max_aspect)
         cols = ManifestColumns(url=url_col, caption_zh=caption_zh_col, caption_en=caption_en_col, key=key_col,
                                encoding=encoding)
+        english = EnglishConfig(join=en_join, join_on=en_join_on, translate=translate)
     except ValidationError as e:
         err = e.errors()[0]
         raise IapError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("downloading shards", total=None)
         report, snapshot = run_data(manifest, out, dl, flt, cols,
-                                    on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+                                    on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                                    english=english)
     print_funnel(asdict(snapshot))
 
 
@@ -386,8 +393,12 @@ def registry_promote(checkpoint_id: str, registry: REGISTRY_OPT) -> None:
 
 
 def run(typer_app: typer.Typer) -> None:
-    """Run a CLI app; a user error (IapError) is one line on stderr and exit code 2."""
+    """Run a CLI app; a user error (IapError) is one line on stderr and exit code 2. What the command
+    starts ends with it, however it ends (iap.reaper)."""
     from diffusers.utils import logging as diffusers_logging
+
+    from iap.reaper import start_reaper
+    start_reaper()
     diffusers_logging.disable_progress_bar()
     try:
         typer_app()

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import fsspec
 
 from iap.errors import IapError
 
@@ -39,8 +42,12 @@ def _prefect(env: dict, *args: str, timeout: int = 120) -> str:
     return r.stdout
 
 
-def up(port: int = 4200, out: str = "runs/prefect", pool: str = "local-pool") -> dict:
+def up(port: int = 4200, out: str = "runs/prefect", pool: str = "local-pool", manifest: str | None = None) -> dict:
+    """Server, pool, every deployment and a worker. `iap-data/refresh` is scheduled only when its manifest
+    (`manifest`, else $IAP_MANIFEST) exists; otherwise its schedule is paused, and `refresh` says so."""
     env = local_env(port, out, pool)
+    if manifest:
+        env["IAP_MANIFEST"] = manifest
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     exe = str(Path(sys.executable).with_name("prefect"))
     logs = Path(env["PREFECT_HOME"])
@@ -51,9 +58,27 @@ def up(port: int = 4200, out: str = "runs/prefect", pool: str = "local-pool") ->
     _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
     worker = subprocess.Popen([exe, "worker", "start", "--pool", pool, "--type", "process"], env=env,
                               stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    state = {"server": server.pid, "worker": worker.pid, "api": env["PREFECT_API_URL"], "home": env["PREFECT_HOME"]}
+    state = {"server": server.pid, "worker": worker.pid, "api": env["PREFECT_API_URL"], "home": env["PREFECT_HOME"],
+             "refresh": _refresh_schedule(env)}
     (logs / "iap-server.json").write_text(json.dumps(state))
     return state
+
+
+def _refresh_schedule(env: dict) -> str:
+    """Leave iap-data/refresh's daily schedule on only if its manifest exists: a schedule that can only fail
+    (and be retried) every night is worse than none."""
+    manifest = env["IAP_MANIFEST"]
+    try:
+        exists = fsspec.get_fs_token_paths(manifest)[0].exists(manifest)
+    except Exception:  # noqa: BLE001 - unreachable storage: treated as missing, and said so
+        exists = False
+    if exists:
+        return f"iap-data/refresh scheduled daily (03:00 UTC) on {manifest}"
+    listing = _prefect(env | {"COLUMNS": "300"}, "deployment", "schedule", "ls", "iap-data/refresh")  # whole ids
+    for schedule_id in re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", listing):
+        _prefect(env, "deployment", "schedule", "pause", "iap-data/refresh", schedule_id)
+    return (f"iap-data/refresh paused: its manifest {manifest} does not exist; run `iap server up --manifest URL`"
+            " (or set IAP_MANIFEST) to schedule it")
 
 
 def down(home: str | None = None) -> None:

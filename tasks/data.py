@@ -9,8 +9,9 @@ from prefect.assets import materialize
 
 from iap.data.download import DownloadConfig, DownloadReport, download
 from iap.data.download import plan_download as plan
-from iap.data.manifest import ManifestColumns, load_manifest, read_manifest
-from iap.data.pipeline import download_funnel
+from iap.data.english import EnglishConfig, load_triples
+from iap.data.manifest import ManifestColumns
+from iap.data.pipeline import download_funnel, manifest_lineage
 from iap.data.snapshot import FilterConfig, build_snapshot, plan_snapshot
 from iap.profile import stage
 from tasks import PERSIST, by_key
@@ -19,10 +20,11 @@ PLACEHOLDER_ASSET = "file:///iap/placeholder"  # replaced per call by with_optio
 
 
 @materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
-def download_shards(key: str, manifest: str, out: str, config: DownloadConfig, columns: ManifestColumns) -> dict:
+def download_shards(key: str, manifest: str, out: str, config: DownloadConfig, columns: ManifestColumns,
+                    english: EnglishConfig = EnglishConfig()) -> dict:
     """img2dataset download; `key` is the download id. Call it directly (main thread), never .submit()."""
     with stage("download"):
-        return asdict(download(load_manifest(manifest, columns), out, config))
+        return asdict(download(load_triples(manifest, columns, english, out), out, config))
 
 
 @task(retries=2, retry_delay_seconds=5)
@@ -37,11 +39,14 @@ def filter_snapshot(key: str, report: dict, out: str, config: FilterConfig) -> d
     """DuckDB filter into a snapshot; `key` is the snapshot id."""
     rep = DownloadReport(**report)
     with stage("filter"):
-        return asdict(build_snapshot(rep.parts, out, config, download_funnel(rep), rep.keys_url))
+        return asdict(build_snapshot(rep.parts, out, config, download_funnel(rep), rep.keys_url,
+                                     manifest_lineage(rep)))
 
 
 @task(retries=2, retry_delay_seconds=5)
-def plan_download(manifest: str, out: str, config: DownloadConfig, columns: ManifestColumns) -> dict:
-    """The download id and URL from the manifest's content (cheap next to downloading)."""
-    download_id, raw_url = plan(read_manifest(manifest, columns), out, config)
+def plan_download(manifest: str, out: str, config: DownloadConfig, columns: ManifestColumns,
+                  english: EnglishConfig = EnglishConfig()) -> dict:
+    """The download id and URL from the manifest's content (cheap next to downloading; translations are
+    cached, so the download task reuses them)."""
+    download_id, raw_url = plan(load_triples(manifest, columns, english, out).table, out, config)
     return {"id": download_id, "raw_url": raw_url}

@@ -279,3 +279,92 @@ def test_library_cli_data_into_s3_counts_the_shards_it_wrote(s3, served, tmp_pat
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     snapshots = s3.glob("iap-test/d/snapshots/*/snapshot.json")
     assert len(snapshots) == 1 and json.loads(s3.cat_file(snapshots[0]))["rows"]["total"] == 6
+
+
+def test_a_killed_iap_data_leaves_no_child_process(served, tmp_path):
+    """kill -9 of `iap data` mid-download: its temporary Prefect server and img2dataset workers end too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "data", "--manifest", str(served),
+                             "--out", str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ))
+    command, deadline = psutil.Process(proc.pid), time.time() + 180
+    children: dict[int, psutil.Process] = {}
+    while time.time() < deadline and proc.poll() is None:  # until img2dataset's spawned workers run
+        for c in command.children(recursive=True):
+            children.setdefault(c.pid, c)
+        if any("multiprocessing" in " ".join(c.cmdline()) for c in children.values() if c.is_running()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the data command ended before its workers could be seen"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs([c for c in children.values() if c.is_running()], timeout=60)
+    alive = [c for c in alive if c.status() != psutil.STATUS_ZOMBIE and "iap.reaper" not in " ".join(c.cmdline())]
+    assert not alive, [" ".join(c.cmdline())[:120] for c in alive]
+
+
+def test_a_chinese_only_manifest_gets_english_by_join_and_by_translation(served, tmp_path, monkeypatch):
+    """Wukong-style rows (url + Chinese only): 4 get English from a companion table joined on URL, the
+    rest from the tiny MarianMT preset; each row says which, the snapshot records the model, and a re-run
+    reuses the cached translations."""
+    from iap.data.english import EnglishConfig
+    from iap.models import translator
+    monkeypatch.setenv("IAP_CACHE_DIR", str(tmp_path / "cache"))
+    good = pq.read_table(served).to_pylist()[:6]
+    pq.write_table(pa.Table.from_pylist([{"url": r["url"], "caption_zh": r["caption_zh"]} for r in good]),
+                   tmp_path / "wukong.parquet")
+    pq.write_table(pa.Table.from_pylist([{"url": r["url"], "en": r["caption_en"]} for r in good[:4]]),
+                   tmp_path / "translated.parquet")
+    english = EnglishConfig(join=str(tmp_path / "translated.parquet"), join_caption="en", translate="preset:tiny-mt")
+    cfg = FILTER.model_copy(update={"val_fraction": 0, "test_fraction": 0})
+    report, snapshot = run_data(str(tmp_path / "wukong.parquet"), str(tmp_path / "out"), DOWNLOAD, cfg, english=english)
+    rows = pq.read_table(f"{snapshot.url}/{snapshot.shards['train'][0]}").to_pylist()
+    assert snapshot.rows["total"] == 6 and sorted(r["en_source"] for r in rows) == ["join"] * 4 + ["mt"] * 2
+    by_url = {r["url"]: r for r in good}
+    assert all(r["caption_en"] == by_url[r["url"]]["caption_en"] for r in rows if r["en_source"] == "join")
+    assert all(r["caption_en"] for r in rows)
+    recorded = snapshot.inputs["manifest"]["english"]
+    assert recorded["translate"]["model"] == "preset:tiny-mt" and recorded["translate"]["rows"] == 2
+    assert recorded["join"]["rows"] == 4
+    assert len(list((tmp_path / "out" / "translations").rglob("*.parquet"))) == 1
+    monkeypatch.setattr(translator.Translator, "translate", lambda *a, **k: pytest.fail("translated again"))
+    again = run_data(str(tmp_path / "wukong.parquet"), str(tmp_path / "out"), DOWNLOAD, cfg, english=english)[1]
+    assert again.id == snapshot.id
+
+
+def test_rows_left_without_english_are_counted(tmp_path):
+    from iap.data.english import EnglishConfig, load_triples
+    pq.write_table(pa.Table.from_pylist([{"url": r["url"], "caption_zh": r["caption_zh"]} for r in ROWS]),
+                   tmp_path / "zh.parquet")
+    pq.write_table(pa.Table.from_pylist([{"url": r["url"], "caption_en": r["caption_en"]} for r in ROWS[:2]]),
+                   tmp_path / "en.parquet")
+    m = load_triples(str(tmp_path / "zh.parquet"), english=EnglishConfig(join=str(tmp_path / "en.parquet")))
+    assert m.num_rows == 2 and m.skipped == {"no_english": 4} and m.table["en_source"].to_pylist() == ["join"] * 2
+    with pytest.raises(IapError, match="column 'caption_en'"):
+        load_manifest(str(tmp_path / "zh.parquet"))  # without an English source: one message, as before
+
+
+def test_iap_evaluate_on_an_evaluation_manifest(demo_summary, served, tmp_path):
+    """A COCO-CN-style set (image + zh + en) evaluated whole instead of a held-out split: downloaded into
+    its own snapshot (every row in `test`, several captions of one image kept) and scored."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    (tmp_path / "eval.json").write_text(json.dumps({"download": {"image_size": 32, "min_image_size": 16, "timeout": 2},
+                                                    "evaluate": {"samples": 0, "pairs": 16}}))
+    iap = str(Path(sys.executable).with_name("iap"))
+    from iap.models.presets import SHAPES_TEACHER
+    r = subprocess.run([iap, "evaluate", demo_summary["checkpoint"], "--base", str(SHAPES_TEACHER),
+                        "--manifest", str(served), "--out", str(tmp_path / "out"), "--config", str(tmp_path / "eval.json")],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    snapshot = json.loads(next((tmp_path / "out" / "eval-data" / "snapshots").glob("*/snapshot.json")).read_text())
+    assert snapshot["rows"]["test"] == snapshot["rows"]["total"] > 0 and snapshot["config"]["dedup_image"] is False
+    assert "heldout_loss" in r.stdout and "retrieval_top1" in r.stdout

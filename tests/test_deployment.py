@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -23,31 +21,19 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """`iap server up` (server, pool, every deployment, worker) with this session's state folders."""
+    from unittest import mock
+
+    from iap.server import down, local_env, up
     home, out = tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("iap-out")
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "2", "PWD": str(ROOT),
-           "IAP_CHECKOUT": str(ROOT), "IAP_OUT": str(out), "IAP_WORK_POOL": "local-pool",
-           "IAP_GPU_WORK_POOL": "local-pool", "IAP_MANIFEST": str(out / "manifest.parquet"),
-           "IAP_RESULTS_DIR": str(home / "results"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    subprocess.run([PREFECT, "server", "status", "--wait", "--timeout", "120"], env=env, check=True,
-                   capture_output=True, timeout=150)
-    prefect(env, "work-pool", "create", "local-pool", "--type", "process", "--overwrite")
-    prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
-    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "local-pool", "--type", "process"], env=env,
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    own = {"PREFECT_HOME": str(home), "IAP_RESULTS_DIR": str(home / "results"), "HF_HUB_OFFLINE": "1",
+           "IAP_MANIFEST": str(out / "manifest.parquet")}  # does not exist: the refresh schedule stays paused
+    with mock.patch.dict(os.environ, own):
+        state = up(port, str(out))
+        env = local_env(port, str(out)) | {"IAP_REFRESH": state["refresh"]}
     yield env, out
-    for _ in range(2):  # a worker exits on the second SIGINT
-        worker.send_signal(signal.SIGINT)
-        time.sleep(1)
-    worker.kill()
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    down(str(home))
 
 
 def prefect(env: dict, *args: str, check: bool = True, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -128,6 +114,13 @@ def test_artifacts_and_asset_lineage(smoke_runs):
     runs = [k for k in upstream if "/smoke/runs/" in k]
     assert runs and any("/smoke/cache/cache-" in u for u in upstream[runs[0]])
     assert (Path(next(iter(out.glob("smoke/runs/*")))) / "loss_curve.png").exists()
+
+
+def test_refresh_without_a_manifest_is_deployed_paused_and_says_so(server):
+    env, _ = server
+    assert "iap-data/refresh paused" in env["IAP_REFRESH"] and "does not exist" in env["IAP_REFRESH"]
+    schedules = api(env, "GET", "/deployments/name/iap-data/refresh")["schedules"]
+    assert schedules and not any(s["active"] for s in schedules)
 
 
 def test_bad_parameter_fails_at_start_with_the_message_and_no_outputs(server, tmp_path):

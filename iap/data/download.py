@@ -77,6 +77,7 @@ class DownloadReport:
     manifest_rows: int = 0  # rows in the manifest's files, before duplicates and unreadable lines
     skipped: dict[str, int] = field(default_factory=dict)  # the manifest's skipped rows by reason
     skipped_examples: dict[str, str] = field(default_factory=dict)
+    english: dict = field(default_factory=dict)  # where missing English came from (see iap.data.english)
     cached: bool = False
 
     @property
@@ -172,8 +173,8 @@ def download(manifest: Manifest, out_url: str, cfg: DownloadConfig | None = None
     only rows whose key no earlier download under OUT (with the same options) has seen: a refreshed
     manifest with new rows downloads just those. The report accounts for every manifest row."""
     report = _download(manifest.table, out_url, cfg or DownloadConfig(), on_progress)
-    report.manifest_rows, report.skipped, report.skipped_examples = (
-        manifest.input_rows, manifest.skipped, manifest.examples)
+    report.manifest_rows, report.skipped, report.skipped_examples, report.english = (
+        manifest.input_rows, manifest.skipped, manifest.examples, manifest.english)
     return report
 
 

@@ -59,6 +59,7 @@ class Manifest:
     input_rows: int  # rows (text lines) in the files, before any was skipped
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
     examples: dict[str, str] = field(default_factory=dict)  # reason -> where its first row is
+    english: dict = field(default_factory=dict)  # where missing English came from (join, translation model)
 
     @property
     def num_rows(self) -> int:
@@ -172,8 +173,11 @@ def _read_one(fs: fsspec.AbstractFileSystem, path: str, encoding: str, skips: _S
     return table, sum(skips.counts.values()) - before
 
 
-def _normalise(table: pa.Table, path: str, cols: ManifestColumns) -> pa.Table:
+def _normalise(table: pa.Table, path: str, cols: ManifestColumns, require_english: bool = True) -> pa.Table:
     names = table.column_names
+    if not require_english and cols.caption_en not in names:  # English comes later (iap.data.english)
+        table = table.append_column(cols.caption_en, pa.nulls(table.num_rows, pa.string()))
+        names = table.column_names
     for role in ("url", "caption_zh", "caption_en"):
         col = getattr(cols, role)
         if col not in names:
@@ -212,8 +216,9 @@ def _drop_duplicates(table: pa.Table, skips: _Skips) -> pa.Table:
     return table.filter(pa.array(keep))
 
 
-def load_manifest(path: str, cols: ManifestColumns | None = None) -> Manifest:
-    """Every manifest row, kept or counted under the reason it was skipped."""
+def load_manifest(path: str, cols: ManifestColumns | None = None, require_english: bool = True) -> Manifest:
+    """Every manifest row, kept or counted under the reason it was skipped. Without require_english, a
+    manifest with no English column is read with empty English captions."""
     cols = cols or ManifestColumns()
     fs, files = _files(path)
     skips, tables, unreadable = _Skips(), [], 0
@@ -221,7 +226,7 @@ def load_manifest(path: str, cols: ManifestColumns | None = None) -> Manifest:
         table, skipped = _read_one(fs, f, cols.encoding, skips)
         unreadable += skipped
         if table.num_rows:
-            tables.append(_normalise(table, f, cols))
+            tables.append(_normalise(table, f, cols, require_english))
     if not tables:
         first = "; ".join(f"{reason} at {where}" for reason, where in skips.examples.items())
         raise IapError(f"manifest {path}: no rows" + (f" ({unreadable} unreadable: {first})" if unreadable else ""))
@@ -232,6 +237,16 @@ def load_manifest(path: str, cols: ManifestColumns | None = None) -> Manifest:
     read = table.num_rows
     table = _drop_duplicates(table, skips)
     return Manifest(table, read + unreadable, dict(skips.counts), skips.examples)
+
+
+def read_table(path: str, encoding: str = "utf-8") -> pa.Table:
+    """Any table file(s) in a manifest format, as they are (unreadable lines dropped)."""
+    fs, files = _files(path)
+    skips = _Skips()
+    try:
+        return pa.concat_tables([_read_one(fs, f, encoding, skips)[0] for f in files], promote_options="permissive")
+    except pa.ArrowException as e:
+        raise IapError(f"table {path}: files have incompatible columns: {e}") from e
 
 
 def read_manifest(path: str, cols: ManifestColumns | None = None) -> pa.Table:

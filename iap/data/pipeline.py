@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from iap.data.download import DownloadConfig, DownloadReport, download
-from iap.data.manifest import ManifestColumns, load_manifest
+from iap.data.english import EnglishConfig, load_triples
+from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig, Snapshot, build_snapshot
 
 
@@ -21,11 +22,19 @@ def download_funnel(report: DownloadReport) -> list[dict]:
     return funnel
 
 
+def manifest_lineage(report: DownloadReport) -> dict:
+    """What the snapshot records about its manifest: the download id and where English came from."""
+    return {"download_id": report.download_id, "manifest_fingerprint": report.manifest_fingerprint,
+            **({"english": report.english} if report.english else {})}
+
+
 def run_data(manifest_url: str, out_url: str, download_cfg: DownloadConfig | None = None,
              filter_cfg: FilterConfig | None = None, columns: ManifestColumns | None = None,
-             on_progress: Callable[[int, int], None] | None = None) -> tuple[DownloadReport, Snapshot]:
+             on_progress: Callable[[int, int], None] | None = None,
+             english: EnglishConfig | None = None) -> tuple[DownloadReport, Snapshot]:
     """Must run in the main thread of a `__main__`-guarded program (img2dataset spawns processes)."""
-    manifest = load_manifest(manifest_url, columns)
+    manifest = load_triples(manifest_url, columns, english, out_url)
     report = download(manifest, out_url, download_cfg, on_progress)
-    snapshot = build_snapshot(report.parts, out_url, filter_cfg, download_funnel(report), report.keys_url)
+    snapshot = build_snapshot(report.parts, out_url, filter_cfg, download_funnel(report), report.keys_url,
+                              manifest_lineage(report))
     return report, snapshot

@@ -295,7 +295,8 @@ def open_snapshot(url: str) -> Snapshot:
 
 
 def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None,
-                   download_funnel: list[dict] | None = None, keys_url: str | None = None) -> Snapshot:
+                   download_funnel: list[dict] | None = None, keys_url: str | None = None,
+                   manifest: dict | None = None) -> Snapshot:
     """Filter shards (one folder or several; with keys_url only the manifest's rows) into
     OUT/snapshots/<id>; returns the existing snapshot when the id is known."""
     cfg = cfg or FilterConfig()
@@ -319,7 +320,8 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
         shards = _write_local(con, Path(tmp), cfg, extras)
         snap = Snapshot(id=sid, url=final_url, rows=rows, funnel=funnel, config=cfg.model_dump(mode="json"),
                         inputs={"shards": shards, "keys_url": keys_url, "content_fingerprint": content,
-                                "rows_in": start, **_normalisation(con, cfg)}, shards=shards)
+                                "rows_in": start, **_normalisation(con, cfg),
+                                **({"manifest": manifest} if manifest else {})}, shards=shards)
         _commit(fs, Path(tmp), final_url, snap)
     return snap
 

@@ -40,7 +40,7 @@ def watch(pid: int) -> None:
     """Record pid's descendants in its session until pid ends, then end those still running."""
     try:
         command = psutil.Process(pid)
-        session = os.getsid(pid)
+        session, started = os.getsid(pid), command.create_time()
     except (psutil.NoSuchProcess, ProcessLookupError):
         return
     known: dict[int, psutil.Process] = {}
@@ -52,6 +52,7 @@ def watch(pid: int) -> None:
         except (psutil.NoSuchProcess, ProcessLookupError):
             pass
         time.sleep(POLL_S)
+    known |= _orphans(session, started)  # started between the last poll and the command's end
     alive = [p for p in known.values() if not _gone(p)]  # is_running also checks the start time: no PID reuse
     for p in alive:
         try:
@@ -64,6 +65,19 @@ def watch(pid: int) -> None:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def _orphans(session: int, since: float) -> dict[int, psutil.Process]:
+    """Processes of the session started after the command whose parent is gone (they were its)."""
+    found = {}
+    for p in psutil.process_iter():
+        try:
+            if (p.pid != os.getpid() and os.getsid(p.pid) == session and p.create_time() >= since
+                    and (p.ppid() == 1 or not psutil.pid_exists(p.ppid()))):
+                found[p.pid] = p
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return found
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def grouped_snapshot(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synth360")
     port = free_port()
     manifest = write_synth(folder, n=360, seed=7, base_url=f"http://127.0.0.1:{port}")
-    one_shard = DOWNLOAD.model_copy(update={"number_sample_per_shard": 400, "thread_count": 32})
+    # no broken rows here: a generous whole-request timeout keeps every row on a loaded machine
+    one_shard = DOWNLOAD.model_copy(update={"number_sample_per_shard": 400, "thread_count": 32, "timeout": 10})
     server = serve(folder, port)
     try:
         _, snapshot = run_data(str(manifest), str(tmp_path_factory.mktemp("data360")), one_shard,

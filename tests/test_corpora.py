@@ -298,9 +298,11 @@ def test_a_killed_iap_data_leaves_no_child_process(served, tmp_path):
     while time.time() < deadline and proc.poll() is None:  # until img2dataset's spawned workers run
         for c in command.children(recursive=True):
             children.setdefault(c.pid, c)
-        if any("multiprocessing" in " ".join(c.cmdline()) for c in children.values() if c.is_running()):
+        running = [" ".join(c.cmdline()) for c in children.values() if c.is_running()]
+        if any("multiprocessing" in c for c in running) and any("iap.reaper" in c for c in running):
             break
         time.sleep(0.2)
+    time.sleep(1.0)  # the watchdog polls twice a second: let it see the workers (not an assertion on time)
     assert proc.poll() is None, "the data command ended before its workers could be seen"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

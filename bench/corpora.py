@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import random
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +28,10 @@ from iap.data.download import DownloadConfig
 from iap.data.pipeline import run_data
 from iap.data.snapshot import FilterConfig
 from iap.data.synth import serve, write_synth
-from tests.conftest import free_port
-from tests.test_corpora import _bomb_png
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers
+from tests.conftest import free_port  # noqa: E402
+from tests.test_corpora import _bomb_png  # noqa: E402
 
 KANA = ["赤い丸と青い背景", "青い背景の上の大きな赤い円", "猫がソファで寝ている", "白い背景の小さな三角形"]
 HANGUL = ["파란 배경의 빨간 원", "흰색 배경 위의 작은 삼각형", "소파 위의 고양이"]
@@ -40,7 +43,7 @@ def mixed_manifest(folder: Path, rows: int, port: int) -> tuple[Path, dict[str, 
     import opencc
     rng = random.Random(0)
     base = f"http://127.0.0.1:{port}"
-    clean = pq.read_table(write_synth(folder, int(rows * 0.75), seed=0, base_url=base, image_px=160)).to_pylist()
+    clean = pq.read_table(write_synth(folder, int(rows * 0.85), seed=0, base_url=base, image_px=160)).to_pylist()
     (folder / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg" * 20)
     shapes.render(shapes.samples(1, 1)[0], 8).save(folder / "images" / "tiny.png")
     _bomb_png(folder / "images" / "bomb.png")

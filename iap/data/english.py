@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,7 +28,7 @@ class EnglishConfig(StageConfig):
 
     join: str | None = Field(None, description="a table (Parquet/CSV/TSV/JSONL, local or s3://) holding English "
                              "captions for the manifest's rows, e.g. a translated companion set")
-    join_on: str = Field("url", description="the column both tables share (url or key)")
+    join_on: Literal["url", "key"] = Field("url", description="the column both tables share")
     join_caption: str = Field("caption_en", description="the join table's English caption column")
     translate: str | None = Field(None, description="a seq2seq translation model for rows still without English: "
                                   "HF id (e.g. Helsinki-NLP/opus-mt-zh-en), folder, or preset:tiny-mt")
@@ -66,12 +67,12 @@ def complete_english(manifest: Manifest, cfg: EnglishConfig, out_url: str | None
     todo = [i for i, s in enumerate(source) if s is None]
     if cfg.translate and todo:
         from iap.models.translator import fingerprint
-        texts = sorted({table["caption_zh"][i].as_py() or "" for i in todo} - {""})
+        zh = table["caption_zh"].to_pylist()
+        texts = sorted({zh[i] or "" for i in todo} - {""})
         translated = _translations(texts, cfg, out_url)
         for i in todo:
-            zh = table["caption_zh"][i].as_py() or ""
-            if translated.get(zh):
-                en[i], source[i] = translated[zh], "mt"
+            if translated.get(zh[i] or ""):
+                en[i], source[i] = translated[zh[i]], "mt"
         lineage["translate"] = {"model": cfg.translate, "fingerprint": fingerprint(cfg.translate),
                                 "rows": sum(s == "mt" for s in source), "unique_captions": len(texts)}
     keep = pa.array([s is not None for s in source])
@@ -91,8 +92,6 @@ def _joined(table: pa.Table, cfg: EnglishConfig) -> list[str | None]:
     for col in (cfg.join_on, cfg.join_caption):
         if col not in other.column_names:
             raise IapError(f"english join table {cfg.join}: column '{col}' not found; columns are {other.column_names}")
-    if cfg.join_on not in ("url", "key"):
-        raise IapError(f"english join_on '{cfg.join_on}': must be url or key (the manifest's columns)")
     pairs = {}
     for k, v in zip(pc.cast(other[cfg.join_on], pa.string()).to_pylist(),
                     pc.cast(other[cfg.join_caption], pa.string()).to_pylist(), strict=True):

@@ -35,7 +35,6 @@ class Translator:
             raise IapError(f"translation model '{source}': cannot load it as a transformers seq2seq model "
                            f"({str(e).splitlines()[0]})") from e
         self.model = place(model.eval().requires_grad_(False), runtime)
-        self.folder = str(folder)
         self.max_new_tokens = min(max_length, model.generation_config.max_length or max_length)
 
     @torch.inference_mode()
@@ -82,8 +81,8 @@ def write_tiny_translator(folder: Path, seed: int = 0, vocab_size: int = 200) ->
         for side, lines in (("source", [s.caption_zh for s in samples]), ("target", [s.caption_en for s in samples])):
             (Path(tmp) / f"{side}.txt").write_text("\n".join(lines))
             spm.SentencePieceTrainer.train(input=str(Path(tmp) / f"{side}.txt"), model_prefix=str(folder / side),
-                                           vocab_size=vocab_size // 2, hard_vocab_limit=False, character_coverage=1.0, model_type="unigram",
-                                           bos_id=-1, eos_id=1, unk_id=2, pad_id=0, minloglevel=2)
+                                           vocab_size=vocab_size // 2, hard_vocab_limit=False, character_coverage=1.0,
+                                           model_type="unigram", bos_id=-1, eos_id=1, unk_id=2, pad_id=0, minloglevel=2)
             (folder / f"{side}.model").rename(folder / f"{side}.spm")
             (folder / f"{side}.vocab").unlink()
     pieces = ["<pad>", "</s>", "<unk>"]

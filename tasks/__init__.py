@@ -11,10 +11,29 @@ from pathlib import Path
 import fsspec
 from prefect.settings import PREFECT_HOME
 
+from iap.errors import IapError
+
 # Results persist under $IAP_RESULTS_DIR (or PREFECT_HOME/iap-results) as JSON.
 RESULTS = Path(os.environ.get("IAP_RESULTS_DIR") or Path(PREFECT_HOME.value()) / "iap-results").resolve()
 RESULTS.mkdir(parents=True, exist_ok=True)
 PERSIST = {"persist_result": True, "result_storage": RESULTS, "result_serializer": "json"}
+
+
+def not_a_user_error(_task, _task_run, state) -> bool:
+    """Retry only what may pass on retry: a user error (IapError: a bad manifest, a wrong option) fails at
+    once with its one message."""
+    try:
+        state.result()
+    except IapError:
+        return False
+    except Exception:  # noqa: BLE001 - any other failure (storage, network) may be transient
+        return True
+    return True
+
+
+def retrying(times: int, delay: float = 0) -> dict:
+    """Task options: `times` retries `delay` s apart, never for a user error."""
+    return {"retries": times, "retry_delay_seconds": delay, "retry_condition_fn": not_a_user_error}
 
 
 LOCATIONS = ("out", "run_dir", "checkpoint", "cache_url", "snapshot_url")

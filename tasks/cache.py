@@ -9,7 +9,7 @@ from prefect.assets import materialize
 
 from iap.cache import CachePlan, check_budget, commit_cache, precompute_shard
 from iap.profile import stage
-from tasks import PERSIST, by_key
+from tasks import PERSIST, by_key, retrying
 from tasks.data import PLACEHOLDER_ASSET
 from tasks.models import base_model
 
@@ -22,7 +22,7 @@ def budget_check(plan: CachePlan, base: str, precision: str = "no") -> float:
     return check_budget(plan, model)
 
 
-@task(cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
+@task(cache_key_fn=by_key, **retrying(2, 5), **PERSIST)
 def cache_shard(key: str, plan: CachePlan, split: str, rel: str, base: str, precision: str = "no") -> dict:
     """Compute and commit one shard; `key` is '<cache key>/<shard>'."""
     base_model(base, precision)  # loading is its own stage, once per process
@@ -32,7 +32,7 @@ def cache_shard(key: str, plan: CachePlan, split: str, rel: str, base: str, prec
     return info
 
 
-@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
+@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, **retrying(2, 5), **PERSIST)
 def commit(key: str, plan: CachePlan, shards: list[dict], base: str, seconds: float, precision: str = "no") -> dict:
     """Write cache.json (the commit point); `key` is the cache key."""
     needs_base = plan.config.policy != "recompute"

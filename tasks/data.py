@@ -14,12 +14,12 @@ from iap.data.manifest import ManifestColumns
 from iap.data.pipeline import download_funnel, manifest_lineage
 from iap.data.snapshot import FilterConfig, build_snapshot, plan_snapshot
 from iap.profile import stage
-from tasks import PERSIST, by_key
+from tasks import PERSIST, by_key, retrying
 
 PLACEHOLDER_ASSET = "file:///iap/placeholder"  # replaced per call by with_options(assets=[...])
 
 
-@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
+@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, **retrying(2, 5), **PERSIST)
 def download_shards(key: str, manifest: str, out: str, config: DownloadConfig, columns: ManifestColumns,
                     english: EnglishConfig = EnglishConfig()) -> dict:
     """img2dataset download; `key` is the download id. Call it directly (main thread), never .submit()."""
@@ -27,14 +27,14 @@ def download_shards(key: str, manifest: str, out: str, config: DownloadConfig, c
         return asdict(download(load_triples(manifest, columns, english, out), out, config))
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(**retrying(2, 5))
 def plan_filter(report: dict, out: str, config: FilterConfig) -> dict:
     """The snapshot id and URL from the manifest rows' content and the rules (metadata scan only)."""
     snapshot_id, url = plan_snapshot(report["parts"], out, config, report["keys_url"])
     return {"id": snapshot_id, "url": url}
 
 
-@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=2, retry_delay_seconds=5, **PERSIST)
+@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, **retrying(2, 5), **PERSIST)
 def filter_snapshot(key: str, report: dict, out: str, config: FilterConfig) -> dict:
     """DuckDB filter into a snapshot; `key` is the snapshot id."""
     rep = DownloadReport(**report)
@@ -43,7 +43,7 @@ def filter_snapshot(key: str, report: dict, out: str, config: FilterConfig) -> d
                                      manifest_lineage(rep)))
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(**retrying(2, 5))
 def plan_download(manifest: str, out: str, config: DownloadConfig, columns: ManifestColumns,
                   english: EnglishConfig = EnglishConfig()) -> dict:
     """The download id and URL from the manifest's content (cheap next to downloading; translations are

@@ -10,7 +10,7 @@ from iap.evaluate import EvalConfig, evaluate_checkpoint
 from iap.export import export_pipeline
 from iap.profile import stage
 from iap.registry import Entry, GateConfig, Registry
-from tasks import PERSIST, artifacts, by_key
+from tasks import PERSIST, artifacts, by_key, retrying
 from tasks.data import PLACEHOLDER_ASSET
 from tasks.models import base_model
 
@@ -28,14 +28,14 @@ def evaluate(key: str, checkpoint: str, snapshot_url: str, base: str, untrained:
     return metrics
 
 
-@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, retries=1, **PERSIST)
+@materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, **retrying(1), **PERSIST)
 def export(key: str, checkpoint: str, base: str, out: str) -> str:
     """A plain diffusers pipeline with the Chinese encoder; `key` is the checkpoint id."""
     with stage("export"):
         return str(export_pipeline(checkpoint, base, out))
 
 
-@materialize(PLACEHOLDER_ASSET, retries=2, retry_delay_seconds=2)
+@materialize(PLACEHOLDER_ASSET, **retrying(2, 2))
 def register(registry_url: str, entry: dict, gate: GateConfig) -> dict:
     """Add the checkpoint to the registry (idempotent by checkpoint id) and decide promotion."""
     from dataclasses import asdict

@@ -125,3 +125,20 @@ def test_precompute_shards_are_byte_identical_on_threads_processes_and_in_sequen
         want = Path(infos["sequential"]["url"], "shards", f"{name}.safetensors").read_bytes()
         for runner in ("thread", "process"):
             assert Path(infos[runner]["url"], "shards", f"{name}.safetensors").read_bytes() == want, (runner, name)
+
+
+def test_a_user_error_inside_a_task_is_not_retried(harness, tmp_path):
+    """A missing manifest is the user's to fix: the task fails once, with the one message, no retry."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.data import iap_data
+    from iap.errors import IapError
+    state = iap_data(str(tmp_path / "missing.parquet"), str(tmp_path / "data"), DOWNLOAD, FILTER, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(IapError, match="missing.parquet"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
+            state.state_details.flow_run_id])))
+    assert runs and all(t.run_count == 1 for t in runs), [(t.name, t.run_count) for t in runs]

@@ -37,7 +37,10 @@ def retrying(times: int, delay: float = 0) -> dict:
 
 
 LOCATIONS = ("out", "run_dir", "checkpoint", "cache_url", "snapshot_url")
-OUTPUT_FIELDS = ("url", "shards_url", "parts", "keys_url", "checkpoint", "run_dir", "pipeline_dir")
+# the output URLs a task result names, with the commit marker(s) a complete one holds: a re-run can recreate a
+# folder (cache shards) before its commit, so the folder alone does not prove the output is there
+OUTPUT_FIELDS = {"url": ("cache.json", "snapshot.json"), "checkpoint": ("state.json",),
+                 "pipeline_dir": ("model_index.json",), "shards_url": (), "parts": (), "keys_url": (), "run_dir": ()}
 
 
 def by_key(_context, parameters: dict) -> str:
@@ -61,27 +64,30 @@ def _forget_if_outputs_gone(key: str) -> None:
         result = json.loads(json.loads(record.read_text())["result"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # no record (or not ours to read): Prefect decides
-    if not all(_exists(url) for url in _outputs(result)):
+    if not all(_complete(url, markers) for url, markers in _outputs(result)):
         record.unlink(missing_ok=True)
 
 
-def _outputs(result) -> list[str]:
-    """The storage URLs a task result names as its outputs."""
+def _outputs(result) -> list[tuple[str, tuple[str, ...]]]:
+    """(URL, commit markers) of the outputs a task result names; a bare string is an exported pipeline."""
     if isinstance(result, str):
-        return [result]
+        return [(result, OUTPUT_FIELDS["pipeline_dir"])]
     if not isinstance(result, dict):
         return []
     found = []
-    for field in OUTPUT_FIELDS:
+    for field, markers in OUTPUT_FIELDS.items():
         value = result.get(field)
-        found += [value] if isinstance(value, str) else [v for v in value or [] if isinstance(v, str)]
-    return [u for u in found if u]
+        urls = [value] if isinstance(value, str) else [v for v in value or [] if isinstance(v, str)]
+        found += [(u, markers) for u in urls if u]
+    return found
 
 
-def _exists(url: str) -> bool:
+def _complete(url: str, markers: tuple[str, ...]) -> bool:
     try:
         fs, _, _ = fsspec.get_fs_token_paths(url)
-        return fs.exists(url)
+        if not markers:
+            return fs.exists(url)
+        return any(fs.exists(f"{url.rstrip('/')}/{m}") for m in markers)
     except (OSError, ValueError):  # storage unreachable: the task itself will say so
         return True
 

@@ -94,6 +94,22 @@ def test_a_deleted_output_folder_is_recomputed_not_served_from_the_task_cache(ha
     _check(_data_flow(few, tmp_path / "out", "multiprocessing"), first["id"], tmp_path / "out")
 
 
+def test_a_deleted_cache_is_committed_again_not_served_from_the_task_cache(harness, grouped_snapshot_small, tiny_dir,
+                                                                          tmp_path):
+    """The shards of a re-run recreate the cache folder before its commit: the cached commit result must still
+    be dropped, since the folder has no cache.json (its commit marker) until the commit runs again."""
+    import shutil
+
+    from flows.precompute import iap_precompute
+    from iap.cache import CacheConfig, open_cache
+    cfg = CacheConfig(draws=1, splits=["val"])
+    first = iap_precompute(grouped_snapshot_small.url, str(tiny_dir / "base"), str(tmp_path / "cache"), cfg)
+    shutil.rmtree(tmp_path / "cache")
+    again = iap_precompute(grouped_snapshot_small.url, str(tiny_dir / "base"), str(tmp_path / "cache"), cfg)
+    assert again["key"] == first["key"]
+    assert open_cache(again["url"]).key == first["key"]
+
+
 @pytest.mark.skipif(not _spark_ready(), reason="pyspark or Java is not installed")
 def test_data_flow_with_pyspark_in_local_mode_gives_the_same_snapshot(harness, served, local_run, tmp_path):
     _, _, expected = local_run

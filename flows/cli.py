@@ -26,6 +26,7 @@ for command in library_cli.app.registered_commands:
     if name not in FLOW_BACKED and name != "train_cmd":
         app.registered_commands.append(command)
 app.registered_groups.extend(library_cli.app.registered_groups)
+app.callback()(library_cli.global_options)
 server_app = typer.Typer(no_args_is_help=True, help="A local Prefect server, pool, deployments and worker.")
 app.add_typer(server_app, name="server")
 console = library_cli.console

@@ -7,23 +7,26 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-# Quiet third-party chatter before those libraries are imported.
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
+import typer
+from rich.console import Console
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-
-from iap.errors import IapError  # noqa: E402
+from iap.errors import IapError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer an English Stable Diffusion model to Chinese prompts with IAP (images as pivots).")
 models_app = typer.Typer(no_args_is_help=True, help="Model presets.")
 app.add_typer(models_app, name="models")
 console = Console()
+
+
+def global_options(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="show third-party output (load reports, img2dataset, progress bars)")] = False) -> None:
+    if verbose:
+        from iap.quiet import loud
+        loud()
+
+
+app.callback()(global_options)
 
 
 @models_app.command("tiny")

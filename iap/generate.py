@@ -18,7 +18,7 @@ def load_pipeline(folder: str | Path, runtime: Runtime = CPU) -> StableDiffusion
         raise IapError(f"pipeline folder '{folder}' does not exist")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
-                                                       torch_dtype=runtime.dtype).to(runtime.device)
+                                                       dtype=runtime.dtype).to(runtime.device)
     except (OSError, ValueError) as e:
         raise IapError(f"could not load pipeline '{folder}': {str(e).splitlines()[0]}") from e
     pipe.set_progress_bar_config(disable=True)

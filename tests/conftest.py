@@ -6,10 +6,6 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
 import tempfile  # noqa: E402
 
 # Prefect state and task results of in-process flows go to a throwaway place.
@@ -18,6 +14,7 @@ os.environ.setdefault("IAP_RESULTS_DIR", tempfile.mkdtemp(prefix="iap-results-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import socket  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -58,12 +55,17 @@ def small_source(base, encoder):
 
 @pytest.fixture(scope="session")
 def demo_summary(tmp_path_factory):
-    """One `iap demo` (the iap-train flow, ephemeral Prefect) with the default settings, shared by every
-    test that needs a trained encoder (about 60 s on 2 cores)."""
-    from flows.demo import run_demo
+    """One `iap demo` (the command a user types: the iap-train flow, ephemeral Prefect) with the default
+    settings, shared by every test that needs a trained encoder; its summary.json plus what it printed."""
+    import json
+    import subprocess
     workdir = tmp_path_factory.mktemp("demo")
-    summary = run_demo(workdir)
+    r = subprocess.run([str(Path(sys.executable).parent / "iap"), "demo", "--workdir", str(workdir)],
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
     summary["workdir"] = str(workdir)
+    summary["console"] = r.stdout + r.stderr
     return summary
 
 

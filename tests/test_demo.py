@@ -87,3 +87,18 @@ def test_export_copies_the_frozen_base_file_for_file(demo_summary):
         assert (out / part).read_bytes() == (SHAPES_TEACHER / part).read_bytes(), part
     index = json.loads((out / "model_index.json").read_text())
     assert index["text_encoder"] == ["transformers", "BertModel"] and index["safety_checker"] == [None, None]
+
+
+NOISE = ("LOAD REPORT", "bandwidth", "Downloading starting now", "Sharding file", "it/s]", "images per sec",
+         "FutureWarning", "Loading weights", "Traceback")
+
+
+def test_the_demo_says_only_what_iap_says(demo_summary):
+    """No third-party banner, progress bar or load-report table in the demo's terminal output; img2dataset's
+    own lines are in its log file beside the shards."""
+    console = demo_summary["console"]
+    assert console.strip(), "nothing captured"
+    found = [n for n in NOISE if n in console]
+    assert not found, (found, console[-3000:])
+    logs = list(Path(demo_summary["workdir"]).glob("data/raw-*/img2dataset.log"))
+    assert logs and "Downloading starting now" in logs[0].read_text()

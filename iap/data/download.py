@@ -32,6 +32,8 @@ from pydantic import Field
 from iap.config import StageConfig
 from iap.data.manifest import Manifest, table_fingerprint
 from iap.errors import IapError
+from iap.quiet import output_to
+from iap.storage import local_workdir
 
 FAILURE_REASONS = ("http_error", "timeout", "corrupt_image", "too_small", "too_large", "network_error", "other")
 
@@ -141,14 +143,14 @@ def _watch_progress(fs, shards_url: str, total: int, on_progress, stop: threadin
 
 
 def _run_img2dataset(input_url: str, shards_url: str, extra_cols: list[str], cfg: DownloadConfig) -> None:
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("WANDB_MODE", "disabled")
     if cfg.distributor == "pyspark":  # local-mode Spark workers must run this interpreter (it has img2dataset)
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from img2dataset import download as img2dataset_download
 
     from iap.data.fetch import FetchLimits, limited
-    with limited(FetchLimits(cfg.timeout, cfg.max_bytes, cfg.max_pixels)):
+    # its banner, tqdm bars and per-worker status lines go to a log file beside the shards
+    log = local_workdir(shards_url.rsplit("/", 1)[0]) / "img2dataset.log"
+    with limited(FetchLimits(cfg.timeout, cfg.max_bytes, cfg.max_pixels)), output_to(log):
         img2dataset_download(
             url_list=input_url, input_format="parquet", url_col="url", caption_col="caption_en",
             save_additional_columns=["caption_zh", "iap_key", *extra_cols], output_folder=shards_url,

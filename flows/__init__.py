@@ -1,1 +1,12 @@
 """Prefect flows: iap-data, iap-precompute, iap-train (the full pipeline), iap-evaluate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def subflow(flow_fn, *args, **kwargs) -> tuple[Any, str]:
+    """Run a flow as a subflow: (its result, its flow run id), the id for lineage links. A failure raises
+    the subflow's own exception."""
+    state = flow_fn(*args, return_state=True, **kwargs)
+    return state.result(), str(state.state_details.flow_run_id)

@@ -41,13 +41,16 @@ def run_demo(workdir: str | Path, train: TrainConfig = DEMO_TRAIN, rows: int = D
     summary = {
         "pipeline_dir": result["pipeline_dir"], "checkpoint": result["checkpoint"], "samples_dir": str(samples),
         "snapshot": result["snapshot"], "cache": result["cache"], "registry": result["registry"],
-        "registry_status": result["status"], "loss_curve": result["loss_curve"],
+        "registry_status": result["status"], "registry_reason": result["reason"],
+        "checkpoint_id": result["checkpoint_id"], "loss_curve": result["loss_curve"],
         "metrics": {"heldout_loss_before": m["untrained_heldout_loss"], "heldout_loss_after": m["heldout_loss"],
                     "mismatched_caption_loss": m["mismatched_caption_loss"],
                     "retrieval_top1_before": m["untrained_retrieval_top1"], "retrieval_top1_after": m["retrieval_top1"],
                     "retrieval_top5_before": m["untrained_retrieval_top5"], "retrieval_top5_after": m["retrieval_top5"],
                     "heldout_pairs": m["heldout_pairs"], **_semantic(m)},
         "evaluation": m, "train": result["train"], "config": train.model_dump(mode="json"),
+        "funnel": result["funnel"], "flow_run_id": result["flow_run_id"], "flow_runs": result["flow_runs"],
+        "lineage": result["lineage"],
         "seconds_total": round(time.perf_counter() - started, 1),
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -6,6 +6,7 @@ import hashlib
 
 from prefect import flow, runtime
 
+from flows import subflow
 from flows.data import iap_data
 from flows.evaluate import iap_evaluate
 from flows.precompute import iap_precompute
@@ -17,7 +18,8 @@ from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
 from iap.evaluate import EvalConfig
 from iap.registry import GateConfig
-from tasks import artifacts, asset_url
+from tasks import asset_url
+from tasks.artifacts import publish_run
 from tasks.evaluate import export, register
 from tasks.inputs import check_inputs, synthetic_manifest
 from tasks.train import train_encoder
@@ -36,19 +38,23 @@ def iap_train(
     english: EnglishConfig = EnglishConfig(),
 ) -> dict:
     base, zh_encoder, fingerprint = check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
+    runs = {"iap-train": str(runtime.flow_run.id), "iap-data": None}
     if snapshot is None:
         with synthetic_manifest(out, synthetic) as synth:
-            snapshot = iap_data(synth or manifest, f"{out}/data", download, filter, columns, english)["url"]
-    info = iap_precompute(snapshot, base, f"{out}/cache", cache, train.mixed_precision)
+            data, runs["iap-data"] = subflow(iap_data, synth or manifest, f"{out}/data", download, filter, columns,
+                                             english)
+        snapshot = data["url"]
+    info, runs["iap-precompute"] = subflow(iap_precompute, snapshot, base, f"{out}/cache", cache,
+                                           train.mixed_precision)
     run_key = hashlib.sha256(f"{info['key']}:{zh_encoder}:{train.identity()}".encode()).hexdigest()[:16]
     run_dir = f"{out}/runs/{run_key}"
     lineage = {"base": base, "base_fingerprint": fingerprint, "snapshot_id": info["snapshot_id"],
                "snapshot_url": snapshot, "cache_key": info["key"], "cache_url": info["url"],
-               "zh_encoder": zh_encoder, "flow_run_id": str(runtime.flow_run.id)}
+               "zh_encoder": zh_encoder, "flow_run_id": runs["iap-train"]}
     trained = train_encoder.with_options(assets=[asset_url(run_dir)], asset_deps=[asset_url(info["url"])])(
         f"train-{run_key}-{train.steps}", info["url"], base, zh_encoder, run_dir, train, lineage)
-    metrics = iap_evaluate(trained["checkpoint"], snapshot, base, untrained=zh_encoder, generation=evaluate,
-                           precision=train.mixed_precision)
+    metrics, runs["iap-evaluate"] = subflow(iap_evaluate, trained["checkpoint"], snapshot, base, untrained=zh_encoder,
+                                            generation=evaluate, precision=train.mixed_precision)
     pipeline_dir = f"{out}/pipelines/{trained['checkpoint_id']}"
     pipeline = export.with_options(assets=[asset_url(pipeline_dir)], asset_deps=[asset_url(run_dir)])(
         f"export-{trained['checkpoint_id']}", trained["checkpoint"], base, pipeline_dir)
@@ -58,13 +64,13 @@ def iap_train(
         registry, {"checkpoint_id": trained["checkpoint_id"], "checkpoint_url": trained["checkpoint"],
                    "base": base, "base_fingerprint": fingerprint, "metrics": metrics, "pipeline_url": pipeline,
                    "lineage": lineage | {"train_config": train.model_dump(mode="json")}}, gate)
-    artifacts.lineage(lineage | {"run_dir": run_dir, "checkpoint": trained["checkpoint"], "pipeline": pipeline,
-                                 "registry": registry, "status": f"{entry['status']} ({entry['reason']})"})
-    return {"base": base, "snapshot": snapshot, "cache": info["url"], "checkpoint": trained["checkpoint"],
-            "checkpoint_id": trained["checkpoint_id"], "pipeline_dir": pipeline, "metrics": metrics,
-            "train": {k: trained[k] for k in ("steps", "seconds", "samples_per_second", "losses")},
-            "registry": registry, "status": entry["status"], "reason": entry["reason"],
-            "loss_curve": trained["loss_curve"]}
+    result = {"base": base, "manifest": manifest or (f"synthetic: {synthetic} shapes-world rows" if synthetic else None),
+              "snapshot": snapshot, "cache": info["url"], "run_dir": run_dir, "checkpoint": trained["checkpoint"],
+              "checkpoint_id": trained["checkpoint_id"], "pipeline_dir": pipeline, "metrics": metrics,
+              "train": {k: trained[k] for k in ("steps", "seconds", "samples_per_second", "losses")},
+              "registry": registry, "status": entry["status"], "reason": entry["reason"],
+              "loss_curve": trained["loss_curve"], "flow_run_id": runs["iap-train"], "flow_runs": runs}
+    return result | publish_run(result, lineage)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from iap.profile import stage
 from iap.runtime import detect
 from iap.train import train
 from iap.wiring import from_cache
-from tasks import PERSIST, artifacts, asset_url, by_key
+from tasks import PERSIST, artifacts, by_key
 from tasks.data import PLACEHOLDER_ASSET
 from tasks.models import base_model
 
@@ -36,10 +36,9 @@ def train_encoder(key: str, cache_url: str, base: str, zh_encoder: str, run_dir:
         result = train(config, run.encoder, run.objective, run.source, run_dir, log=log.info, lineage=lineage,
                        empty=run.empty, on_step=lambda s: update_progress_artifact(progress, 100.0 * s.step / config.steps))
         record["samples"] = result.state.step * config.batch_size * config.grad_accum
-    curve = artifacts.loss_curve_png(result.state.losses, f"{run_dir.rstrip('/')}/loss_curve.png")
-    artifacts.markdown("iap-loss-curve", f"![loss curve]({asset_url(curve)})\n\nPNG: `{curve}`\n\n"
-                       f"final loss {result.state.losses[-1][1]:.6f} after {result.state.step} steps, "
-                       f"{result.samples_per_second:.1f} samples/s", "training loss curve")
+    curve = artifacts.loss_curve(result.state.losses, f"{run_dir.rstrip('/')}/loss_curve.png",
+                                 f"final loss {result.state.losses[-1][1]:.6f} after {result.state.step} steps, "
+                                 f"{result.samples_per_second:.1f} samples/s")
     return {"checkpoint": str(result.checkpoint), "checkpoint_id": checkpoint_id(result.checkpoint),
             "steps": result.state.step, "seconds": round(result.seconds, 1),
             "samples_per_second": round(result.samples_per_second, 1), "losses": result.state.losses,
@@ -67,7 +66,8 @@ def _train_launched(cache_url: str, base: str, zh_encoder: str, run_dir: str, co
     ckpt = committed_checkpoint(run_dir)
     state = read_checkpoint_meta(ckpt)
     seconds = time.perf_counter() - started
-    curve = artifacts.loss_curve_png(state["losses"], f"{run_dir.rstrip('/')}/loss_curve.png")
+    curve = artifacts.loss_curve(state["losses"], f"{run_dir.rstrip('/')}/loss_curve.png",
+                                 f"final loss {state['losses'][-1][1]:.6f} after {state['step']} steps")
     return {"checkpoint": str(ckpt), "checkpoint_id": checkpoint_id(ckpt), "steps": state["step"],
             "seconds": round(seconds, 1), "samples_per_second": round(state["step"] * config.batch_size / seconds, 1),
             "losses": state["losses"], "loss_curve": str(curve)}

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,42 @@ def test_summary_file(demo_summary):
     assert (Path(summary["samples_dir"]) / "zh.png").exists()
     assert summary["registry_status"] == "promoted"
     assert Path(summary["loss_curve"]).exists()
+    funnel = summary["funnel"]  # the data funnel, manifest lines first, and the run that made all of it
+    assert funnel[0]["rule"] == "input" and funnel[0]["remaining"] == 1600
+    assert all(a["remaining"] - b["removed"] == b["remaining"] for a, b in zip(funnel, funnel[1:], strict=False))
+    assert uuid.UUID(summary["flow_run_id"]) and summary["flow_runs"]["iap-train"] == summary["flow_run_id"]
+    assert [s["stage"] for s in summary["lineage"]] == ["manifest", "download", "snapshot", "cache", "run",
+                                                         "checkpoint", "evaluation", "pipeline", "registry entry"]
+
+
+def test_the_train_run_carries_funnel_metrics_loss_curve_and_lineage(demo_summary):
+    """What a user opens in the Prefect UI: the iap-train run itself holds the four artifacts; the loss curve is
+    an image the UI can render (inline PNG, not a file:// link); the lineage names every stage and its run."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(demo_summary["flow_run_id"])])))
+    artifacts = {a.key: a for a in found}
+    assert {"iap-funnel", "iap-metrics", "iap-loss-curve", "iap-lineage"} <= set(artifacts), set(artifacts)
+    curve = artifacts["iap-loss-curve"].data
+    assert "file://" not in curve.split("PNG:")[0]
+    png = re.search(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", curve)
+    assert png, curve[:300]
+    image = Image.open(io.BytesIO(base64.b64decode(png.group(1))))
+    assert image.format == "PNG" and image.width >= 200
+    lineage = artifacts["iap-lineage"].data
+    for stage in demo_summary["lineage"]:
+        assert f"| {stage['stage']} |" in lineage
+    for run in demo_summary["flow_runs"].values():
+        assert run is None or run in lineage
+    funnel = json.loads(artifacts["iap-funnel"].data)
+    assert funnel == demo_summary["funnel"]
 
 
 VANILLA = """

@@ -69,7 +69,8 @@ def iap_train(
               "checkpoint_id": trained["checkpoint_id"], "pipeline_dir": pipeline, "metrics": metrics,
               "train": {k: trained[k] for k in ("steps", "seconds", "samples_per_second", "losses")},
               "registry": registry, "status": entry["status"], "reason": entry["reason"],
-              "loss_curve": trained["loss_curve"], "flow_run_id": runs["iap-train"], "flow_runs": runs}
+              "loss_curve": trained["loss_curve"], "flow_run_id": runs["iap-train"], "flow_runs": runs,
+              "train_config": train.model_dump(mode="json")}
     return result | publish_run(result, lineage)
 
 

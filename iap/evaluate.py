@@ -154,7 +154,8 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
     from iap.objective import make_objective
     local = fetch_checkpoint(checkpoint)
     cfg = generation.model_copy(update={"batch_size": generation.batch_size or eval_batch_size(base)})
-    check_lineage(read_checkpoint_meta(local), base.source, f"checkpoint {checkpoint}")
+    meta = read_checkpoint_meta(local)
+    check_lineage(meta, base.source, f"checkpoint {checkpoint}")
     encoder = _eval_encoder(base, local / "encoder")
     held, rows = snapshot_source(base, encoder, snapshot, split, limit=cfg.pairs, batch_size=cfg.batch_size)
     teacher = Teacher(base)
@@ -175,7 +176,7 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
         metrics |= generated
         run_dir = run_of(checkpoint)
         title = f"IAP evaluation: {run_dir.rsplit('/', 1)[-1]}/{local.name}"
-        metrics["report"] = write_report(f"{run_dir}/report", title, metrics, pairs, f"{run_dir}/loss_curve.png")
+        metrics["report"] = write_report(f"{run_dir}/report", title, metrics, pairs, meta.get("losses"))
     return metrics
 
 
@@ -222,9 +223,9 @@ def _shapes_targets(rows: list[dict]) -> dict[str, list[str]]:
 
 def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], rows: list[dict],
                        cfg: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None,
-                       grid: int = 8) -> tuple[dict[str, float], list[dict]]:
-    """zh-vs-en generation metrics per encoder on held-out rows; returns (metrics, the first `grid` rows'
-    images: zh of each encoder and en of the base, same seed)."""
+                       grid: int | None = None) -> tuple[dict[str, float], list[dict]]:
+    """zh-vs-en generation metrics per encoder on held-out rows; returns (metrics, every row's images (or the
+    first `grid` rows'): zh of each encoder and en of the base, same seed)."""
     from iap import image_metrics as im
     from iap.generate import generate
     sample = {"seed": cfg.seed, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,

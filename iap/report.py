@@ -1,77 +1,88 @@
-"""A self-contained evaluation report: report.html (PNGs embedded) plus the PNG files it uses."""
+"""A self-contained evaluation report: report.html (images embedded) plus the full-size PNGs it shows.
+
+One column order everywhere: English prompt (base) | Chinese prompt, trained | Chinese prompt, untrained.
+Every metric carries its one-line definition; the lineage section is filled in once the run is registered.
+"""
 
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import io
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from PIL import Image
 
-from iap.storage import filesystem, is_remote, put_tree
+from iap.storage import filesystem, is_remote, put_tree, write_atomic
 
-STYLE = ("body{font-family:sans-serif;margin:2em;color:#222} table{border-collapse:collapse;margin:1em 0}"
-         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left} img.s{width:128px;image-rendering:pixelated}")
+STYLE = ("body{font-family:'Noto Sans CJK SC','Noto Sans SC',sans-serif;margin:2em;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0} td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+         "td.n{text-align:right;font-variant-numeric:tabular-nums} img.s{width:96px;image-rendering:pixelated}"
+         "small{color:#666} .grid td{vertical-align:top}")
+COLUMNS = [("teacher_en_", "en", "English prompt (base)"), ("", "zh", "Chinese prompt, trained"),
+           ("untrained_", "untrained_zh", "Chinese prompt, untrained")]
+LINEAGE_MARK = "<!--iap-lineage-->"
 
-
-def _data_uri(path: Path) -> str:
-    return _png_uri(path.read_bytes())
-
-
-def _png_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def _read_if_exists(url: str | Path | None) -> bytes | None:
-    if not url:
-        return None
-    try:
-        return filesystem(str(url)).cat_file(str(url))
-    except FileNotFoundError:
-        return None
-
-
-def _save(image: Image.Image, path: Path) -> Path:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    path.write_bytes(buf.getvalue())
-    return path
-
-
-HEADLINE = [  # (label, English-teacher key, trained key, untrained key): shown first when present
-    ("colour accuracy (shape and background)", "teacher_en_colour_accuracy", "colour_accuracy",
-     "untrained_colour_accuracy"),
-    ("shape colour accuracy", "teacher_en_shape_colour_accuracy", "shape_colour_accuracy",
-     "untrained_shape_colour_accuracy"),
-    ("background colour accuracy", "teacher_en_background_colour_accuracy", "background_colour_accuracy",
-     "untrained_background_colour_accuracy"),
-    ("shape class accuracy", "teacher_en_shape_class_accuracy", "shape_class_accuracy",
-     "untrained_shape_class_accuracy"),
-]
+DEFINITIONS = {  # metric name (without the untrained_/teacher_en_ prefix) -> one line
+    "heldout_loss": "IAP (pivot) loss on held-out pairs with fixed (t, noise) draws; lower is better",
+    "mismatched_caption_loss": "the loss when the Chinese states are another sample's English states: the level of "
+                               "two different captions",
+    "retrieval_top1": "share of held-out Chinese captions whose English pair ranks first by attention-feature distance",
+    "retrieval_top5": "the same, paired English caption within the first five",
+    "heldout_pairs": "held-out pairs the losses and retrieval use",
+    "generated_prompts": "held-out prompts drawn (one per combination in the shapes world)",
+    "consistency_pixel_l1": "mean absolute pixel difference (0..1) to the English prompt's image, same seed; lower is "
+                            "closer",
+    "fid_zh_vs_en": "FID between the Chinese-prompt and English-prompt image sets",
+    "clip_score": "CLIP score of the Chinese-prompt images against the English captions",
+    "colour_accuracy": "shapes world: images whose shape colour and background colour both match the prompt",
+    "shape_colour_accuracy": "shapes world: images whose shape colour matches the prompt",
+    "background_colour_accuracy": "shapes world: images whose background colour matches the prompt",
+    "shape_class_accuracy": "shapes world: images whose shape (by mask overlap) matches the prompt",
+}
+NOT_METRICS = {"report"}
 
 
-def _cell(v) -> str:
-    return "" if v is None else f"{v:.1%}" if isinstance(v, float) else html.escape(str(v))
+def base_name(metric: str) -> str:
+    for prefix, _, _ in COLUMNS:
+        if prefix and metric.startswith(prefix):
+            return metric.removeprefix(prefix)
+    return metric
 
 
-def _headline(metrics: dict) -> str:
-    rows = [f"<tr><td>{label}</td>" + "".join(f"<td>{_cell(metrics.get(k))}</td>" for k in keys) + "</tr>"
-            for label, *keys in HEADLINE if keys[1] in metrics]
-    if not rows:
-        return ""
-    return ("<h2>Held-out prompts, generated images classified by pixel statistics</h2><table><tr><th></th>"
-            "<th>English prompt (base)</th><th>Chinese prompt, trained</th><th>Chinese prompt, untrained</th></tr>"
-            + "".join(rows) + "</table>")
+def plot_losses(losses: list, heldout: list | None = None, level: float | None = None) -> bytes:
+    """PNG: the training loss per logged step; held-out loss points (step, loss) and the mismatched-caption
+    level when given."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    if losses:
+        ax.plot(*zip(*losses, strict=True), label="training loss")
+    if heldout:
+        ax.plot(*zip(*heldout, strict=True), "o--", label="held-out loss")
+    if level:
+        ax.axhline(level, color="grey", linestyle=":", label="mismatched-caption level")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("IAP loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    plt.close(fig)
+    return png.getvalue()
 
 
-def write_report(url: str, title: str, metrics: dict, pairs: list[dict], loss_curve: str | None = None) -> str:
-    """pairs: [{caption_zh, caption_en, zh: image, en: image, untrained_zh?: image}] -> URL/report.html (local or
-    remote; written in a local folder first, report.html last)."""
+def write_report(url: str, title: str, metrics: dict, pairs: list[dict], losses: list | None = None) -> str:
+    """pairs: [{caption_zh, caption_en, en: image, zh: image, untrained_zh?: image}] -> URL/report.html (local
+    or remote; written in a local folder first, report.html last). `losses`: the run's (step, loss) history."""
     with tempfile.TemporaryDirectory(prefix="iap-report-") as tmp:
-        _write_page(Path(tmp), title, metrics, pairs, _read_if_exists(loss_curve))
+        _write_page(Path(tmp), title, metrics, pairs, losses or [])
         if is_remote(url):
             put_tree(Path(tmp), url, last="report.html")
         else:
@@ -81,22 +92,81 @@ def write_report(url: str, title: str, metrics: dict, pairs: list[dict], loss_cu
     return f"{url.rstrip('/')}/report.html"
 
 
-def _write_page(folder: Path, title: str, metrics: dict, pairs: list[dict], curve_png: bytes | None) -> None:
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>" if isinstance(v, float) else
-                   f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in metrics.items())
-    columns = [c for c in ("zh", "untrained_zh", "en") if pairs and c in pairs[0]]
-    heads = {"zh": "zh (trained encoder)", "untrained_zh": "zh (untrained encoder)", "en": "en (base)"}
-    grid = []
-    for i, p in enumerate(pairs):
-        cells = "".join(f"<td><img class=s src='{_data_uri(_save(p[c], folder / f'pair{i:02d}_{c}.png'))}'></td>"
-                        for c in columns)
-        grid.append(f"<tr><td>{html.escape(p['caption_zh'])}<br><small>{html.escape(p['caption_en'])}</small></td>"
+def add_lineage(report_url: str, stages: list[dict], decision: str, funnel: list[dict], config: dict) -> None:
+    """Fill the report's lineage section: manifest -> ... -> registry decision, the data funnel, the config."""
+    fs = filesystem(report_url)
+    page = fs.cat_file(report_url).decode()
+    rows = "".join(f"<tr><td>{html.escape(s['stage'])}</td><td><code>{html.escape(str(s['value']))}</code></td>"
+                   f"<td><small>{html.escape(s.get('flow_run_id') or '')}</small></td></tr>" for s in stages)
+    steps = "".join(f"<tr><td>{html.escape(f['stage'])}</td><td>{html.escape(f['rule'])}</td>"
+                    f"<td class=n>{f['removed']}</td><td class=n>{f['remaining']}</td></tr>" for f in funnel)
+    section = (f"<h2>Lineage</h2><p>Registry decision: <b>{html.escape(decision)}</b></p><table><tr><th>stage</th>"
+               f"<th>id / URL</th><th>flow run</th></tr>{rows}</table><h3>Data funnel</h3><table><tr><th>stage</th>"
+               f"<th>rule</th><th>removed</th><th>remaining</th></tr>{steps}</table><h3>Training config</h3>"
+               f"<pre>{html.escape(json.dumps(config, indent=1))}</pre>")
+    write_atomic(report_url, page.replace(LINEAGE_MARK, section).encode())
+
+
+def _thumbnail_uri(image: Image.Image, side: int = 256) -> str:
+    """An inline thumbnail: small images as PNG, larger ones scaled to `side` as JPEG (a page of 64 prompts at
+    512 px stays a few MB)."""
+    buf = io.BytesIO()
+    if max(image.size) <= side:
+        image.save(buf, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    small = image.copy()
+    small.thumbnail((side, side))
+    small.convert("RGB").save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _cell(name: str, v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float) and (name.endswith("accuracy") or name.startswith("retrieval_")):
+        return f"{v:.1%}"
+    return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+
+
+def _metrics_table(metrics: dict) -> str:
+    names = list(dict.fromkeys(base_name(k) for k in metrics if k not in NOT_METRICS))
+    heads = "".join(f"<th>{label}</th>" for _, _, label in COLUMNS)
+    rows = []
+    for name in names:
+        cells = "".join(f"<td class=n>{_cell(name, metrics.get(prefix + name))}</td>" for prefix, _, _ in COLUMNS)
+        rows.append(f"<tr><td><code>{name}</code><br><small>{html.escape(DEFINITIONS.get(name, ''))}</small></td>"
                     f"{cells}</tr>")
-    curve = f"<h2>Loss curve</h2><img src='{_png_uri(curve_png)}'>" if curve_png else ""
+    return f"<table><tr><th>metric</th>{heads}</tr>{''.join(rows)}</table>"
+
+
+def _grid(folder: Path, pairs: list[dict]) -> str:
+    columns = [(key, label) for _, key, label in COLUMNS if pairs and key in pairs[0]]
+    rows = []
+    for i, p in enumerate(pairs):
+        cells = ""
+        for key, _ in columns:
+            p[key].save(folder / f"prompt{i:03d}_{key}.png")
+            cells += f"<td><img class=s src='{_thumbnail_uri(p[key])}'></td>"
+        rows.append(f"<tr><td>{i + 1}. {html.escape(p['caption_zh'])}<br><small>{html.escape(p['caption_en'])}"
+                    f"</small></td>{cells}</tr>")
+    heads = "".join(f"<th>{label}</th>" for _, label in columns)
+    return (f"<h2>All {len(pairs)} held-out prompts, same seed per row</h2><table class=grid><tr><th>prompt</th>"
+            f"{heads}</tr>{''.join(rows)}</table>")
+
+
+def _write_page(folder: Path, title: str, metrics: dict, pairs: list[dict], losses: list) -> None:
+    heldout = [(0, metrics["untrained_heldout_loss"])] if "untrained_heldout_loss" in metrics else []
+    if losses and "heldout_loss" in metrics:
+        heldout.append((losses[-1][0], metrics["heldout_loss"]))
+    curve = ""
+    if losses:
+        png = plot_losses(losses, heldout, metrics.get("mismatched_caption_loss"))
+        (folder / "loss_curve.png").write_bytes(png)
+        curve = ("<h2>Loss curves</h2><img src='data:image/png;base64," + base64.b64encode(png).decode() + "'>"
+                 "<p><small>held-out loss: the untrained encoder (step 0) and the evaluated checkpoint</small></p>")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{_headline(metrics)}"
-            f"<h2>Held-out prompts: Chinese vs English, same seed</h2><table><tr><th>prompt</th>"
-            + "".join(f"<th>{heads[c]}</th>" for c in columns) + f"</tr>{''.join(grid)}</table>"
-            f"<h2>All metrics</h2><table><tr><th>metric</th><th>value</th></tr>{rows}</table>{curve}"
-            "</body></html>")
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p><small>evaluated {when}"
+            f"</small></p><h2>Metrics</h2>{_metrics_table(metrics)}{curve}{_grid(folder, pairs) if pairs else ''}"
+            f"{LINEAGE_MARK}</body></html>")
     (folder / "report.html").write_text(page, encoding="utf-8")

@@ -165,16 +165,19 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         window.append(total)
-        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+        log_step = state.step % cfg.log_every == 0 or state.step == cfg.steps
+        if log_step or state.step % max(1, cfg.log_every // 5) == 0:  # the loss curve: 5 points per log line
             mean = torch.stack(window).mean()
-            if world > 1:  # the logged loss is the global batch's; one all-reduce per log, not per step
+            if world > 1:  # the recorded loss is the global batch's; one all-reduce per point, not per step
                 mean = accelerator.reduce(mean, "mean")
             state.losses.append((state.step, mean.item()))
+            window = []
+        if log_step:
             elapsed = time.perf_counter() - start
             rate = (state.step - start_step) / max(elapsed, 1e-9)
             log(f"step {state.step}/{cfg.steps} loss {state.losses[-1][1]:.5f} lr {lr_at(state.step - 1, cfg):.2e} "
-                f"{rate:.2f} steps/s {rate * cfg.batch_size * cfg.grad_accum:.1f} samples/s")
-            window = []
+                f"{rate:.2f} steps/s {rate * cfg.batch_size * cfg.grad_accum:.1f} samples/s, "
+                f"{(cfg.steps - state.step) / max(rate, 1e-9):.0f} s to go")
             if on_step:
                 on_step(state)
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:

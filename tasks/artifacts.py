@@ -7,6 +7,7 @@ import base64
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.utilities.urls import url_for
 
+from iap.report import add_lineage, plot_losses
 from iap.storage import write_atomic
 
 
@@ -48,26 +49,6 @@ def loss_curve(losses: list[tuple[int, float]], url: str, summary: str) -> str:
     return url
 
 
-def plot_losses(losses: list[tuple[int, float]]) -> bytes:
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
-    if losses:
-        steps, values = zip(*losses, strict=True)
-        ax.plot(steps, values)
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png")
-    plt.close(fig)
-    return png.getvalue()
-
-
 def publish_run(result: dict, lineage_ids: dict) -> dict:
     """On the iap-train run itself (the run a user opens): the funnel, the held-out metrics and the lineage,
     each stage linked to the flow run that produced it. Returns the same for summary.json."""
@@ -88,6 +69,9 @@ def publish_run(result: dict, lineage_ids: dict) -> dict:
               ("pipeline", result["pipeline_dir"], runs["iap-train"]),
               ("registry entry", f"{result['registry']} ({decision})", runs["iap-train"])]
     lineage(stages, decision)
+    table = [{"stage": what, "value": value, "flow_run_id": run} for what, value, run in stages]
+    if metrics_.get("report"):
+        add_lineage(metrics_["report"], table, decision, snap.funnel, result["train_config"])
     return {"funnel": snap.funnel, "download_id": download_id, "snapshot_id": snap.id, "cache_key": lineage_ids["cache_key"],
             "report": metrics_.get("report"),
-            "lineage": [{"stage": what, "value": value, "flow_run_id": run} for what, value, run in stages]}
+            "lineage": table}

@@ -162,7 +162,7 @@ def test_refresh_downloads_only_new_manifest_rows(tmp_path):
 def test_zero_surviving_rows_is_one_message_and_no_snapshot(local_run, tmp_path):
     from iap.errors import IapError
     _, report, _ = local_run
-    with pytest.raises(IapError, match=r"0 rows survived the filter \(48 in\).*image_too_small -44"):
+    with pytest.raises(IapError, match=r"0 of 48 downloaded rows survived the filter \(removed: .*image_too_small 44"):
         build_snapshot(report.shards_url, str(tmp_path), FILTER.model_copy(update={"min_side": 10_000}))
     assert not (tmp_path / "snapshots").exists() or not any((tmp_path / "snapshots").iterdir())
 

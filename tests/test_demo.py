@@ -37,6 +37,33 @@ def test_chinese_prompts_draw_held_out_combos_like_english_ones(demo_summary):
     assert "Chinese prompt, trained" in report and f"{m['colour_accuracy_zh_after']:.1%}" in report
 
 
+def test_the_report_shows_every_held_out_prompt_every_definition_and_the_lineage(demo_summary):
+    """A person reads report.html: every drawn held-out prompt with its images in one column order, every metric
+    with its definition, the loss curves, and the lineage down to the registry decision."""
+    import html
+
+    from iap.report import COLUMNS, DEFINITIONS, base_name
+    evaluation = demo_summary["evaluation"]
+    page = Path(evaluation["report"]).read_text()
+    folder = Path(evaluation["report"]).parent
+    prompts = sorted(folder.glob("prompt[0-9][0-9][0-9]_zh.png"))
+    assert len(prompts) == evaluation["generated_prompts"] == demo_summary["metrics"]["generated_prompts"]
+    assert page.count("<tr><td>") >= len(prompts)
+    for i in range(len(prompts)):
+        assert f"<tr><td>{i + 1}. " in page
+    labels = [label for _, _, label in COLUMNS]
+    for table in page.split("<table")[1:3]:  # metrics, then prompts: the same column order
+        assert [table.index(label) for label in labels] == sorted(table.index(label) for label in labels)
+    for name in {base_name(k) for k in evaluation if k != "report"}:
+        assert name in DEFINITIONS, name
+        assert html.escape(DEFINITIONS[name]) in page
+    assert "Loss curves" in page and "held-out loss" in page
+    assert "Lineage" in page and "Registry decision: <b>promoted" in page
+    for stage in demo_summary["lineage"]:
+        assert f"<td>{stage['stage']}</td>" in page
+    assert "zh_kana_hangul" in page  # the funnel
+
+
 def test_summary_file(demo_summary):
     summary = json.loads((Path(demo_summary["workdir"]) / "summary.json").read_text())
     for key in ("pipeline_dir", "checkpoint", "metrics"):

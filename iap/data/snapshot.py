@@ -313,9 +313,9 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
     rows = dict(con.execute("SELECT split, count(*) FROM rows WHERE removed_by IS NULL GROUP BY split").fetchall())
     rows = {s: rows.get(s, 0) for s in SPLITS} | {"total": sum(rows.values())}
     if rows["total"] == 0:
-        steps = "; ".join(f"{f['rule']} -{f['removed']}" for f in funnel if f.get("removed"))
-        raise IapError(f"0 rows survived the filter ({start} in): {steps or 'no rule removed any'}. "
-                       "Nothing was written; loosen the rules (e.g. min_image_size, caption lengths) or check the data.")
+        con.close()
+        del con  # a failed state keeps this frame alive to exit: no DuckDB object may outlive the interpreter
+        raise IapError(_nothing_survived(funnel, start))
     with tempfile.TemporaryDirectory(prefix="iap-snapshot-") as tmp:
         shards = _write_local(con, Path(tmp), cfg, extras)
         snap = Snapshot(id=sid, url=final_url, rows=rows, funnel=funnel, config=cfg.model_dump(mode="json"),
@@ -324,6 +324,15 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
                                 **({"manifest": manifest} if manifest else {})}, shards=shards)
         _commit(fs, Path(tmp), final_url, snap)
     return snap
+
+
+def _nothing_survived(funnel: list[dict], start: int) -> str:
+    steps = "; ".join(f"{f['rule']} {f['removed']}" for f in funnel if f.get("removed"))
+    if start == 0:
+        return (f"no manifest row was downloaded ({steps}). Nothing was written; check that the manifest's URLs "
+                "are reachable from this machine (the download's failure examples name the errors).")
+    return (f"0 of {start} downloaded rows survived the filter (removed: {steps or 'none'}). Nothing was written; "
+            "loosen the rules (e.g. min_image_size, caption lengths) or check the data.")
 
 
 def _commit(fs, tmp: Path, final_url: str, snap: Snapshot) -> None:

@@ -370,3 +370,26 @@ def test_iap_evaluate_on_an_evaluation_manifest(demo_summary, served, tmp_path):
     snapshot = json.loads(next((tmp_path / "out" / "eval-data" / "snapshots").glob("*/snapshot.json")).read_text())
     assert snapshot["rows"]["test"] == snapshot["rows"]["total"] > 0 and snapshot["config"]["dedup_image"] is False
     assert "heldout_loss" in r.stdout and "retrieval_top1" in r.stdout
+
+
+def test_a_user_error_inside_the_data_flow_is_one_message_without_traceback(tmp_path):
+    """Every URL unreachable: the flow fails once (no retry), the console keeps Prefect's state lines but no
+    traceback (nor DuckDB's exit-time leak report), and the command ends in one `error:` line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+    port = free_port()  # nothing listens there
+    pq.write_table(pa.table({"url": [f"http://127.0.0.1:{port}/a.png", f"http://127.0.0.1:{port}/b.png"],
+                             "caption_zh": ["一只猫", "一只狗"], "caption_en": ["a cat", "a dog"]}),
+                   tmp_path / "dead.parquet")
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "data", "--manifest", str(tmp_path / "dead.parquet"),
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ))
+    output = r.stdout + r.stderr
+    assert r.returncode == 2, output[-3000:]
+    assert "Traceback" not in output and "nanobind" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no manifest row was downloaded (network_error 2)" in errors[0], output[-3000:]
+    assert len(output.splitlines()) <= 12, output

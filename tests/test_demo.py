@@ -1,6 +1,7 @@
 """The embedded default, end to end: training works, the export is a plain diffusers pipeline."""
 
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -166,3 +167,22 @@ def test_the_demo_says_only_what_iap_says(demo_summary):
     assert not found, (found, console[-3000:])
     logs = list(Path(demo_summary["workdir"]).glob("data/raw-*/img2dataset.log"))
     assert logs and "Downloading starting now" in logs[0].read_text()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="headless Chromium is not installed (.ci/run installs chromium and fonts-noto-cjk)")
+def test_the_report_renders_in_headless_chromium(demo_summary, tmp_path):
+    """The page as a browser draws it: thumbnails decoded (the shapes' saturated colours are on screen) and a
+    CJK font present for the Chinese prompts."""
+    import numpy as np
+    from PIL import Image
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1200,2400", f"--screenshot={shot}",
+                    Path(demo_summary["evaluation"]["report"]).as_uri()], capture_output=True, timeout=180)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape == (2400, 1200, 3)
+    saturated = (pixels.max(axis=2) - pixels.min(axis=2)) > 120
+    assert saturated.mean() > 0.02, saturated.mean()
+    fonts = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True).stdout
+    assert fonts.strip(), "no font with Chinese glyphs: the prompts would render as boxes"

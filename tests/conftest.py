@@ -169,3 +169,12 @@ def grouped_snapshot_small(served, tmp_path_factory):
     _, snapshot = run_data(str(served), str(tmp_path_factory.mktemp("grouped")), DOWNLOAD,
                            FilterConfig(split_key="combo", val_fraction=0.3, test_fraction=0.0, shard_rows=20))
     return snapshot
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop Prefect's temporary API servers while the terminal is still open: their own atexit stop logs to
+    a stream pytest has closed by then (30 lines of 'Logging error ... I/O operation on closed file')."""
+    server = sys.modules.get("prefect.server.api.server")
+    if server is not None:
+        for instance in list(server.SubprocessASGIServer._instances.values()):
+            instance.stop()

@@ -50,10 +50,10 @@ def demo(workdir: Annotated[Path, typer.Option(help="where everything goes")] = 
         lines.append(f"  colour accuracy, {m['generated_prompts']} held-out Chinese prompts "
                      f"{m['colour_accuracy_zh_before']:.1%} -> {m['colour_accuracy_zh_after']:.1%}"
                      f"  (English prompts: {m['colour_accuracy_en_teacher']:.1%})")
-    console.print("\n".join(lines))
-    print_outputs(summary | {"status": summary["registry_status"], "reason": summary["registry_reason"]})
-    console.print(f"  {'samples':15} {summary['samples_dir']}\n  {'summary':15} {workdir / 'summary.json'}",
-                  highlight=False, soft_wrap=True)
+    lines += [f"  report:   {summary['evaluation'].get('report', '-')}", f"  pipeline: {summary['pipeline_dir']}",
+              f"  samples:  {summary['samples_dir']}", f"  summary:  {workdir / 'summary.json'} (lineage, funnel, "
+              f"flow runs)"]
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -110,14 +110,8 @@ def train(out: Annotated[str, typer.Option(help="output root of the whole pipeli
                        synthetic=synthetic,
                        **_sections(config, ("download", "filter", "cache", "train", "gate", "columns", "evaluate",
                                             "english")))
-    print_outputs(result)
-
-
-def print_outputs(result: dict) -> None:
-    """Where an iap-train run's outputs went, stage by stage, and the registry's decision."""
-    rows = [(s["stage"], s["value"]) for s in result["lineage"]] + [("flow run", result["flow_run_id"])]
-    console.print(f"\n[bold]checkpoint {result['checkpoint_id']}: {result['status']}[/bold] ({result['reason']})")
-    console.print("\n".join(f"  {k:15} {v}" for k, v in rows), highlight=False, soft_wrap=True)
+    console.print(f"checkpoint {result['checkpoint_id']}: {result['status']} ({result['reason']}); flow run "
+                  f"{result['flow_run_id']}")  # the run's last log lines above say where every output went
 
 
 @app.command()

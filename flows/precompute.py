@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict
 
 from prefect import flow, unmapped
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from iap.cache import CacheConfig, CachePlan, open_cache, plan_cache
 from iap.data.snapshot import open_snapshot
@@ -22,7 +23,12 @@ def _cache_shards(plan: CachePlan, base: str, precision: str) -> list[dict]:
     futures = cache_shard.map([f"{plan.key}/{split}/{rel}" for split, rel in plan.shards], unmapped(plan),
                               [s for s, _ in plan.shards], [r for _, r in plan.shards], unmapped(base),
                               unmapped(precision))
-    return [f.result() for f in futures]
+    progress = create_progress_artifact(0.0, key="iap-precompute-progress", description=f"cache shards of {plan.key}")
+    shards = []
+    for future in futures:
+        shards.append(future.result())
+        update_progress_artifact(progress, 100.0 * len(shards) / len(futures))
+    return shards
 
 
 @flow(name="iap-precompute", log_prints=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.utilities.urls import url_for
 
@@ -69,6 +70,8 @@ def publish_run(result: dict, lineage_ids: dict) -> dict:
               ("pipeline", result["pipeline_dir"], runs["iap-train"]),
               ("registry entry", f"{result['registry']} ({decision})", runs["iap-train"])]
     lineage(stages, decision)
+    get_run_logger().info(f"checkpoint {result['checkpoint_id']}: {decision}\n" + "\n".join(
+        f"  {what:15} {value}" for what, value, _ in stages))  # the run's last log line: in `--watch` too
     table = [{"stage": what, "value": value, "flow_run_id": run} for what, value, run in stages]
     if metrics_.get("report"):
         add_lineage(metrics_["report"], table, decision, snap.funnel, result["train_config"])

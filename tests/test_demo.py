@@ -165,6 +165,8 @@ def test_the_demo_says_only_what_iap_says(demo_summary):
     assert console.strip(), "nothing captured"
     found = [n for n in NOISE if n in console]
     assert not found, (found, console[-3000:])
+    for stage in demo_summary["lineage"]:  # and where every output went
+        assert f"  {stage['stage']:15} {stage['value']}" in console, stage
     logs = list(Path(demo_summary["workdir"]).glob("data/raw-*/img2dataset.log"))
     assert logs and "Downloading starting now" in logs[0].read_text()
 

@@ -296,7 +296,8 @@ def data(
     except ValidationError as e:
         err = e.errors()[0]
         raise IapError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
-    with Progress(console=console, transient=True) as progress:
+    # bound to the terminal's stream now: img2dataset's output is redirected to its log while this runs
+    with Progress(console=Console(file=sys.stderr), transient=True) as progress:
         task = progress.add_task("downloading shards", total=None)
         report, snapshot = run_data(manifest, out, dl, flt, cols,
                                     on_progress=lambda done, total: progress.update(task, completed=done, total=total),

@@ -208,15 +208,12 @@ def main() -> None:
     library_cli.run(app)
 
 
-class _DropUserErrorTraceback:
+def _drop_user_error_traceback(record) -> bool:
     """A user error (IapError) ends as one line from iap.cli.run; Prefect's console keeps its state lines but
     not a traceback for it (its API log, what the UI shows, keeps everything)."""
-
-    @staticmethod
-    def filter(record) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], IapError):
-            record.exc_info, record.exc_text = None, None
-        return True
+    if record.exc_info and isinstance(record.exc_info[1], IapError):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def _user_errors_without_traceback() -> None:
@@ -226,7 +223,7 @@ def _user_errors_without_traceback() -> None:
     setup_logging()
     for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
         if isinstance(handler, logging.StreamHandler):  # the console, not the API
-            handler.addFilter(_DropUserErrorTraceback)
+            handler.addFilter(_drop_user_error_traceback)
 
 
 if __name__ == "__main__":

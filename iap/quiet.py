@@ -45,7 +45,7 @@ def loud() -> None:
 def output_to(log: Path) -> Iterator[Path]:
     """Send this process's stdout, and that of the processes it starts meanwhile, to `log` (file-descriptor
     level, so spawned workers inherit it; tqdm bars off in them), and this process's sys.stdout/stderr too;
-a no-op when verbose."""
+    a no-op when verbose."""
     if verbose():
         yield log
         return

@@ -28,5 +28,5 @@ def iap_evaluate(checkpoint: str, snapshot: str | None, base: str, untrained: st
         snapshot = iap_data(manifest, f"{out}/eval-data", download, filter.model_copy(update=EVAL_SET), columns)["url"]
         split = "test"
     key = (f"eval-{checkpoint_id(checkpoint)}-{snapshot.rstrip('/').rsplit('/', 1)[-1]}-{split}"
-           f"-{generation.content_hash()}")
+           f"-{generation.identity()}")
     return evaluate(key, checkpoint, snapshot, base, untrained, split, generation, precision)

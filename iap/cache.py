@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
 
 import fsspec
 import pyarrow as pa
@@ -33,7 +33,7 @@ import torch
 from pydantic import Field
 from safetensors.torch import load, save
 
-from iap.config import StageConfig
+from iap.config import StageConfig, launch_field
 from iap.data.reader import decode, read_shard
 from iap.data.snapshot import Snapshot
 from iap.errors import IapError
@@ -54,18 +54,16 @@ class CacheConfig(StageConfig):
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     splits: list[str] = Field(default_factory=lambda: ["train", "val"])
     seed: int = 0
-    batch_size: int | None = Field(None, ge=1, description="samples per VAE/UNet pass (None: 32 on a GPU, 4 on a CPU)")
+    batch_size: int | None = launch_field(None, ge=1, description="samples per VAE/UNet pass (None: 32 on a GPU, 4 on a CPU)")
     # how shards are spread (Prefect task runners); none of it changes the cache key
-    task_runner: Literal["thread", "process", "dask", "ray"] = Field(
+    task_runner: Literal["thread", "process", "dask", "ray"] = launch_field(
         "thread", description="dask / ray need prefect-dask / prefect-ray")
-    workers: int | None = Field(None, ge=1, description="parallel shards (None: the runner's default)")
-    runner_address: str | None = Field(None, description="Dask scheduler or Ray cluster address (None: local)")
+    workers: int | None = launch_field(None, ge=1, description="parallel shards (None: the runner's default)")
+    runner_address: str | None = launch_field(None, description="Dask scheduler or Ray cluster address (None: local)")
 
-    max_gb: float | None = Field(500.0, gt=0, description="stop before writing anything when the projected cache "
+    max_gb: float | None = launch_field(500.0, gt=0, description="stop before writing anything when the projected cache "
                                                        "size exceeds this many GB (None: no limit)")
 
-    LAUNCH_FIELDS: ClassVar[frozenset[str]] = frozenset({"batch_size", "task_runner", "workers", "runner_address",
-                                                         "max_gb"})
 
 
 @dataclass
@@ -87,7 +85,7 @@ class CacheInfo:
 
 
 def cache_key(snapshot_id: str, base_fingerprint: str, cfg: CacheConfig) -> str:
-    return hashlib.sha256(f"{snapshot_id}:{base_fingerprint}:{cfg.content_hash(exclude=set(cfg.LAUNCH_FIELDS))}"
+    return hashlib.sha256(f"{snapshot_id}:{base_fingerprint}:{cfg.identity()}"
                           .encode()).hexdigest()[:16]
 
 

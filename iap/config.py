@@ -5,18 +5,32 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticUndefined
 
 from iap.errors import IapError
+
+
+def launch_field(default: Any = PydanticUndefined, **kwargs: Any) -> Any:
+    """A config field that says how (or how long) a stage runs, not what it computes: parallelism, batch
+    sizes of frozen passes, budgets, the step count of a resumable run. It is outside every content id,
+    so changing it reuses a cache or snapshot and resumes a run. The only such marker in the code."""
+    return Field(default, json_schema_extra={"content_id": False}, **kwargs)
 
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    def content_hash(self, exclude: set[str] | None = None) -> str:
-        data = self.model_dump(mode="json", exclude=exclude)
+    @classmethod
+    def launch_fields(cls) -> set[str]:
+        return {name for name, f in cls.model_fields.items()
+                if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("content_id") is False}
+
+    def identity(self) -> str:
+        """The content hash of the fields that change what the stage computes."""
+        data = self.model_dump(mode="json", exclude=self.launch_fields())
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -24,7 +38,7 @@ class TrainConfig(StageConfig):
     """How the Chinese encoder is trained."""
 
     objective: Literal["pivot", "separate", "embedding-mse", "eps-distill"] = "pivot"
-    steps: int = Field(1000, ge=1)
+    steps: int = launch_field(1000, ge=1, description="a run resumes with more steps")
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(1e-4, gt=0)
@@ -34,29 +48,18 @@ class TrainConfig(StageConfig):
     max_grad_norm: float = Field(1.0, gt=0)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     seed: int = 0
-    checkpoint_every: int = Field(200, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = launch_field(200, ge=1)
+    keep_checkpoints: int = launch_field(2, ge=1)
+    log_every: int = launch_field(50, ge=1)
     empty_prompt_fraction: float = Field(
         0.1, ge=0, lt=1, description="share of samples trained as the empty prompt on both sides (zh '' -> en ''), "
         "so the encoder also serves classifier-free guidance's unconditional branch")
     layer_weights: dict[str, float] = Field(default_factory=dict,
                                             description="layer-name prefix -> weight (default 1)")
-    num_processes: int = Field(1, ge=1, description="data-parallel processes on this machine (torchrun)")
-    accelerate_config: str | None = Field(None, description="an accelerate config file (GPUs, nodes); "
+    # the launch: the data order depends only on the step, so the same run on more processes
+    num_processes: int = launch_field(1, ge=1, description="data-parallel processes on this machine (torchrun)")
+    accelerate_config: str | None = launch_field(None, description="an accelerate config file (GPUs, nodes); "
                                                             "overrides num_processes")
-
-    # Fields that may change between a run and its resume without changing the result's meaning.
-    # The launch (how many processes) is one of them: the data order depends only on the step.
-    RESUMABLE_CHANGES: ClassVar[frozenset[str]] = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "log_every",
-                                                             "num_processes", "accelerate_config"})
-
-    @property
-    def distributed(self) -> bool:
-        return self.num_processes > 1 or self.accelerate_config is not None
-
-    def identity(self) -> str:
-        return self.content_hash(exclude=set(self.RESUMABLE_CHANGES))
 
 
 def load_config(path: str | Path, cls: type[StageConfig]) -> StageConfig:

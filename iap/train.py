@@ -97,7 +97,7 @@ def _resume(run_dir: Path, cfg: TrainConfig, encoder, optimizer, log) -> TrainSt
     saved = TrainConfig.model_validate(read_checkpoint_meta(ckpt)["config"])
     if saved.identity() != cfg.identity():
         changed = [k for k in TrainConfig.model_fields
-                   if k not in cfg.RESUMABLE_CHANGES and getattr(saved, k) != getattr(cfg, k)]
+                   if k not in cfg.launch_fields() and getattr(saved, k) != getattr(cfg, k)]
         raise IapError(f"{run_dir} holds a run with a different config (changed: {', '.join(changed)}); "
                        "use a new run directory")
     state = load_checkpoint(ckpt, encoder, optimizer)

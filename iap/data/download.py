@@ -29,7 +29,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from iap.config import StageConfig
+from iap.config import StageConfig, launch_field
 from iap.data.manifest import Manifest, table_fingerprint
 from iap.errors import IapError
 from iap.quiet import output_to
@@ -50,16 +50,16 @@ class DownloadConfig(StageConfig):
     max_bytes: int = Field(50_000_000, ge=1, description="larger files fail as too_large")
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
     output_format: Literal["parquet", "webdataset"] = "parquet"
-    processes_count: int = Field(1, ge=1)
-    thread_count: int = Field(16, ge=1)
+    processes_count: int = launch_field(1, ge=1)
+    thread_count: int = launch_field(16, ge=1)
     number_sample_per_shard: int = Field(1000, ge=1)
     retries: int = Field(0, ge=0)
     timeout: int = Field(10, ge=1, description="seconds for a whole request (a trickling server fails as timeout)")
-    distributor: Literal["multiprocessing", "pyspark", "ray"] = Field(
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = launch_field(
         "multiprocessing", description="pyspark: the active SparkSession, else a local one; ray: the connected "
         "cluster (ray.init first). See infra/distributed/")
-    subjob_size: int = Field(1000, ge=1, description="shards per distributed subjob (pyspark, ray)")
-    max_shard_retry: int = Field(1, ge=0, description="times a failed shard is retried (pyspark, ray)")
+    subjob_size: int = launch_field(1000, ge=1, description="shards per distributed subjob (pyspark, ray)")
+    max_shard_retry: int = launch_field(1, ge=0, description="times a failed shard is retried (pyspark, ray)")
 
 
 @dataclass
@@ -234,9 +234,7 @@ def _parts_with_keys(fs, out_url: str, cfg: DownloadConfig, wanted: set[str]) ->
 
 def _options(cfg: DownloadConfig) -> str:
     """The options that change what is downloaded (not how it is parallelised)."""
-    # how the work is spread does not change what is downloaded
-    return cfg.content_hash(exclude={"distributor", "processes_count", "thread_count", "subjob_size",
-                                     "max_shard_retry"})
+    return cfg.identity()
 
 
 def _download_rows(manifest: pa.Table, out_url: str, cfg: DownloadConfig,

@@ -281,7 +281,7 @@ def _write_local(con, folder: Path, cfg: FilterConfig, extras: list[str]) -> dic
 
 
 def snapshot_id(content: str, cfg: FilterConfig) -> str:
-    return hashlib.sha256(f"{content}:{cfg.content_hash()}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{content}:{cfg.identity()}".encode()).hexdigest()[:16]
 
 
 def open_snapshot(url: str) -> Snapshot:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,16 @@ from safetensors.torch import load_file, save_file
 
 from iap.errors import IapError
 from iap.models.base import weights_fingerprint
-from iap.storage import filesystem, get_tree, is_remote, local_cache, local_workdir, put_tree, write_atomic
+from iap.storage import (
+    filesystem,
+    get_tree,
+    is_remote,
+    local_cache,
+    local_workdir,
+    put_tree,
+    staged_folder,
+    write_atomic,
+)
 
 ENCODER_WEIGHTS = "encoder/model.safetensors"
 
@@ -44,13 +52,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_tree(folder: Path) -> None:
-    for f in folder.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
 
 
 def _optimizer_to_files(optimizer: torch.optim.Optimizer, folder: Path) -> None:
@@ -77,23 +78,16 @@ def save_checkpoint(run_dir: Path, encoder, optimizer, state: TrainState, config
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{state.step:06d}"
-    tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    encoder.model.save_pretrained(tmp / "encoder", safe_serialization=True)
-    encoder.tokenizer.save_pretrained(tmp / "encoder")
-    _optimizer_to_files(optimizer, tmp)
-    meta = {"step": state.step, "losses": state.losses, "config": config, "lineage": lineage,
-            "encoder_sha256": sha256_file(tmp / ENCODER_WEIGHTS),
-            "optimizer_sha256": sha256_file(tmp / "optimizer.safetensors"),
-            "rng": "per-step: torch seeded from (seed, step); data order from (seed, epoch)"}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    _fsync_tree(tmp)
-    shutil.rmtree(final, ignore_errors=True)  # a same-step leftover from a run killed before `latest` moved
-    os.rename(tmp, final)
-    pointer = ckpt_root / ".latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, ckpt_root / "latest")
+    with staged_folder(final, "state.json") as tmp:  # replaces a same-step leftover of a run killed before `latest`
+        encoder.model.save_pretrained(tmp / "encoder", safe_serialization=True)
+        encoder.tokenizer.save_pretrained(tmp / "encoder")
+        _optimizer_to_files(optimizer, tmp)
+        meta = {"step": state.step, "losses": state.losses, "config": config, "lineage": lineage,
+                "encoder_sha256": sha256_file(tmp / ENCODER_WEIGHTS),
+                "optimizer_sha256": sha256_file(tmp / "optimizer.safetensors"),
+                "rng": "per-step: torch seeded from (seed, step); data order from (seed, epoch)"}
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    write_atomic(str(ckpt_root / "latest"), final.name.encode())
     for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -102,7 +96,7 @@ def save_checkpoint(run_dir: Path, encoder, optimizer, state: TrainState, config
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest committed checkpoint, or None for a fresh run. Inconsistent state is an error."""
     ckpt_root = Path(run_dir) / "checkpoints"
-    for tmp in ckpt_root.glob(".tmp-*"):  # left by a killed run: never complete, never read
+    for tmp in ckpt_root.glob(".step-*.tmp-*"):  # left by a killed run: never complete, never read
         shutil.rmtree(tmp, ignore_errors=True)
     pointer = ckpt_root / "latest"
     if not pointer.exists():
@@ -140,7 +134,7 @@ def push_checkpoint(ckpt: Path, run_dir: str | Path, keep: int) -> str:
     root = f"{str(run_dir).rstrip('/')}/checkpoints"
     put_tree(ckpt, f"{root}/{ckpt.name}", last="state.json")
     fs = filesystem(root)
-    fs.pipe_file(f"{root}/latest", ckpt.name.encode())
+    write_atomic(f"{root}/latest", ckpt.name.encode(), fs)
     fs.invalidate_cache(root)
     for old in sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{root}/step-*"))[:-keep]:
         fs.rm(f"{root}/{old}", recursive=True)

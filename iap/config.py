@@ -56,10 +56,14 @@ class TrainConfig(StageConfig):
         "so the encoder also serves classifier-free guidance's unconditional branch")
     layer_weights: dict[str, float] = Field(default_factory=dict,
                                             description="layer-name prefix -> weight (default 1)")
-    # the launch: the data order depends only on the step, so the same run on more processes
+    # the launch: the data order depends only on the step, so a run may resume on more processes
     num_processes: int = launch_field(1, ge=1, description="data-parallel processes on this machine (torchrun)")
     accelerate_config: str | None = launch_field(None, description="an accelerate config file (GPUs, nodes); "
-                                                            "overrides num_processes")
+                                   "overrides num_processes")
+
+    @property
+    def distributed(self) -> bool:
+        return self.num_processes > 1 or self.accelerate_config is not None
 
 
 def load_config(path: str | Path, cls: type[StageConfig]) -> StageConfig:

@@ -9,10 +9,8 @@ export holds no second copy of the base in memory and its UNet is byte-identical
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer
@@ -20,7 +18,7 @@ from transformers import AutoModel, AutoTokenizer
 from iap.checkpoint import check_lineage, fetch_checkpoint, read_checkpoint_meta
 from iap.errors import IapError
 from iap.models.hub import is_local, revision
-from iap.storage import is_remote, put_tree
+from iap.storage import is_remote, staged_folder
 
 CARD = """---
 library_name: diffusers
@@ -74,18 +72,9 @@ def _library_class(obj) -> list[str]:
 def export_pipeline(checkpoint: str | Path, base_source: str, out: str | Path) -> Path | str:
     """The pipeline folder at `out` (local or remote), visible only when complete: a local one appears by a
     rename; a remote one is uploaded with model_index.json (what from_pretrained reads first) last."""
-    if is_remote(out):
-        with tempfile.TemporaryDirectory(prefix="iap-export-") as tmp:
-            _build(checkpoint, base_source, Path(tmp) / "pipeline", str(out))
-            put_tree(Path(tmp) / "pipeline", str(out), last="model_index.json")
-        return str(out)
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    _build(checkpoint, base_source, tmp, out)
-    shutil.rmtree(out, ignore_errors=True)
-    os.rename(tmp, out)
-    return out
+    with staged_folder(out, "model_index.json") as tmp:
+        _build(checkpoint, base_source, tmp, out)
+    return str(out) if is_remote(out) else Path(out)
 
 
 def _build(checkpoint: str | Path, base_source: str, tmp: Path, out: str | Path) -> None:

@@ -4,15 +4,23 @@
   Object stores: a single PUT, which S3 makes visible all at once.
 - `create_exclusive`: write only if nothing is there; exactly one of many concurrent callers wins.
   Local: O_CREAT|O_EXCL. S3: a conditional PUT (If-None-Match: *).
+- `staged_folder`: a folder output (snapshot, checkpoint, pipeline) built aside and made visible whole.
+  Local: fsync, then a rename of a hidden sibling. Object stores: every file uploaded, the commit marker
+  (what readers check first) last.
+
+Every stage writes its outputs through these; no other module renames or fsyncs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -54,6 +62,47 @@ def create_exclusive(url: str, data: bytes, fs: fsspec.AbstractFileSystem | None
     except FileExistsError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def staged_folder(url: str | os.PathLike, marker: str) -> Iterator[Path]:
+    """A local folder to build the output at `url` in. When the block ends without error the output appears
+    whole (an earlier one at `url` is replaced), with `marker` its commit point; otherwise nothing changes
+    at `url`."""
+    if is_remote(url):
+        url = str(url).rstrip("/")
+        with tempfile.TemporaryDirectory(prefix="iap-stage-") as tmp:
+            yield Path(tmp)
+            fs = filesystem(url)
+            if fs.exists(url):  # an earlier or half-uploaded one: readers see no marker meanwhile
+                fs.rm(url, recursive=True)
+            put_tree(Path(tmp), url, last=marker)
+        return
+    final = Path(url)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_stages(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_dead_stages(final: Path) -> None:
+    """Staging folders of `final` left by killed processes (a live one may be a concurrent build)."""
+    import psutil
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = stale.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def is_remote(url: str | os.PathLike) -> bool:

@@ -44,3 +44,11 @@ def test_importing_every_library_module_loads_no_prefect():
             "print(bad[:5]); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+
+
+def test_only_the_storage_module_commits_outputs():
+    """One copy of the atomic-write code: no other module renames, replaces or fsyncs a file."""
+    calls = ("os.rename(", "os.replace(", "os.fsync(", "fs.pipe_file(", "fs.mv(")
+    found = [f"{path.relative_to(ROOT)}: {call}" for path in sorted((ROOT / "iap").rglob("*.py"))
+             if path.name != "storage.py" for call in calls if call in path.read_text()]
+    assert not found, found

@@ -33,7 +33,7 @@ from iap.config import StageConfig, launch_field
 from iap.data.manifest import Manifest, table_fingerprint
 from iap.errors import IapError
 from iap.quiet import output_to
-from iap.storage import local_workdir
+from iap.storage import local_workdir, write_atomic
 
 FAILURE_REASONS = ("http_error", "timeout", "corrupt_image", "too_small", "too_large", "network_error", "other")
 
@@ -210,8 +210,7 @@ def _download(manifest: pa.Table, out_url: str, cfg: DownloadConfig,
                             input_rows=manifest.num_rows, downloaded=ok, failed=dict(reasons),
                             failure_examples=examples, manifest_fingerprint=fingerprint,
                             config=cfg.model_dump(mode="json"), parts=urls, keys_url=keys_url, new_rows=new.num_rows)
-    with fs.open(marker, "w") as f:
-        json.dump({k: v for k, v in asdict(report).items() if k != "cached"}, f, indent=1)
+    write_atomic(marker, json.dumps({k: v for k, v in asdict(report).items() if k != "cached"}, indent=1).encode(), fs)
     return report
 
 
@@ -272,8 +271,7 @@ def _download_rows(manifest: pa.Table, out_url: str, cfg: DownloadConfig,
     if reasons.get("unaccounted"):
         raise IapError(f"img2dataset lost {reasons['unaccounted']} of {manifest.num_rows} rows under {shards_url}: "
                        "some shards failed; re-run to retry them")
-    with fs.open(marker, "w") as f:
-        json.dump({k: v for k, v in asdict(report).items() if k != "cached"}, f, indent=1)
+    write_atomic(marker, json.dumps({k: v for k, v in asdict(report).items() if k != "cached"}, indent=1).encode(), fs)
     return report
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,6 +25,7 @@ from pydantic import Field, field_validator
 from iap.config import StageConfig
 from iap.data.script import sql_has_kana_hangul, sql_is_chinese
 from iap.errors import IapError
+from iap.storage import staged_folder
 
 SPLITS = ("train", "val", "test")
 CORE_COLUMNS = ["key", "url", "caption_zh", "caption_en", "image", "width", "height",
@@ -316,13 +315,14 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
         con.close()
         del con  # a failed state keeps this frame alive to exit: no DuckDB object may outlive the interpreter
         raise IapError(_nothing_survived(funnel, start))
-    with tempfile.TemporaryDirectory(prefix="iap-snapshot-") as tmp:
-        shards = _write_local(con, Path(tmp), cfg, extras)
+    with staged_folder(final_url, "snapshot.json") as folder:  # visible only when complete
+        shards = _write_local(con, folder, cfg, extras)
         snap = Snapshot(id=sid, url=final_url, rows=rows, funnel=funnel, config=cfg.model_dump(mode="json"),
                         inputs={"shards": shards, "keys_url": keys_url, "content_fingerprint": content,
                                 "rows_in": start, **_normalisation(con, cfg),
                                 **({"manifest": manifest} if manifest else {})}, shards=shards)
-        _commit(fs, Path(tmp), final_url, snap)
+        meta = {k: v for k, v in asdict(snap).items() if k != "cached"}
+        (folder / "snapshot.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     return snap
 
 
@@ -333,23 +333,3 @@ def _nothing_survived(funnel: list[dict], start: int) -> str:
                 "are reachable from this machine (the download's failure examples name the errors).")
     return (f"0 of {start} downloaded rows survived the filter (removed: {steps or 'none'}). Nothing was written; "
             "loosen the rules (e.g. min_image_size, caption lengths) or check the data.")
-
-
-def _commit(fs, tmp: Path, final_url: str, snap: Snapshot) -> None:
-    """Make the snapshot visible only when complete."""
-    meta = json.dumps({k: v for k, v in asdict(snap).items() if k != "cached"}, indent=1, ensure_ascii=False)
-    if fs.exists(final_url):  # leftovers of a killed commit: never complete (no snapshot.json)
-        fs.rm(final_url, recursive=True)
-    if "file" in fs.protocol:
-        for stale in Path(final_url).parent.glob(f"{Path(final_url).name}.tmp-*"):  # a killed commit
-            shutil.rmtree(stale, ignore_errors=True)
-        staged = Path(f"{final_url}.tmp-{os.getpid()}")
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(tmp, staged)
-        (staged / "snapshot.json").write_text(meta)
-        os.rename(staged, final_url)
-    else:
-        fs.put(str(tmp) + "/", final_url, recursive=True)
-        with fs.open(f"{final_url}/snapshot.json", "w") as f:  # last: the commit point
-            f.write(meta)

@@ -37,7 +37,7 @@ from iap.config import StageConfig, launch_field
 from iap.data.reader import decode, read_shard
 from iap.data.snapshot import Snapshot
 from iap.errors import IapError
-from iap.models.base import BaseModel
+from iap.models.base import BaseModel, noise_from_seeds
 from iap.objective import FrozenBatch, Teacher
 from iap.runtime import CPU, Runtime, place
 from iap.source import image_size, to_pixels
@@ -112,20 +112,9 @@ def _draws(keys: list[str], cfg: CacheConfig, num_timesteps: int) -> tuple[list[
     return steps, seeds
 
 
-def noise_from_seeds(seeds, shape: tuple[int, ...]) -> torch.Tensor:
-    """One seeded CPU draw per seed (ints or an int64 tensor): the same noise on every device."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-
-
 def _latents(base: BaseModel, pixels: torch.Tensor, keys: list[str], cfg: CacheConfig) -> torch.Tensor:
-    with torch.no_grad():
-        dist = base.vae.encode(pixels.to(base.device, base.vae.dtype)).latent_dist
-        z = dist.mean
-        if cfg.latent == "sample":
-            eps = torch.stack([torch.randn(z.shape[1:], generator=torch.Generator().manual_seed(_seed(cfg.seed, k, "z")))
-                               for k in keys]).to(z)
-            z = z + dist.std * eps
-    return (z * base.vae.config.scaling_factor).float().cpu()
+    seeds = [_seed(cfg.seed, k, "z") for k in keys] if cfg.latent == "sample" else None
+    return base.encode_images(pixels, seeds).float().cpu()
 
 
 def _teacher_targets(teacher: Teacher, latents, states, steps, seeds, keys, cfg: CacheConfig) -> dict:

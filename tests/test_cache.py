@@ -14,12 +14,12 @@ from iap.cache import (
     _teacher_targets,
     cache_key,
     load_cached_layers,
-    noise_from_seeds,
     open_cache,
     precompute,
 )
 from iap.data.reader import decode, read_shard
 from iap.errors import IapError
+from iap.models.base import noise_from_seeds
 from iap.objective import FrozenBatch, Teacher, make_objective
 from iap.source import image_size, to_pixels
 from tests.conftest import kill_at_marker

@@ -54,10 +54,20 @@ class BaseModel:
         return encode_english(self.text_encoder, self.tokenizer, texts)
 
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Deterministic VAE latents (the posterior mean), scaled as the UNet expects. pixels in [-1, 1]."""
-        latents = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist.mean
+    def encode_images(self, pixels: torch.Tensor, sample_seeds: list[int] | None = None) -> torch.Tensor:
+        """VAE latents scaled as the UNet expects, on the device in the VAE's dtype; pixels in [-1, 1]. The
+        posterior mean, or with `sample_seeds` a posterior sample per image from its seeded CPU draw (the same
+        latent on every device). The project's one VAE encode."""
+        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        latents = dist.mean
+        if sample_seeds is not None:
+            latents = latents + dist.std * noise_from_seeds(sample_seeds, latents.shape[1:]).to(latents)
         return latents * self.vae.config.scaling_factor
+
+
+def noise_from_seeds(seeds, shape: tuple[int, ...]) -> torch.Tensor:
+    """One seeded CPU draw per seed (ints or an int64 tensor): the same noise on every device."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
 @torch.no_grad()

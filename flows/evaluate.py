@@ -6,15 +6,13 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.data import iap_data
-from iap.checkpoint import checkpoint_id
 from iap.data.download import DownloadConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
+from iap.engines import EVAL_SET
 from iap.evaluate import EvalConfig
+from iap.stages import evaluation_key
 from tasks.evaluate import evaluate
-
-# an evaluation set is used whole (every row in `test`), and several captions of one image are all kept
-EVAL_SET = {"val_fraction": 0.0, "test_fraction": 1.0, "dedup_image": False}
 
 
 @flow(name="iap-evaluate", log_prints=True)
@@ -27,6 +25,4 @@ def iap_evaluate(checkpoint: str, snapshot: str | None, base: str, untrained: st
     if manifest:
         snapshot = iap_data(manifest, f"{out}/eval-data", download, filter.model_copy(update=EVAL_SET), columns)["url"]
         split = "test"
-    key = (f"eval-{checkpoint_id(checkpoint)}-{snapshot.rstrip('/').rsplit('/', 1)[-1]}-{split}"
-           f"-{generation.identity()}")
-    return evaluate(key, checkpoint, snapshot, base, untrained, split, generation, precision)
+    return evaluate(evaluation_key(checkpoint, snapshot, split, generation), checkpoint, snapshot, base, untrained, split, generation, precision)

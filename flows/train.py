@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from prefect import flow, runtime
 
 from flows import subflow
@@ -17,15 +15,14 @@ from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
 from iap.evaluate import EvalConfig
+from iap.inputs import synthetic_manifest
 from iap.registry import GateConfig
+from iap.stages import SD15, ZH_768, Trained, pipeline_result, registry_entry, run_key, run_lineage
 from tasks import asset_url
 from tasks.artifacts import publish_run
 from tasks.evaluate import export, register
-from tasks.inputs import check_inputs, synthetic_manifest
+from tasks.inputs import check_inputs
 from tasks.train import train_encoder
-
-SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-ZH_768 = "hfl/chinese-roberta-wwm-ext"
 
 
 @flow(name="iap-train", log_prints=True)
@@ -46,13 +43,11 @@ def iap_train(
         snapshot = data["url"]
     info, runs["iap-precompute"] = subflow(iap_precompute, snapshot, base, f"{out}/cache", cache,
                                            train.mixed_precision)
-    run_key = hashlib.sha256(f"{info['key']}:{zh_encoder}:{train.identity()}".encode()).hexdigest()[:16]
-    run_dir = f"{out}/runs/{run_key}"
-    lineage = {"base": base, "base_fingerprint": fingerprint, "snapshot_id": info["snapshot_id"],
-               "snapshot_url": snapshot, "cache_key": info["key"], "cache_url": info["url"],
-               "zh_encoder": zh_encoder, "flow_run_id": runs["iap-train"]}
+    key = run_key(info["key"], zh_encoder, train)
+    run_dir = f"{out}/runs/{key}"
+    lineage = run_lineage(base, fingerprint, info, snapshot, zh_encoder, runs["iap-train"])
     trained = train_encoder.with_options(assets=[asset_url(run_dir)], asset_deps=[asset_url(info["url"])])(
-        f"train-{run_key}-{train.steps}", info["url"], base, zh_encoder, run_dir, train, lineage)
+        f"train-{key}-{train.steps}", info["url"], base, zh_encoder, run_dir, train, lineage)
     metrics, runs["iap-evaluate"] = subflow(iap_evaluate, trained["checkpoint"], snapshot, base, untrained=zh_encoder,
                                             generation=evaluate, precision=train.mixed_precision)
     pipeline_dir = f"{out}/pipelines/{trained['checkpoint_id']}"
@@ -61,17 +56,11 @@ def iap_train(
     registry = registry or f"{out}/registry"
     entry = register.with_options(assets=[asset_url(f"{registry}/entries/{trained['checkpoint_id']}.json")],
                                   asset_deps=[asset_url(pipeline_dir)])(
-        registry, {"checkpoint_id": trained["checkpoint_id"], "checkpoint_url": trained["checkpoint"],
-                   "base": base, "base_fingerprint": fingerprint, "metrics": metrics, "pipeline_url": pipeline,
-                   "lineage": lineage | {"train_config": train.model_dump(mode="json")}}, gate)
-    result = {"base": base, "manifest": manifest or (f"synthetic: {synthetic} shapes-world rows" if synthetic else None),
-              "snapshot": snapshot, "cache": info["url"], "run_dir": run_dir, "checkpoint": trained["checkpoint"],
-              "checkpoint_id": trained["checkpoint_id"], "pipeline_dir": pipeline, "metrics": metrics,
-              "train": {k: trained[k] for k in ("steps", "seconds", "samples_per_second", "losses")},
-              "registry": registry, "status": entry["status"], "reason": entry["reason"],
-              "loss_curve": trained["loss_curve"], "flow_run_id": runs["iap-train"], "flow_runs": runs,
-              "train_config": train.model_dump(mode="json")}
-    return result | publish_run(result, lineage)
+        registry, registry_entry(trained, base, lineage, metrics, pipeline, train), gate)
+    result = pipeline_result(base=base, manifest=manifest, synthetic=synthetic, snapshot=snapshot,
+                             cache_url=info["url"], run_dir=run_dir, trained=Trained(**trained), metrics=metrics,
+                             pipeline_dir=pipeline, registry=registry, entry=entry, runs=runs, train_cfg=train)
+    return result | publish_run(result, info["key"])
 
 
 if __name__ == "__main__":

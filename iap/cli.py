@@ -1,4 +1,9 @@
-"""The `iap` command line. User errors end in one message (exit 2), never a traceback."""
+"""The `iap` command line (also `python -m iap`). User errors end in one message (exit 2), never a traceback.
+
+Stage commands (data, precompute, train, evaluate, demo) take their options from the stage configs
+(iap.options: `--SECTION-FIELD`, or a `--config` JSON file) and run on an engine (iap.engines): `prefect`
+by default, the Prefect flows a deployment runs; `local`, the library in this process. Both give the same ids
+and bytes. The other commands are the library's tools."""
 
 from __future__ import annotations
 
@@ -11,12 +16,19 @@ import typer
 from rich.console import Console
 
 from iap.errors import IapError
+from iap.options import with_stage_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer an English Stable Diffusion model to Chinese prompts with IAP (images as pivots).")
 models_app = typer.Typer(no_args_is_help=True, help="Model presets.")
 app.add_typer(models_app, name="models")
+server_app = typer.Typer(no_args_is_help=True, help="A local Prefect server, pool, deployments and worker.")
+app.add_typer(server_app, name="server")
 console = Console()
+ENGINE = Annotated[str, typer.Option(help="prefect: run the Prefect flow (an ephemeral API without a server); "
+                                          "local: the library in this process. Same ids and outputs")]
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+ZH_768 = "hfl/chinese-roberta-wwm-ext"
 
 
 def global_options(verbose: Annotated[bool, typer.Option(
@@ -27,6 +39,170 @@ def global_options(verbose: Annotated[bool, typer.Option(
 
 
 app.callback()(global_options)
+
+
+# ---------------------------------------------------------------- stage commands (engine: prefect or local)
+
+
+@app.command()
+@with_stage_options("download", "filter", "columns", "english")
+def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path, glob or s3:// URL")],
+         out: Annotated[str, typer.Option(help="output root, local or s3://")],
+         engine: ENGINE = "prefect", *, configs: dict) -> None:
+    """Download a manifest with img2dataset and filter it with DuckDB into a dataset snapshot (iap-data)."""
+    from iap import engines
+    from iap.data.manifest import load_manifest
+    from iap.storage import check_reachable
+    check_reachable(out)  # bad storage or a bad manifest: one message, before any work
+    load_manifest(manifest, configs["columns"], require_english=not configs["english"].active)
+    runner = engines.load(engine)
+    if engine != "local":
+        print_funnel(runner.data(manifest, out, configs))
+        return
+    from rich.progress import Progress
+    # bound to the terminal's stream now: img2dataset's output is redirected to its log while this runs
+    with Progress(console=Console(file=sys.stderr), transient=True) as progress:
+        task = progress.add_task("downloading shards", total=None)
+        snapshot = runner.data(manifest, out, configs, lambda done, total: progress.update(task, completed=done,
+                                                                                            total=total))
+    print_funnel(snapshot)
+
+
+@app.command()
+@with_stage_options("cache")
+def precompute(
+    snapshot: Annotated[str, typer.Option(help="snapshot URL (OUT/snapshots/<id>)")],
+    base: Annotated[str, typer.Option(help="base model: HF id or diffusers folder")],
+    out: Annotated[str, typer.Option(help="cache root, local or s3://")],
+    precision: Annotated[str, typer.Option(help="frozen parts on a GPU: no (fp32), bf16, fp16")] = "no",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print projected size and time; write nothing")] = False,
+    engine: ENGINE = "prefect", *, configs: dict,
+) -> None:
+    """Precompute the frozen English side of a snapshot into a content-addressed cache (iap-precompute)."""
+    from iap import engines
+    from iap.data.snapshot import open_snapshot
+    snap = open_snapshot(snapshot)  # a missing snapshot: one message, before any work
+    if dry_run:
+        from iap.models import load_base
+        from iap.runtime import detect
+        _dry_run(snap, load_base(base, detect(precision)), configs["cache"])
+        return
+    info = engines.load(engine).precompute(snapshot, base, out, configs, precision)
+    samples = sum(s["rows"] for v in info["shards"].values() for s in v)
+    console.print(f"cache {info['key']}{' (cached)' if info['cached'] else ''}: {samples} samples, "
+                  f"{info['bytes'] / 1e6:.1f} MB, {info['seconds']:.1f} s\n{info['url']}")
+
+
+@app.command()
+@with_stage_options("download", "filter", "columns", "english", "cache", "train", "evaluate", "gate")
+def train(out: Annotated[str, typer.Option(help="output root of the whole pipeline, local or s3://")],
+          base: Annotated[str, typer.Option(help="base model: HF id, diffusers folder or preset:NAME")] = SD15,
+          zh_encoder: Annotated[str, typer.Option(help="Chinese encoder to start from: HF id, folder or "
+                                                       "preset:tiny")] = ZH_768,
+          manifest: Annotated[str | None, typer.Option(help="data source: a manifest to download")] = None,
+          snapshot: Annotated[str | None, typer.Option(help="data source: an existing snapshot URL")] = None,
+          synthetic: Annotated[int, typer.Option(help="data source: this many shapes-world rows (smoke runs)")] = 0,
+          registry: Annotated[str | None, typer.Option(help="registry URL (default OUT/registry)")] = None,
+          engine: ENGINE = "prefect", *, configs: dict) -> None:
+    """The full pipeline (iap-train): data -> precompute -> train -> evaluate -> export -> register."""
+    from iap import engines
+    from iap.inputs import check_inputs
+    check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)  # one message, before any work
+    result = engines.load(engine).train(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest,
+                                        snapshot=snapshot, synthetic=synthetic, registry=registry, **configs,
+                                        log=console.print)
+    _finish(result, engine)
+
+
+def _finish(result: dict, engine: str) -> None:
+    """Where every output went. Under Prefect the run's last log lines (also shown by --watch) said it."""
+    if engine == "local":
+        from iap.stages import describe
+        console.print(describe(result), highlight=False, soft_wrap=True)
+        return
+    console.print(f"checkpoint {result['checkpoint_id']}: {result['status']} ({result['reason']}); flow run "
+                  f"{result['flow_run_id']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@with_stage_options("download", "filter", "columns", "evaluate")
+def evaluate(checkpoint: str,
+             base: Annotated[str, typer.Option(help="the base model the checkpoint was trained for")],
+             snapshot: Annotated[str | None, typer.Option(help="snapshot URL (its --split is evaluated)")] = None,
+             manifest: Annotated[str | None, typer.Option(
+                 help="an evaluation set instead (image URL + Chinese + English, e.g. COCO-CN), downloaded whole")]
+             = None,
+             out: Annotated[str | None, typer.Option(help="with --manifest: where its data goes")] = None,
+             untrained: Annotated[str | None, typer.Option(help="the encoder before training, for reference")] = None,
+             split: str = "val", engine: ENGINE = "prefect", *, configs: dict) -> None:
+    """Evaluate any checkpoint (iap-evaluate): a snapshot split, or an evaluation manifest."""
+    from iap import engines
+    from iap.checkpoint import read_checkpoint_meta
+    from iap.data.manifest import load_manifest
+    from iap.data.snapshot import open_snapshot
+    if (snapshot is None) == (manifest is None) or (manifest and not out):
+        raise IapError("give --snapshot, or --manifest with --out")
+    read_checkpoint_meta(checkpoint)  # missing inputs: one message, before any work
+    if snapshot:
+        open_snapshot(snapshot)
+    else:
+        load_manifest(manifest, configs["columns"])
+    metrics = engines.load(engine).evaluate(checkpoint, snapshot, base, untrained, split, configs, manifest=manifest,
+                                            out=out)
+    for k, v in metrics.items():
+        console.print(f"{k:32} {v}")
+
+
+@app.command()
+def demo(workdir: Annotated[Path, typer.Option(help="where everything goes")] = Path("demo"),
+         steps: Annotated[int, typer.Option(help="training steps")] = 600, engine: ENGINE = "prefect") -> None:
+    """The embedded default: the full pipeline on the shapes teacher and synthetic data; WORKDIR/summary.json."""
+    from iap import engines
+    from iap.demo import DEMO_TRAIN, run_demo
+    summary = run_demo(workdir, engines.load(engine), DEMO_TRAIN.model_copy(update={"steps": steps}))
+    m = summary["metrics"]
+    lines = [
+        f"\n[bold]IAP demo done[/bold] in {summary['seconds_total']} s (registry: {summary['registry_status']})",
+        f"  held-out IAP loss     {m['heldout_loss_before']:.5f} -> {m['heldout_loss_after']:.5f}"
+        f"  (mismatched-caption level {m['mismatched_caption_loss']:.5f})",
+        f"  zh->en retrieval top5 {m['retrieval_top5_before']:.1%} -> {m['retrieval_top5_after']:.1%}"
+        f"  on {m['heldout_pairs']} held-out pairs of never-trained combinations",
+    ]
+    if "colour_accuracy_zh_after" in m:
+        lines.append(f"  colour accuracy, {m['generated_prompts']} held-out Chinese prompts "
+                     f"{m['colour_accuracy_zh_before']:.1%} -> {m['colour_accuracy_zh_after']:.1%}"
+                     f"  (English prompts: {m['colour_accuracy_en_teacher']:.1%})")
+    lines += [f"  report:   {summary['evaluation'].get('report', '-')}", f"  pipeline: {summary['pipeline_dir']}",
+              f"  samples:  {summary['samples_dir']}", f"  summary:  {workdir / 'summary.json'} (lineage, funnel, "
+              f"flow runs)"]
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------- a local Prefect server
+
+
+@server_app.command("up")
+def server_up(port: int = 4200, out: str = "runs/prefect",
+              manifest: Annotated[str | None, typer.Option(
+                  help="manifest of the daily iap-data/refresh (else $IAP_MANIFEST; paused when it does not exist)")]
+              = None) -> None:
+    """Start a Prefect server on 127.0.0.1, a process pool, all deployments and a worker."""
+    from iap.server import up
+    state = up(port, out, manifest=manifest)
+    console.print(f"Prefect UI: {state['api'].removesuffix('/api')}\n{state['refresh']}\n"
+                  f"export PREFECT_API_URL={state['api']}\n"
+                  "prefect deployment run iap-train/smoke --watch")
+
+
+@server_app.command("down")
+def server_down() -> None:
+    """Stop the worker and server started by `iap server up`."""
+    from iap.server import down
+    down()
+    console.print("stopped")
+
+
+# ---------------------------------------------------------------- the library's tools
 
 
 @models_app.command("tiny")
@@ -62,29 +238,25 @@ def models_shapes_teacher(
                       ", ".join(f"{k} {v:.1%}" for k, v in a.items()))
 
 
-def _live_source(base_model, encoder, cfg, snapshot: str | None, n_train: int):
-    """(source, objective, lineage) for live training (no cache): a snapshot's train split or synthetic
-    shapes-world triples, in memory."""
-    from iap.objective import Teacher, make_objective
-
-    teacher = None if cfg.objective == "embedding-mse" else Teacher(base_model)
-    objective = make_objective(cfg.objective, teacher, cfg.layer_weights)
+def _live_source(base_model, encoder, snapshot: str | None, n_train: int, seed: int):
+    """(source, lineage) for live training (no cache): a snapshot's train split or synthetic shapes-world
+    triples, in memory."""
     if snapshot:
         from iap.data.snapshot import open_snapshot
         from iap.source import snapshot_source
         snap = open_snapshot(snapshot)
-        return snapshot_source(base_model, encoder, snap, "train")[0], objective, {"snapshot_id": snap.id}
+        return snapshot_source(base_model, encoder, snap, "train")[0], {"snapshot_id": snap.id}
     from iap.data import shapes
     from iap.source import build_in_memory_source, image_size
-    samples = [s for s in shapes.samples(2 * n_train, cfg.seed) if not shapes.is_held_out(s.combo)][:n_train]
+    samples = [s for s in shapes.samples(2 * n_train, seed) if not shapes.is_held_out(s.combo)][:n_train]
     size = image_size(base_model)
     source = build_in_memory_source(base_model, encoder, [shapes.render(s, size) for s in samples],
                                     [s.caption_en for s in samples], [s.caption_zh for s in samples])
-    return source, objective, {"data": f"shapes:{n_train}"}
+    return source, {"data": f"shapes:{n_train}"}
 
 
-@app.command("train")
-def train_cmd(
+@app.command("train-worker", hidden=True)
+def train_worker(
     base: Annotated[str, typer.Option(help="base model: HF id or diffusers folder")],
     zh_encoder: Annotated[str, typer.Option(help="Chinese encoder: HF id or folder")],
     out: Annotated[Path, typer.Option(help="run directory (checkpoints; resumes if present)")],
@@ -98,7 +270,8 @@ def train_cmd(
     accelerate_config: Annotated[str | None, typer.Option(help="accelerate config file (GPUs, nodes)")] = None,
     lineage: Annotated[str | None, typer.Option(help="JSON merged into the checkpoints' lineage")] = None,
 ) -> None:
-    """Train the Chinese encoder from a cache, a snapshot, or synthetic shapes-world triples."""
+    """Train the Chinese encoder alone from a cache, a snapshot, or synthetic shapes-world triples: the
+    command every process of a launched (torchrun / accelerate) run executes, and the tests' trainer."""
     import json as _json
 
     from iap.config import TrainConfig, load_config
@@ -118,7 +291,6 @@ def train_cmd(
         return
     from iap.models import load_base
     from iap.models.base import weights_fingerprint
-    from iap.objective import EmptyPrompt
     from iap.runtime import detect
     runtime = detect(cfg.mixed_precision)
     found = {"base": base, "base_fingerprint": weights_fingerprint(base)}
@@ -128,55 +300,17 @@ def train_cmd(
         info = open_cache(cache, base_fingerprint=found["base_fingerprint"])
         found |= {"cache_key": info.key, "cache_url": info.url, "snapshot_id": info.snapshot_id}
         run = from_cache(info, cfg, base, zh_encoder, runtime, lambda: load_base(base, runtime))
-        encoder, objective_fn, source, empty = run.encoder, run.objective, run.source, run.empty
     else:
+        from iap.wiring import live
         base_model = load_base(base, runtime)
-        en_empty = base_model.encode_english([""]).float().cpu()
-        encoder = load_chinese_encoder(zh_encoder, base_model.cross_attention_dim, max_length=en_empty.shape[1])
-        source, objective_fn, data = _live_source(base_model, encoder, cfg, snapshot, n_train)
+        encoder = load_chinese_encoder(zh_encoder, base_model.cross_attention_dim, max_length=base_model.max_length)
+        source, data = _live_source(base_model, encoder, snapshot, n_train, cfg.seed)
         found |= data
-        empty = EmptyPrompt.pair(en_empty, encoder)
-    result = train(cfg, encoder, objective_fn, source, out, log=console.print,
-                   lineage=found | (_json.loads(lineage) if lineage else {}), empty=empty)
+        run = live(base_model, encoder, cfg, source)
+    result = train(cfg, run.encoder, run.objective, run.source, out, log=console.print,
+                   lineage=found | (_json.loads(lineage) if lineage else {}), empty=run.empty)
     if os.environ.get("RANK", "0") == "0":
         console.print(f"checkpoint: {result.checkpoint}  ({result.samples_per_second:.1f} samples/s)")
-
-
-@app.command()
-def precompute(
-    snapshot: Annotated[str, typer.Option(help="snapshot URL (OUT/snapshots/<id>)")],
-    base: Annotated[str, typer.Option(help="base model: HF id or diffusers folder")],
-    out: Annotated[str, typer.Option(help="cache root, local or s3://")],
-    policy: str = "recompute", positions: int = 64, draws: int = 2, dtype: str = "float16",
-    latent: str = "mean", splits: str = "train,val",
-    max_gb: Annotated[float, typer.Option(help="refuse a cache projected larger than this (GB)")] = 500.0,
-    precision: Annotated[str, typer.Option(help="frozen parts on a GPU: no (fp32), bf16, fp16")] = "no",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print projected size and time; write nothing")] = False,
-) -> None:
-    """Precompute the frozen English side of a snapshot into a content-addressed cache."""
-    from pydantic import ValidationError
-
-    from iap.cache import CacheConfig
-    from iap.cache import precompute as run
-    from iap.data.snapshot import open_snapshot
-    from iap.models import load_base
-    from iap.models.base import weights_fingerprint
-    try:
-        cfg = CacheConfig(policy=policy, positions=positions, draws=draws, dtype=dtype, latent=latent,
-                          splits=[s for s in splits.split(",") if s], max_gb=max_gb)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise IapError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
-    from iap.runtime import detect
-    runtime = detect(precision)
-    snap = open_snapshot(snapshot)
-    if dry_run:
-        _dry_run(snap, load_base(base, runtime), cfg)
-        return
-    info = run(snap, lambda: load_base(base, runtime), weights_fingerprint(base), out, cfg, log=console.print)
-    samples = sum(s["rows"] for v in info.shards.values() for s in v)
-    console.print(f"cache {info.key}{' (cached)' if info.cached else ''}: {samples} samples, "
-                  f"{info.bytes / 1e6:.1f} MB, {info.seconds:.1f} s\n{info.url}")
 
 
 def _dry_run(snap, base_model, cfg) -> None:
@@ -252,57 +386,6 @@ def serve(folder: Path, port: int = 8765) -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         server.shutdown()
-
-
-@app.command()
-def data(
-    manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path, glob or s3:// URL")],
-    out: Annotated[str, typer.Option(help="output root, local or s3://")],
-    url_col: str = "url", caption_zh_col: str = "caption_zh", caption_en_col: str = "caption_en",
-    key_col: str = "key",
-    encoding: Annotated[str, typer.Option(help="text encoding of a CSV/TSV/JSONL manifest (e.g. gbk)")] = "utf-8",
-    en_join: Annotated[str | None, typer.Option(help="table with English captions for a Chinese-only manifest")] = None,
-    en_join_on: Annotated[str, typer.Option(help="column both tables share: url or key")] = "url",
-    translate: Annotated[str | None, typer.Option(
-        help="translation model for rows without English (HF id, folder, preset:tiny-mt)")] = None,
-    image_size: int = 256, min_image_size: int = 0, timeout: int = 10, retries: int = 0,
-    processes: int = 1, threads: int = 16, output_format: str = "parquet", distributor: str = "multiprocessing",
-    where: Annotated[str | None, typer.Option(help="extra SQL predicate over row columns")] = None,
-    split_key: str = "key", val_fraction: float = 0.05, test_fraction: float = 0.05,
-    min_side: int = 0, max_aspect: float = 3.0,
-) -> None:
-    """Download a manifest with img2dataset and filter it with DuckDB into a dataset snapshot."""
-    from dataclasses import asdict
-
-    from pydantic import ValidationError
-    from rich.progress import Progress
-
-    from iap.data.download import DownloadConfig
-    from iap.data.english import EnglishConfig
-    from iap.data.manifest import ManifestColumns
-    from iap.data.pipeline import run_data
-    from iap.storage import check_reachable
-    check_reachable(out)
-    from iap.data.snapshot import FilterConfig
-    try:
-        dl = DownloadConfig(image_size=image_size, min_image_size=min_image_size, timeout=timeout, retries=retries,
-                            processes_count=processes, thread_count=threads, output_format=output_format,
-                            distributor=distributor)
-        flt = FilterConfig(where=where, split_key=split_key, val_fraction=val_fraction, test_fraction=test_fraction,
-                           min_side=min_side, max_aspect=max_aspect)
-        cols = ManifestColumns(url=url_col, caption_zh=caption_zh_col, caption_en=caption_en_col, key=key_col,
-                               encoding=encoding)
-        english = EnglishConfig(join=en_join, join_on=en_join_on, translate=translate)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise IapError(f"option --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from e
-    # bound to the terminal's stream now: img2dataset's output is redirected to its log while this runs
-    with Progress(console=Console(file=sys.stderr), transient=True) as progress:
-        task = progress.add_task("downloading shards", total=None)
-        report, snapshot = run_data(manifest, out, dl, flt, cols,
-                                    on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-                                    english=english)
-    print_funnel(asdict(snapshot))
 
 
 def print_funnel(snapshot: dict) -> None:

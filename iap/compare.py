@@ -13,11 +13,10 @@ from iap.config import TrainConfig
 from iap.evaluate import EvalConfig, evaluate_checkpoint
 from iap.models.base import BaseModel
 from iap.models.chinese import load_chinese_encoder
-from iap.objective import EmptyPrompt, Teacher, make_objective
 from iap.runtime import Runtime
 from iap.source import snapshot_source
 from iap.train import train
-from iap.wiring import from_cache
+from iap.wiring import from_cache, live
 
 COLUMNS = ("heldout_loss", "retrieval_top1", "retrieval_top5", "consistency_pixel_l1", "colour_accuracy",
            "shape_class_accuracy", "teacher_en_colour_accuracy", "train_seconds")
@@ -29,29 +28,23 @@ def compare(base: BaseModel, zh_encoder: str, snapshot, out: str | Path, cfg: Tr
             generation: EvalConfig = EvalConfig(),
             log: Callable[[str], None] = print) -> list[dict]:
     out = Path(out)
-    teacher = Teacher(base)
     fresh = lambda: load_chinese_encoder(zh_encoder, base.cross_attention_dim, base.max_length)  # noqa: E731
-    live, _ = snapshot_source(base, fresh(), snapshot, "train")
-    en_empty = base.encode_english([""])
-    runs = [(name, "live", live, make_objective(name, teacher, cfg.layer_weights)) for name in objectives]
+    live_source, _ = snapshot_source(base, fresh(), snapshot, "train")
+    runs = [(name, "live", live_source) for name in objectives]
     runtime = Runtime(base.device, base.dtype)
     for policy in policies:
         info = precompute(snapshot, lambda: base, base.fingerprint, str(out / "cache"),
                           CacheConfig(policy=policy, splits=["train"]), log=lambda _: None)
-        runs.append(("pivot", policy, info, None))
+        runs.append(("pivot", policy, info))
     rows = []
-    for name, policy, data, objective in runs:
-        if policy == "live":
-            encoder, source = fresh(), data
-            empty = EmptyPrompt.pair(en_empty, encoder)
-        else:
-            run = from_cache(data, cfg.model_copy(update={"objective": "pivot"}), base.source, zh_encoder, runtime,
-                             lambda: base)
-            encoder, source, empty, objective = run.encoder, run.source, run.empty, run.objective
+    for name, policy, data in runs:
+        run_cfg = cfg.model_copy(update={"objective": name})
+        run = live(base, fresh(), run_cfg, data) if policy == "live" else \
+            from_cache(data, run_cfg, base.source, zh_encoder, runtime, lambda: base)
         started = time.perf_counter()
-        result = train(cfg, encoder, objective, source, out / f"{name}-{policy}", log=lambda _: None,
+        result = train(run_cfg, run.encoder, run.objective, run.source, out / f"{name}-{policy}", log=lambda _: None,
                        lineage={"base": base.source, "base_fingerprint": base.fingerprint, "snapshot_id": snapshot.id},
-                       empty=empty)
+                       empty=run.empty)
         seconds = time.perf_counter() - started
         metrics = evaluate_checkpoint(base, result.checkpoint, snapshot, generation=generation)
         rows.append({"objective": name, "teacher": policy, **{k: metrics.get(k) for k in COLUMNS[:-1]},

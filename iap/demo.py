@@ -1,4 +1,4 @@
-"""The embedded default as a flow run: the full iap-train pipeline on the shapes teacher (a small English
+"""The embedded default: the full pipeline (through an engine: the iap-train flow, or in-process) on the shapes teacher (a small English
 Stable Diffusion that can draw the shapes world), the tiny preset's random-init Chinese BERT and
 synthetic shapes-world data served over local HTTP, then a zh/en image pair and WORKDIR/summary.json."""
 
@@ -8,10 +8,11 @@ import json
 import time
 from pathlib import Path
 
-from flows.train import iap_train
 from iap.cache import CacheConfig
 from iap.config import TrainConfig
 from iap.data.download import DownloadConfig
+from iap.data.english import EnglishConfig
+from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
 from iap.evaluate import EvalConfig
 from iap.registry import GateConfig
@@ -21,10 +22,11 @@ DEMO_ROWS = 1600  # ~1,340 distinct caption pairs after de-duplication
 DEMO_PROMPTS = 200  # held-out prompts drawn per encoder: every held-out combo once
 
 
-def run_demo(workdir: str | Path, train: TrainConfig = DEMO_TRAIN, rows: int = DEMO_ROWS) -> dict:
+def run_demo(workdir: str | Path, engine, train: TrainConfig = DEMO_TRAIN, rows: int = DEMO_ROWS) -> dict:
+    """`engine`: an iap.engines engine; its `train` runs the pipeline."""
     workdir = Path(workdir).resolve()
     started = time.perf_counter()
-    result = iap_train(
+    result = engine.train(
         out=str(workdir), base="preset:shapes-teacher", zh_encoder="preset:tiny", synthetic=rows,
         download=DownloadConfig(image_size=32, min_image_size=16, timeout=5, number_sample_per_shard=2000,
                                 thread_count=32),
@@ -34,6 +36,7 @@ def run_demo(workdir: str | Path, train: TrainConfig = DEMO_TRAIN, rows: int = D
         # near 1/3..1; the floor is on top-5, and the semantic gate judges the images themselves
         gate=GateConfig(floor_metric="retrieval_top5", floor=0.9, semantic_floor=0.85, semantic_gap=0.05),
         evaluate=EvalConfig(samples=DEMO_PROMPTS, guidance_scale=3.0),  # the small teacher over-saturates at 7.5
+        columns=ManifestColumns(), english=EnglishConfig(),
     )
     m = result["metrics"]
     samples = _sample_images(Path(result["pipeline_dir"]), Path(result["base"]), result["snapshot"],

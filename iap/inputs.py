@@ -1,4 +1,4 @@
-"""Flow-start checks (fail before any work) and the synthetic data source of smoke runs."""
+"""Pipeline-start checks (fail before any work) and the synthetic data source of smoke runs and the demo."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from prefect import task
-
 from iap.errors import IapError
 from iap.models.base import check_source, weights_fingerprint
 from iap.models.hub import check_pair
@@ -16,7 +14,6 @@ from iap.models.presets import resolve
 from iap.storage import check_reachable, local_workdir
 
 
-@task
 def check_inputs(out: str, base: str, zh_encoder: str, manifest: str | None, snapshot: str | None,
                  synthetic: int) -> tuple[str, str, str]:
     """Resolve presets and check what configs alone can tell, before any data work: paths, the data source,

@@ -1,6 +1,6 @@
-"""How a training run is assembled from a cache, on one runtime: the objective and the frozen parts it
-needs, the streaming source, the empty-prompt pairing and the Chinese encoder. Used by the CLI, the
-train task and `iap compare` alike."""
+"""How a training run is assembled, from a cache or live: the objective and the frozen parts it needs, the
+source, the empty-prompt pairing and the Chinese encoder, on one runtime. The only place that picks an
+objective for a source; used by the CLI, the train task and `iap compare` alike."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from iap.runtime import Runtime, place
 
 
 @dataclass
-class CacheTraining:
+class TrainingRun:
     objective: Callable
     source: CacheSource
     empty: EmptyPrompt
@@ -50,7 +50,7 @@ def load(info: CacheInfo, cfg: TrainConfig, base_source: str, zh_encoder: str) -
 
 
 def assemble(loaded: Loaded, cfg: TrainConfig, runtime: Runtime,
-             load_base_model: Callable[[], BaseModel]) -> CacheTraining:
+             load_base_model: Callable[[], BaseModel]) -> TrainingRun:
     """Place the frozen side on the runtime and build the objective; `load_base_model` (placed on `runtime`)
     is called only when the UNet is needed."""
     layers, en_empty = loaded.layers, loaded.en_empty
@@ -64,11 +64,20 @@ def assemble(loaded: Loaded, cfg: TrainConfig, runtime: Runtime,
         layers = {name: place(layer, runtime) for name, layer in layers.items()}
         objective = make_objective("pivot", None, cfg.layer_weights, layers=layers)
     encoder = loaded.encoder
-    return CacheTraining(objective, CacheSource(loaded.info, "train", encoder.tokenize),
+    return TrainingRun(objective, CacheSource(loaded.info, "train", encoder.tokenize),
                          EmptyPrompt.pair(en_empty, encoder, layers), encoder)
 
 
 def from_cache(info: CacheInfo, cfg: TrainConfig, base_source: str, zh_encoder: str, runtime: Runtime,
-               load_base_model: Callable[[], BaseModel]) -> CacheTraining:
+               load_base_model: Callable[[], BaseModel]) -> TrainingRun:
     """The training run of a cache: read (host), then placed on `runtime`."""
     return assemble(load(info, cfg, base_source, zh_encoder), cfg, runtime, load_base_model)
+
+
+def live(base: BaseModel, encoder: ChineseEncoder, cfg: TrainConfig, source) -> TrainingRun:
+    """Live training over `source` (the frozen passes run every step): the config's objective, on the loaded
+    base's UNet unless the objective needs none."""
+    teacher = None if cfg.objective == "embedding-mse" else Teacher(base)
+    en_empty = base.encode_english([""]).float().cpu()
+    return TrainingRun(make_objective(cfg.objective, teacher, cfg.layer_weights), source,
+                       EmptyPrompt.pair(en_empty, encoder), encoder)

@@ -8,26 +8,26 @@ from prefect import task
 from prefect.assets import materialize
 
 from iap.cache import CachePlan, check_budget, commit_cache, precompute_shard
+from iap.models.shared import shared_base
 from iap.profile import stage
 from tasks import PERSIST, by_key, retrying
 from tasks.data import PLACEHOLDER_ASSET
-from tasks.models import base_model
 
 
 @task
 def budget_check(plan: CachePlan, base: str, precision: str = "no") -> float:
     """The projected cache size; fails (not retried: a user error) when it exceeds the config's max_gb."""
     with stage("load base"):
-        model = base_model(base, precision)
+        model = shared_base(base, precision)
     return check_budget(plan, model)
 
 
 @task(cache_key_fn=by_key, **retrying(2, 5), **PERSIST)
 def cache_shard(key: str, plan: CachePlan, split: str, rel: str, base: str, precision: str = "no") -> dict:
     """Compute and commit one shard; `key` is '<cache key>/<shard>'."""
-    base_model(base, precision)  # loading is its own stage, once per process
+    shared_base(base, precision)  # loading is its own stage, once per process
     with stage("precompute") as record:
-        info = precompute_shard(plan, split, rel, base_model(base, precision))
+        info = precompute_shard(plan, split, rel, shared_base(base, precision))
         record["samples"] = info["rows"]
     return info
 
@@ -36,4 +36,4 @@ def cache_shard(key: str, plan: CachePlan, split: str, rel: str, base: str, prec
 def commit(key: str, plan: CachePlan, shards: list[dict], base: str, seconds: float, precision: str = "no") -> dict:
     """Write cache.json (the commit point); `key` is the cache key."""
     needs_base = plan.config.policy != "recompute"
-    return asdict(commit_cache(plan, shards, base_model(base, precision) if needs_base else None, seconds))
+    return asdict(commit_cache(plan, shards, shared_base(base, precision) if needs_base else None, seconds))

@@ -5,14 +5,13 @@ from __future__ import annotations
 from prefect import task
 from prefect.assets import materialize
 
-from iap.data.snapshot import open_snapshot
-from iap.evaluate import EvalConfig, evaluate_checkpoint
+from iap.evaluate import EvalConfig
 from iap.export import export_pipeline
 from iap.profile import stage
 from iap.registry import Entry, GateConfig, Registry
+from iap.stages import evaluate_stage
 from tasks import PERSIST, artifacts, by_key, retrying
 from tasks.data import PLACEHOLDER_ASSET
-from tasks.models import base_model
 
 
 @task(cache_key_fn=by_key, **PERSIST)
@@ -20,10 +19,7 @@ def evaluate(key: str, checkpoint: str, snapshot_url: str, base: str, untrained:
              split: str = "val", generation: EvalConfig = EvalConfig(), precision: str = "no") -> dict:
     """Held-out metrics next to the untrained and mismatched-caption references; `key`: checkpoint, snapshot
     and generation config."""
-    with stage("evaluate") as record:
-        metrics = evaluate_checkpoint(base_model(base, precision), checkpoint, open_snapshot(snapshot_url), split,
-                                      untrained, generation=generation)
-        record["samples"] = metrics["heldout_pairs"]
+    metrics = evaluate_stage(checkpoint, snapshot_url, base, untrained, split, generation, precision)
     artifacts.metrics(metrics, f"held-out metrics ({split} split of {snapshot_url})")
     return metrics
 

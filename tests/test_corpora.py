@@ -258,15 +258,15 @@ def test_unusable_storage_is_one_message(s3, served, monkeypatch, endpoint, matc
     if endpoint == "closed-port":
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     bucket = "no-such-bucket" if endpoint == "moto" else "iap-test"
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "data", "--manifest", str(served), "--out",
+    r = subprocess.run([sys.executable, "-m", "iap", "data", "--manifest", str(served), "--out",
                         f"s3://{bucket}/data"], capture_output=True, text=True, timeout=120, env=dict(os.environ))
     output = (r.stdout + r.stderr).strip()
     assert r.returncode == 2 and match in output and len(output.splitlines()) <= 3, output
     assert "testing" not in output  # never the credentials
 
 
-def test_library_cli_data_into_s3_counts_the_shards_it_wrote(s3, served, tmp_path):
-    """`python -m iap data` watches img2dataset's progress by listing the bucket; that listing must not
+def test_local_engine_data_into_s3_counts_the_shards_it_wrote(s3, served, tmp_path):
+    """`iap data --engine local` watches img2dataset's progress by listing the bucket; that listing must not
     hide the shards from the final count."""
     import os
     import subprocess
@@ -274,7 +274,8 @@ def test_library_cli_data_into_s3_counts_the_shards_it_wrote(s3, served, tmp_pat
     few = tmp_path / "few.parquet"
     pq.write_table(pq.read_table(served).slice(0, 6), few)
     r = subprocess.run([sys.executable, "-m", "iap", "data", "--manifest", str(few), "--out", "s3://iap-test/d",
-                        "--image-size", "32", "--min-image-size", "16", "--val-fraction", "0", "--test-fraction", "0"],
+                        "--download-image-size", "32", "--download-min-image-size", "16", "--filter-val-fraction", "0",
+                        "--filter-test-fraction", "0", "--engine", "local"],
                        capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     snapshots = s3.glob("iap-test/d/snapshots/*/snapshot.json")
@@ -290,7 +291,7 @@ def test_a_killed_iap_data_leaves_no_child_process(served, tmp_path):
     import time
 
     import psutil
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "data", "--manifest", str(served),
+    proc = subprocess.Popen([sys.executable, "-m", "iap", "data", "--manifest", str(served),
                              "--out", str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ))
     command, deadline = psutil.Process(proc.pid), time.time() + 180
@@ -384,7 +385,7 @@ def test_a_user_error_inside_the_data_flow_is_one_message_without_traceback(tmp_
     pq.write_table(pa.table({"url": [f"http://127.0.0.1:{port}/a.png", f"http://127.0.0.1:{port}/b.png"],
                              "caption_zh": ["一只猫", "一只狗"], "caption_en": ["a cat", "a dog"]}),
                    tmp_path / "dead.parquet")
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "data", "--manifest", str(tmp_path / "dead.parquet"),
+    r = subprocess.run([sys.executable, "-m", "iap", "data", "--manifest", str(tmp_path / "dead.parquet"),
                         "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
                        env=dict(os.environ))
     output = r.stdout + r.stderr

@@ -17,7 +17,7 @@ CONFIG = {"steps": STEPS, "batch_size": 16, "lr": 2e-3, "warmup_steps": 4, "chec
 
 
 def _cmd(tiny_dir: Path, out: Path, processes: int, config: Path) -> list[str]:
-    return [sys.executable, "-m", "iap", "train", "--base", str(tiny_dir / "base"), "--zh-encoder",
+    return [sys.executable, "-m", "iap", "train-worker", "--base", str(tiny_dir / "base"), "--zh-encoder",
             str(tiny_dir / "zh_encoder"), "--out", str(out), "--config", str(config), "--n-train", "160",
             "--num-processes", str(processes)]
 

@@ -37,7 +37,7 @@ def test_hidden_size_mismatch_names_both_numbers(tiny_dir):
 
 def test_cli_errors_are_one_message(tiny_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "iap", "train", "--base", str(tmp_path / "nope"),
-                        "--zh-encoder", str(tiny_dir / "zh_encoder"), "--out", str(tmp_path / "r")],
+                        "--zh-encoder", str(tiny_dir / "zh_encoder"), "--out", str(tmp_path / "r"), "--synthetic", "10"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "does not exist" in r.stderr and "Traceback" not in r.stderr + r.stdout

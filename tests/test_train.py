@@ -17,7 +17,7 @@ TRAIN_ARGS = ["--steps", "60", "--batch-size", "8", "--lr", "1e-3", "--checkpoin
 
 
 def _train_cmd(tiny_dir: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "iap", "train", "--base", str(tiny_dir / "base"),
+    return [sys.executable, "-m", "iap", "train-worker", "--base", str(tiny_dir / "base"),
             "--zh-encoder", str(tiny_dir / "zh_encoder"), "--out", str(out), *TRAIN_ARGS]
 
 

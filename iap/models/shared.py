@@ -1,17 +1,18 @@
-"""Model loading shared by the tasks of one process (frozen weights are safe to share)."""
+"""The frozen base shared by the stages of one process (frozen weights are safe to share): precompute, train
+and evaluate of a pipeline load it once, whether they run as Prefect tasks or in-process."""
 
 from __future__ import annotations
 
 import threading
 
-from iap.models import BaseModel, load_base
+from iap.models.base import BaseModel, load_base
 from iap.runtime import detect
 
 _lock = threading.Lock()
 _loaded: dict[tuple, BaseModel] = {}
 
 
-def base_model(source: str, precision: str = "no") -> BaseModel:
+def shared_base(source: str, precision: str = "no") -> BaseModel:
     """Load once per process on this process's device, in the run's precision (TrainConfig.mixed_precision),
     shared by precompute, train and evaluate. Serialised: diffusers' meta-device init is not thread-safe, and
     mapped tasks run in threads."""

@@ -1,0 +1,62 @@
+"""The full pipeline in this process, without Prefect (`iap train --engine local`): the same stages in the
+same order as the iap-train flow, so the same inputs give the same snapshot, cache, run and checkpoint.
+data -> precompute -> train -> evaluate -> export -> register."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+
+from iap.cache import CacheConfig, precompute
+from iap.config import TrainConfig
+from iap.data.download import DownloadConfig
+from iap.data.english import EnglishConfig
+from iap.data.manifest import ManifestColumns
+from iap.data.pipeline import run_data
+from iap.data.snapshot import FilterConfig, open_snapshot
+from iap.evaluate import EvalConfig
+from iap.export import export_pipeline
+from iap.inputs import check_inputs, synthetic_manifest
+from iap.models.shared import shared_base
+from iap.registry import Entry, GateConfig, Registry
+from iap.stages import (
+    SD15,
+    ZH_768,
+    evaluate_stage,
+    lineage_stages,
+    pipeline_result,
+    registry_entry,
+    run_key,
+    run_lineage,
+    train_stage,
+)
+
+
+def run_pipeline(
+    out: str, base: str = SD15, zh_encoder: str = ZH_768, manifest: str | None = None,
+    snapshot: str | None = None, synthetic: int = 0, registry: str | None = None,
+    download: DownloadConfig = DownloadConfig(), filter: FilterConfig = FilterConfig(),  # noqa: A002
+    cache: CacheConfig = CacheConfig(), train: TrainConfig = TrainConfig(), gate: GateConfig = GateConfig(),
+    columns: ManifestColumns = ManifestColumns(), evaluate: EvalConfig = EvalConfig(),
+    english: EnglishConfig = EnglishConfig(), log: Callable[[str], None] = print,
+) -> dict:
+    """Must run in the main thread of a `__main__`-guarded program (img2dataset spawns processes)."""
+    base, zh_encoder, fingerprint = check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
+    runs: dict = {"iap-train": None, "iap-data": None, "iap-precompute": None, "iap-evaluate": None}
+    if snapshot is None:
+        with synthetic_manifest(out, synthetic) as synth:
+            snapshot = run_data(synth or manifest, f"{out}/data", download, filter, columns, english=english)[1].url
+    info = asdict(precompute(open_snapshot(snapshot), lambda: shared_base(base, train.mixed_precision), fingerprint,
+                             f"{out}/cache", cache, log=log))
+    run_dir = f"{out}/runs/{run_key(info['key'], zh_encoder, train)}"
+    lineage = run_lineage(base, fingerprint, info, snapshot, zh_encoder, None)
+    trained = train_stage(info["url"], base, zh_encoder, run_dir, train, lineage, log=log)
+    metrics = evaluate_stage(trained.checkpoint, snapshot, base, zh_encoder, "val", evaluate, train.mixed_precision)
+    pipeline = str(export_pipeline(trained.checkpoint, base, f"{out}/pipelines/{trained.checkpoint_id}"))
+    registry = registry or f"{out}/registry"
+    entry = asdict(Registry(registry).register(Entry(**registry_entry(trained, base, lineage, metrics, pipeline,
+                                                                      train)), gate))
+    result = pipeline_result(base=base, manifest=manifest, synthetic=synthetic, snapshot=snapshot,
+                             cache_url=info["url"], run_dir=run_dir, trained=trained, metrics=metrics,
+                             pipeline_dir=pipeline, registry=registry, entry=entry, runs=runs, train_cfg=train)
+    return result | lineage_stages(result, info["key"])[1]

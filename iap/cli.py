@@ -25,8 +25,18 @@ app.add_typer(models_app, name="models")
 server_app = typer.Typer(no_args_is_help=True, help="A local Prefect server, pool, deployments and worker.")
 app.add_typer(server_app, name="server")
 console = Console()
-ENGINE = Annotated[str, typer.Option(help="prefect: run the Prefect flow (an ephemeral API without a server); "
-                                          "local: the library in this process. Same ids and outputs")]
+
+
+def _installed_engine(name: str) -> str:
+    from iap import engines
+    if name not in engines.names():
+        raise typer.BadParameter(f"engine '{name}' is not installed; use one of: {', '.join(engines.names())}")
+    return name
+
+
+ENGINE = Annotated[str, typer.Option(callback=_installed_engine, help="prefect: run the Prefect flow (an ephemeral "
+                                     "API without a server); local: the library in this process. Same ids and "
+                                     "outputs")]
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 ZH_768 = "hfl/chinese-roberta-wwm-ext"
 
@@ -158,8 +168,13 @@ def demo(workdir: Annotated[Path, typer.Option(help="where everything goes")] = 
          steps: Annotated[int, typer.Option(help="training steps")] = 600, engine: ENGINE = "prefect") -> None:
     """The embedded default: the full pipeline on the shapes teacher and synthetic data; WORKDIR/summary.json."""
     from iap import engines
+    from iap.config import TrainConfig
     from iap.demo import DEMO_TRAIN, run_demo
-    summary = run_demo(workdir, engines.load(engine), DEMO_TRAIN.model_copy(update={"steps": steps}))
+    try:
+        cfg = TrainConfig.model_validate(DEMO_TRAIN.model_dump() | {"steps": steps})
+    except ValueError as e:
+        raise IapError(f"option --steps: {e.errors()[0]['msg']}") from e
+    summary = run_demo(workdir, engines.load(engine), cfg)
     m = summary["metrics"]
     lines = [
         f"\n[bold]IAP demo done[/bold] in {summary['seconds_total']} s (registry: {summary['registry_status']})",
@@ -379,6 +394,8 @@ def serve(folder: Path, port: int = 8765) -> None:
     import time
 
     from iap.data.synth import serve as start
+    if not folder.is_dir():
+        raise IapError(f"{folder} is not a folder (write one with: iap synth {folder})")
     server = start(folder, port)
     console.print(f"serving {folder} on http://127.0.0.1:{port} (Ctrl-C to stop)")
     try:

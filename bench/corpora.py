@@ -23,11 +23,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from iap.data import shapes
+from iap import shapes
 from iap.data.download import DownloadConfig
 from iap.data.pipeline import run_data
 from iap.data.snapshot import FilterConfig
-from iap.data.synth import serve, write_synth
+from iap.shapes.synth import serve, write_synth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers
 from tests.conftest import free_port  # noqa: E402

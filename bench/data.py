@@ -21,12 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from iap.data import shapes
+from iap import shapes
 from iap.data.download import DownloadConfig, download
 from iap.data.manifest import load_manifest
 from iap.data.script import has_kana_hangul, is_chinese
 from iap.data.snapshot import FilterConfig, _apply_rules, _connect, _load_rows, _write_local
-from iap.data.synth import serve, write_synth
+from iap.shapes.synth import serve, write_synth
 
 
 def bench_download(n: int, folder: Path) -> float:

@@ -31,7 +31,7 @@ def snapshot_of(rows: int, work: Path) -> str:
     from iap.data.download import DownloadConfig
     from iap.data.pipeline import run_data
     from iap.data.snapshot import FilterConfig
-    from iap.data.synth import serve, write_synth
+    from iap.shapes.synth import serve, write_synth
     from tests.conftest import free_port
     port = free_port()
     folder = work / f"synth-{rows}"

@@ -50,7 +50,7 @@ def write_sd15(folder: Path) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from bench.train_step import SD15_UNET
-    from iap.data import shapes
+    from iap import shapes
     from iap.models.vocab import write_clip_bpe
     if (folder / "model_index.json").exists():
         return folder
@@ -75,7 +75,7 @@ def write_roberta(folder: Path) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizer
 
     from bench.train_step import BERT_768
-    from iap.data import shapes
+    from iap import shapes
     if (folder / "config.json").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def run(args) -> dict:
 
     from flows.train import iap_train
     from iap import profile
-    from iap.data.synth import serve, write_synth
+    from iap.shapes.synth import serve, write_synth
     from tests.conftest import free_port
     out = Path(args.out)
     shutil.rmtree(out / "run", ignore_errors=True)  # the models are kept; the run starts from the manifest

@@ -169,7 +169,7 @@ def demo(workdir: Annotated[Path, typer.Option(help="where everything goes")] = 
     """The embedded default: the full pipeline on the shapes teacher and synthetic data; WORKDIR/summary.json."""
     from iap import engines
     from iap.config import TrainConfig
-    from iap.demo import DEMO_TRAIN, run_demo
+    from iap.shapes.demo import DEMO_TRAIN, run_demo
     try:
         cfg = TrainConfig.model_validate(DEMO_TRAIN.model_dump() | {"steps": steps})
     except ValueError as e:
@@ -236,7 +236,7 @@ def models_shapes_teacher(
 ) -> None:
     """Train the shapes teacher (a small English Stable Diffusion that draws the shapes world) from scratch
     on CPU into FOLDER. The committed preset (preset:shapes-teacher) is this command with the defaults."""
-    from iap.models.shapes_teacher import (
+    from iap.shapes.teacher import (
         GUIDANCE,
         TeacherConfig,
         english_accuracy,
@@ -261,7 +261,7 @@ def _live_source(base_model, encoder, snapshot: str | None, n_train: int, seed: 
         from iap.source import snapshot_source
         snap = open_snapshot(snapshot)
         return snapshot_source(base_model, encoder, snap, "train")[0], {"snapshot_id": snap.id}
-    from iap.data import shapes
+    from iap import shapes
     from iap.source import build_in_memory_source, image_size
     samples = [s for s in shapes.samples(2 * n_train, seed) if not shapes.is_held_out(s.combo)][:n_train]
     size = image_size(base_model)
@@ -383,7 +383,7 @@ def synth(folder: Path, n: int = 200, seed: int = 0, broken: Annotated[int, type
           base_url: str = "http://127.0.0.1:8765",
           image_size: Annotated[int, typer.Option(help="image side in pixels (real bases: 512)")] = 64) -> None:
     """Write shapes-world images and a bilingual manifest whose URLs point at BASE_URL."""
-    from iap.data.synth import write_synth
+    from iap.shapes.synth import write_synth
     manifest = write_synth(folder, n, seed, base_url, broken, image_px=image_size)
     console.print(f"wrote {manifest}; serve it with: iap serve {folder} --port {base_url.rsplit(':', 1)[-1]}")
 
@@ -393,7 +393,7 @@ def serve(folder: Path, port: int = 8765) -> None:
     """Serve FOLDER over HTTP on 127.0.0.1:PORT until interrupted."""
     import time
 
-    from iap.data.synth import serve as start
+    from iap.shapes.synth import serve as start
     if not folder.is_dir():
         raise IapError(f"{folder} is not a folder (write one with: iap synth {folder})")
     server = start(folder, port)

@@ -31,6 +31,7 @@ from iap.models.chinese import ChineseEncoder
 from iap.objective import FrozenBatch, Teacher, layer_weights
 from iap.runtime import Runtime, place
 from iap.source import InMemorySource, snapshot_source
+from iap.worlds import world_of
 
 EVAL_SEED = 1234
 
@@ -148,8 +149,8 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
                         generation: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None) -> dict:
     """Metrics of a checkpoint on (at most `generation.pairs` rows of) a snapshot split, next to the references
     computed in the same run: the untrained encoder (when given) and the mismatched-caption level; with
-    samples > 0, zh-vs-en generation metrics on that many held-out prompts (one per combo in the shapes
-    world), and report.html in the run folder. Runs on the base's device, in its precision."""
+    samples > 0, zh-vs-en generation metrics on that many held-out prompts (the data world's choice, e.g.
+    one per combo in the shapes world, and its image scores), and report.html in the run folder. Runs on the base's device, in its precision."""
     from iap.checkpoint import check_lineage, fetch_checkpoint, read_checkpoint_meta, run_of
     from iap.objective import make_objective
     local = fetch_checkpoint(checkpoint)
@@ -172,7 +173,9 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
     metrics["heldout_pairs"] = len(held)
     if cfg.samples:
         from iap.report import write_report
-        generated, pairs = generation_metrics(base, encoders, _one_per_combo(rows)[:cfg.samples], cfg, feature=feature)
+        world = world_of(rows)
+        prompts = (world.prompts(rows) if world else rows)[:cfg.samples]
+        generated, pairs = generation_metrics(base, encoders, prompts, cfg, feature=feature)
         metrics |= generated
         run_dir = run_of(checkpoint)
         title = f"IAP evaluation: {run_dir.rsplit('/', 1)[-1]}/{local.name}"
@@ -204,23 +207,6 @@ def _pipeline(base: BaseModel, encoder: ChineseEncoder | None):
     return pipe
 
 
-def _one_per_combo(rows: list[dict]) -> list[dict]:
-    """In the shapes world, one row per distinct combo (so accuracy is over combos, not repeats)."""
-    if not all("combo" in r for r in rows):
-        return rows
-    seen: dict[str, dict] = {}
-    for r in rows:
-        seen.setdefault(r["combo"], r)
-    return list(seen.values())
-
-
-def _shapes_targets(rows: list[dict]) -> dict[str, list[str]]:
-    """Prompted shape colour, background colour and shape class from the combo name."""
-    fg = [r["combo"].split("-on-")[0].split("-") for r in rows]  # size-colour-shape
-    return {"colors": [f[1] for f in fg], "backgrounds": [r["combo"].split("-on-")[1] for r in rows],
-            "classes": [f[2] for f in fg]}
-
-
 def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], rows: list[dict],
                        cfg: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None,
                        grid: int | None = None) -> tuple[dict[str, float], list[dict]]:
@@ -228,14 +214,14 @@ def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], row
     first `grid` rows'): zh of each encoder and en of the base, same seed)."""
     from iap import image_metrics as im
     from iap.generate import generate
+    world = world_of(rows)
     sample = {"seed": cfg.seed, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
               "batch_size": cfg.batch_size or eval_batch_size(base)}
     inception, clip_model = cfg.inception, cfg.clip_model
     en = generate(_pipeline(base, None), [r["caption_en"] for r in rows], **sample)
-    shapes_world = all("combo" in r for r in rows)
     out: dict[str, float] = {"generated_prompts": len(rows)}
-    if shapes_world:  # the base's own (English) accuracy: the level a transfer can reach
-        out |= {f"teacher_en_{k}": v for k, v in im.shapes_accuracy(en, **_shapes_targets(rows)).items()}
+    if world:  # the base's own (English) scores: the level a transfer can reach
+        out |= {f"teacher_en_{k}": v for k, v in world.score(en, rows).items()}
     pairs = [{"caption_zh": r["caption_zh"], "caption_en": r["caption_en"], "en": e}
              for r, e in zip(rows[:grid], en, strict=False)]
     for name, encoder in encoders.items():
@@ -246,8 +232,8 @@ def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], row
             out[f"{name}fid_zh_vs_en"] = im.fid(im.to_tensor(en), im.to_tensor(zh), feature, inception)
         if clip_model:
             out[f"{name}clip_score"] = im.clip_score(im.to_tensor(zh), [r["caption_en"] for r in rows], clip_model)
-        if shapes_world:
-            out |= {f"{name}{k}": v for k, v in im.shapes_accuracy(zh, **_shapes_targets(rows)).items()}
+        if world:
+            out |= {f"{name}{k}": v for k, v in world.score(zh, rows).items()}
         for pair, image in zip(pairs, zh, strict=False):
             pair[f"{name}zh"] = image
     return out, pairs

@@ -30,7 +30,7 @@ def check_inputs(out: str, base: str, zh_encoder: str, manifest: str | None, sna
 
 def _stable_server(folder: Path, out: str):
     """Serve on a port derived from `out` (the next free one if taken), so URLs repeat across runs."""
-    from iap.data.synth import serve
+    from iap.shapes.synth import serve
     folder.mkdir(parents=True, exist_ok=True)
     start = 20000 + int(hashlib.sha256(str(local_workdir(out).resolve()).encode()).hexdigest(), 16) % 20000
     for port in range(start, start + 50):
@@ -47,7 +47,7 @@ def synthetic_manifest(out: str, rows: int) -> Iterator[str | None]:
     if not rows:
         yield None
         return
-    from iap.data.synth import write_synth
+    from iap.shapes.synth import write_synth
     folder = local_workdir(out) / "synthetic"  # served from this machine whatever `out` is
     server, port = _stable_server(folder, out)
     manifest = folder / "manifest.parquet"

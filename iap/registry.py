@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import fsspec
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from iap.config import StageConfig
 from iap.errors import IapError
@@ -39,10 +39,19 @@ class GateConfig(StageConfig):
     lower_is_better: bool = True
     floor_metric: str | None = "retrieval_top1"
     floor: float = Field(0.5, description="the floor metric must be at least this (higher is better)")
+    semantic_metric: str | None = Field(
+        None, description="a data world's score of generated images (iap.worlds; shapes world: colour_accuracy) "
+                          "that the semantic floor and gap judge")
     semantic_floor: float | None = Field(
-        None, description="shapes world: colour_accuracy of images from held-out Chinese prompts must be at least this")
+        None, description="the semantic metric of images from held-out Chinese prompts must be at least this")
     semantic_gap: float | None = Field(
-        None, description="shapes world: and at most this far below the base's English teacher_en_colour_accuracy")
+        None, description="and at most this far below the base's English prompts' (teacher_en_<metric>)")
+
+    @model_validator(mode="after")
+    def _semantic_gate_names_its_metric(self) -> GateConfig:
+        if (self.semantic_floor is not None or self.semantic_gap is not None) and not self.semantic_metric:
+            raise ValueError("semantic_floor and semantic_gap need semantic_metric (e.g. colour_accuracy)")
+        return self
 
 
 @dataclass
@@ -180,13 +189,14 @@ class Registry:
 
 def _semantic_failure(metrics: dict, gate: GateConfig) -> str:
     """Why the generated images fail the semantic gate ('' when they pass or the gate is off)."""
+    name = gate.semantic_metric
     if gate.semantic_floor is None and gate.semantic_gap is None:
         return ""
-    zh, en = metrics.get("colour_accuracy"), metrics.get("teacher_en_colour_accuracy")
+    zh, en = metrics.get(name), metrics.get(f"teacher_en_{name}")
     if zh is None:
-        return "no colour_accuracy metric for the semantic gate"
+        return f"no {name} metric for the semantic gate (generation off, or not the data world's metric)"
     if gate.semantic_floor is not None and zh < gate.semantic_floor:
-        return f"colour_accuracy={zh:.3f} is below the semantic floor {gate.semantic_floor}"
+        return f"{name}={zh:.3f} is below the semantic floor {gate.semantic_floor}"
     if gate.semantic_gap is not None and en is not None and en - zh > gate.semantic_gap:
-        return f"colour_accuracy={zh:.3f} is more than {gate.semantic_gap} below the English {en:.3f}"
+        return f"{name}={zh:.3f} is more than {gate.semantic_gap} below the English {en:.3f}"
     return ""

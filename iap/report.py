@@ -34,17 +34,19 @@ DEFINITIONS = {  # metric name (without the untrained_/teacher_en_ prefix) -> on
     "retrieval_top1": "share of held-out Chinese captions whose English pair ranks first by attention-feature distance",
     "retrieval_top5": "the same, paired English caption within the first five",
     "heldout_pairs": "held-out pairs the losses and retrieval use",
-    "generated_prompts": "held-out prompts drawn (one per combination in the shapes world)",
+    "generated_prompts": "held-out prompts drawn (the data world's choice, e.g. one per combination)",
     "consistency_pixel_l1": "mean absolute pixel difference (0..1) to the English prompt's image, same seed; lower is "
                             "closer",
     "fid_zh_vs_en": "FID between the Chinese-prompt and English-prompt image sets",
     "clip_score": "CLIP score of the Chinese-prompt images against the English captions",
-    "colour_accuracy": "shapes world: images whose shape colour and background colour both match the prompt",
-    "shape_colour_accuracy": "shapes world: images whose shape colour matches the prompt",
-    "background_colour_accuracy": "shapes world: images whose background colour matches the prompt",
-    "shape_class_accuracy": "shapes world: images whose shape (by mask overlap) matches the prompt",
-}
+}  # and each data world's own (iap.worlds.definitions)
 NOT_METRICS = {"report"}
+
+
+def definitions() -> dict[str, str]:
+    """The core metrics' definitions and every data world's."""
+    from iap.worlds import definitions as world_definitions
+    return DEFINITIONS | world_definitions()
 
 
 def base_name(metric: str) -> str:
@@ -131,10 +133,10 @@ def _cell(name: str, v) -> str:
 def _metrics_table(metrics: dict) -> str:
     names = list(dict.fromkeys(base_name(k) for k in metrics if k not in NOT_METRICS))
     heads = "".join(f"<th>{label}</th>" for _, _, label in COLUMNS)
-    rows = []
+    rows, known = [], definitions()
     for name in names:
         cells = "".join(f"<td class=n>{_cell(name, metrics.get(prefix + name))}</td>" for prefix, _, _ in COLUMNS)
-        rows.append(f"<tr><td><code>{name}</code><br><small>{html.escape(DEFINITIONS.get(name, ''))}</small></td>"
+        rows.append(f"<tr><td><code>{name}</code><br><small>{html.escape(known.get(name, ''))}</small></td>"
                     f"{cells}</tr>")
     return f"<table><tr><th>metric</th>{heads}</tr>{''.join(rows)}</table>"
 

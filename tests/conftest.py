@@ -19,13 +19,13 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from iap.data import shapes  # noqa: E402
+from iap import shapes  # noqa: E402
 from iap.data.download import DownloadConfig  # noqa: E402
 from iap.data.pipeline import run_data  # noqa: E402
 from iap.data.snapshot import FilterConfig  # noqa: E402
-from iap.data.synth import serve, write_synth  # noqa: E402
 from iap.models import load_base, load_chinese_encoder  # noqa: E402
 from iap.models.tiny import write_tiny  # noqa: E402
+from iap.shapes.synth import serve, write_synth  # noqa: E402
 from iap.source import build_in_memory_source, image_size  # noqa: E402
 
 

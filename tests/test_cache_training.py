@@ -9,10 +9,10 @@ from iap.cache import CacheConfig, CacheSource, load_cached_layers, precompute
 from iap.config import TrainConfig
 from iap.data.pipeline import run_data
 from iap.data.snapshot import FilterConfig
-from iap.data.synth import serve, write_synth
 from iap.evaluate import AttentionFeatures, heldout_loss, retrieval
 from iap.models import load_chinese_encoder
 from iap.objective import EmptyPrompt, Teacher, make_objective
+from iap.shapes.synth import serve, write_synth
 from iap.source import snapshot_source
 from iap.train import train
 from tests.conftest import DOWNLOAD, free_port

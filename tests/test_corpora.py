@@ -170,7 +170,7 @@ def test_image_bombs_and_trickling_servers_are_bounded(served, tmp_path):
     fails at the whole-request timeout, not when its last byte arrives a minute later."""
     from iap.data.download import download
     from iap.data.manifest import Manifest
-    from iap.data.synth import _Handler, serve
+    from iap.shapes.synth import _Handler, serve
     from tests.conftest import free_port
     folder, port = tmp_path / "web", free_port()
     (folder / "images").mkdir(parents=True)

@@ -11,8 +11,8 @@ import pytest
 from iap.data.manifest import read_manifest
 from iap.data.pipeline import run_data
 from iap.data.snapshot import FilterConfig, build_snapshot, open_snapshot
-from iap.data.synth import BROKEN_KINDS
 from iap.errors import IapError
+from iap.shapes.synth import BROKEN_KINDS
 from tests.conftest import BROKEN, DOWNLOAD, FILTER, N_GOOD, kill_at_marker
 
 
@@ -140,7 +140,7 @@ def test_end_to_end_on_s3(s3, served):
 
 
 def test_refresh_downloads_only_new_manifest_rows(tmp_path):
-    from iap.data.synth import serve, write_synth
+    from iap.shapes.synth import serve, write_synth
     from tests.conftest import free_port
     folder, port, out = tmp_path / "synth", free_port(), tmp_path / "out"
     server = serve(folder.mkdir() or folder, port)

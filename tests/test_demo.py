@@ -43,7 +43,7 @@ def test_the_report_shows_every_held_out_prompt_every_definition_and_the_lineage
     with its definition, the loss curves, and the lineage down to the registry decision."""
     import html
 
-    from iap.report import COLUMNS, DEFINITIONS, base_name
+    from iap.report import COLUMNS, base_name, definitions
     evaluation = demo_summary["evaluation"]
     page = Path(evaluation["report"]).read_text()
     folder = Path(evaluation["report"]).parent
@@ -56,8 +56,8 @@ def test_the_report_shows_every_held_out_prompt_every_definition_and_the_lineage
     for table in page.split("<table")[1:3]:  # metrics, then prompts: the same column order
         assert [table.index(label) for label in labels] == sorted(table.index(label) for label in labels)
     for name in {base_name(k) for k in evaluation if k != "report"}:
-        assert name in DEFINITIONS, name
-        assert html.escape(DEFINITIONS[name]) in page
+        assert name in definitions(), name
+        assert html.escape(definitions()[name]) in page
     assert "Loss curves" in page and "held-out loss" in page
     assert "Lineage" in page and "Registry decision: <b>promoted" in page
     for stage in demo_summary["lineage"]:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from iap import image_metrics as im
-from iap.data import shapes
+from iap import shapes
 from iap.evaluate import EvalConfig
+from iap.shapes.metrics import shapes_accuracy
 
 
 def tiny_extractor() -> torch.nn.Module:
@@ -32,8 +33,8 @@ def test_fid_is_zero_for_identical_sets_and_grows_with_a_shift():
 
 def test_shapes_check_reads_colours_from_pixels():
     samples = [shapes.Sample(c, 0, 3) for c in shapes.all_combos()[::7]]
-    acc = im.shapes_accuracy([shapes.render(s, 64) for s in samples], [s.combo.color for s in samples],
-                             [s.combo.bg for s in samples])
+    acc = shapes_accuracy([shapes.render(s, 64) for s in samples], [s.combo.color for s in samples],
+                          [s.combo.bg for s in samples])
     assert acc["background_colour_accuracy"] == 1.0
     assert acc["shape_colour_accuracy"] >= 0.95
 

@@ -52,3 +52,12 @@ def test_only_the_storage_module_commits_outputs():
     found = [f"{path.relative_to(ROOT)}: {call}" for path in sorted((ROOT / "iap").rglob("*.py"))
              if path.name != "storage.py" for call in calls if call in path.read_text()]
     assert not found, found
+
+
+def test_the_core_knows_no_shapes_world():
+    """The demo's world plugs in through iap.worlds: evaluation, reports, registry and training never import it."""
+    core = ["evaluate.py", "report.py", "registry.py", "train.py", "objective.py", "cache.py", "stages.py",
+            "pipeline.py", "image_metrics.py", "export.py", "generate.py"]
+    found = [f"{name}: {module}" for name in core for module in _imported_modules(ROOT / "iap" / name)
+             if module == "iap.shapes" or module.startswith("iap.shapes.") or module.endswith("import shapes")]
+    assert not found, found

@@ -57,7 +57,7 @@ def test_registry_on_s3(s3):
     (0.86, 0.95, "rejected", "more than 0.05 below the English"),
 ])
 def test_semantic_gate_on_generated_images(tmp_path, zh, en, status, reason):
-    gate = GateConfig(floor=0.5, semantic_floor=0.85, semantic_gap=0.05)
+    gate = GateConfig(floor=0.5, semantic_metric="colour_accuracy", semantic_floor=0.85, semantic_gap=0.05)
     metrics = {"heldout_loss": 0.1, "retrieval_top1": 0.9, "colour_accuracy": zh, "teacher_en_colour_accuracy": en}
     entry = Registry(str(tmp_path / "reg")).register(
         Entry(checkpoint_id="c1", checkpoint_url="x", base="b", base_fingerprint="f", metrics=metrics), gate)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from iap.data import shapes
-from iap.image_metrics import shape_class, shapes_accuracy
+from iap import shapes
 from iap.models import load_base
 from iap.models.presets import SHAPES_TEACHER
-from iap.models.shapes_teacher import (
+from iap.shapes.metrics import shape_class, shapes_accuracy
+from iap.shapes.teacher import (
     GUIDANCE,
     TeacherConfig,
     english_accuracy,

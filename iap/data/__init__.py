@@ -1,1 +1,1 @@
-"""Data layer: the shapes world, manifests, img2dataset downloads and DuckDB-filtered snapshots."""
+"""Data layer: manifests, img2dataset downloads, English sources and DuckDB-filtered snapshots."""

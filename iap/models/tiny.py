@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from iap.data import shapes
+from iap import shapes
 from iap.models.vocab import write_bert_vocab, write_clip_bpe
 
 

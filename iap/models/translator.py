@@ -74,7 +74,7 @@ def write_tiny_translator(folder: Path, seed: int = 0, vocab_size: int = 200) ->
     import sentencepiece as spm
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
 
-    from iap.data import shapes
+    from iap import shapes
     folder.mkdir(parents=True, exist_ok=True)
     samples = shapes.samples(300, seed)
     with tempfile.TemporaryDirectory() as tmp:

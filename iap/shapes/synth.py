@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from iap.data import shapes
+from iap import shapes
 
 # broken kind -> the funnel stage that must catch it
 BROKEN_KINDS = {

@@ -1,4 +1,12 @@
-"""The shapes world: coloured shapes on coloured backgrounds with paired English/Chinese captions.
+"""The shapes world, the demo's data world: coloured shapes on coloured backgrounds with paired
+English/Chinese captions. Apart from the core, plugged into evaluation through iap.worlds:
+
+  iap.shapes          combos, captions and rendering (this module)
+  iap.shapes.synth    a manifest of rendered images and a local HTTP server for img2dataset
+  iap.shapes.metrics  what a generated image shows (colours, shape), by pixel statistics
+  iap.shapes.world    the evaluation plug: prompts to draw, image scores, their definitions
+  iap.shapes.teacher  the shapes teacher: a small English Stable Diffusion trained on CPU
+  iap.shapes.demo     `iap demo`: the full pipeline on the teacher and synthetic data
 
 Everything is a pure function of a seed, so demo and tests are reproducible offline.
 A *combo* is (size, colour, shape, background); caption templates are paired by index

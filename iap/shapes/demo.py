@@ -34,7 +34,8 @@ def run_demo(workdir: str | Path, engine, train: TrainConfig = DEMO_TRAIN, rows:
         cache=CacheConfig(policy="recompute", draws=4, splits=["train"]), train=train,
         # the teacher draws the three caption templates of a combo alike, so an exact-pair top-1 is capped
         # near 1/3..1; the floor is on top-5, and the semantic gate judges the images themselves
-        gate=GateConfig(floor_metric="retrieval_top5", floor=0.9, semantic_floor=0.85, semantic_gap=0.05),
+        gate=GateConfig(floor_metric="retrieval_top5", floor=0.9, semantic_metric="colour_accuracy",
+                        semantic_floor=0.85, semantic_gap=0.05),
         evaluate=EvalConfig(samples=DEMO_PROMPTS, guidance_scale=3.0),  # the small teacher over-saturates at 7.5
         columns=ManifestColumns(), english=EnglishConfig(),
     )

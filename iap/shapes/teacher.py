@@ -35,7 +35,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from iap.data import shapes
+from iap import shapes
 from iap.models.vocab import write_clip_bpe
 
 
@@ -205,7 +205,7 @@ def english_accuracy(folder: str | Path, samples: list[shapes.Sample], steps: in
                      guidance_scale: float = GUIDANCE) -> dict[str, float]:
     """The teacher's own accuracy: generate from English prompts, classify by pixel statistics."""
     from iap.generate import generate, load_pipeline
-    from iap.image_metrics import shapes_accuracy
+    from iap.shapes.metrics import shapes_accuracy
     images = generate(load_pipeline(folder), [s.caption_en for s in samples], seed=0, steps=steps,
                       guidance_scale=guidance_scale)
     return shapes_accuracy(images, [s.combo.color for s in samples], [s.combo.bg for s in samples],
@@ -216,7 +216,7 @@ CARD = """# shapes teacher
 
 A small English Stable Diffusion (diffusers `StableDiffusionPipeline` folder: `AutoencoderKL`,
 `UNet2DConditionModel`, `CLIPTextModel` + a generated `CLIPTokenizer`, `DDIMScheduler`) trained from
-scratch on CPU on the synthetic shapes world (`iap.data.shapes`). It draws the shape's colour, the
+scratch on CPU on the synthetic shapes world (`iap.shapes`). It draws the shape's colour, the
 background colour and the shape class from an English prompt, so IAP can be demonstrated and tested
 offline on images that mean something. It is the base model of `iap demo` and `iap-train/smoke`
 (`preset:shapes-teacher`).
@@ -239,7 +239,7 @@ offline on images that mean something. It is the base model of `iap demo` and `i
 
 ## Accuracy on held-out combos (English prompts, DDIM 20 steps)
 
-Generated images classified by pixel statistics (`iap.image_metrics`), {prompts} prompts (3 per
+Generated images classified by pixel statistics (`iap.shapes.metrics`), {prompts} prompts (3 per
 held-out combo). Evaluate at guidance {guidance} (what `iap demo` uses): at SD's 7.5 this small model
 over-saturates and confuses close colours (orange/yellow).
 

@@ -9,7 +9,7 @@ from flows.data import iap_data
 from flows.evaluate import iap_evaluate
 from flows.precompute import iap_precompute
 from iap.cache import CacheConfig
-from iap.config import TrainConfig
+from iap.config import SD15, ZH_768, TrainConfig
 from iap.data.download import DownloadConfig
 from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
@@ -17,7 +17,7 @@ from iap.data.snapshot import FilterConfig
 from iap.evaluate import EvalConfig
 from iap.inputs import synthetic_manifest
 from iap.registry import GateConfig
-from iap.stages import SD15, ZH_768, Trained, pipeline_result, registry_entry, run_key, run_lineage
+from iap.stages import Trained, pipeline_result, registry_entry, run_key, run_lineage
 from tasks import asset_url
 from tasks.artifacts import publish_run
 from tasks.evaluate import export, register

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from iap.config import SD15, ZH_768
 from iap.errors import IapError
 from iap.options import with_stage_options
 
@@ -37,8 +38,6 @@ def _installed_engine(name: str) -> str:
 ENGINE = Annotated[str, typer.Option(callback=_installed_engine, help="prefect: run the Prefect flow (an ephemeral "
                                      "API without a server); local: the library in this process. Same ids and "
                                      "outputs")]
-SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-ZH_768 = "hfl/chinese-roberta-wwm-ext"
 
 
 def global_options(verbose: Annotated[bool, typer.Option(

@@ -12,6 +12,9 @@ from pydantic_core import PydanticUndefined
 
 from iap.errors import IapError
 
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the default base
+ZH_768 = "hfl/chinese-roberta-wwm-ext"  # the default Chinese encoder: 768 wide, as SD 1.x's cross-attention
+
 
 def launch_field(default: Any = PydanticUndefined, **kwargs: Any) -> Any:
     """A config field that says how (or how long) a stage runs, not what it computes: parallelism, batch

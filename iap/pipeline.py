@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from iap.cache import CacheConfig, precompute
-from iap.config import TrainConfig
+from iap.config import SD15, ZH_768, TrainConfig
 from iap.data.download import DownloadConfig
 from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
@@ -20,8 +20,6 @@ from iap.inputs import check_inputs, synthetic_manifest
 from iap.models.shared import shared_base
 from iap.registry import Entry, GateConfig, Registry
 from iap.stages import (
-    SD15,
-    ZH_768,
     evaluate_stage,
     lineage_stages,
     pipeline_result,

@@ -25,9 +25,6 @@ from iap.runtime import detect
 from iap.storage import write_atomic
 from iap.train import train
 
-SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-ZH_768 = "hfl/chinese-roberta-wwm-ext"
-
 
 class Trained(BaseModel):
     """What the training stage produced: the committed checkpoint and how the run went."""

@@ -115,8 +115,9 @@ def train(out: Annotated[str, typer.Option(help="output root of the whole pipeli
           engine: ENGINE = "prefect", *, configs: dict) -> None:
     """The full pipeline (iap-train): data -> precompute -> train -> evaluate -> export -> register."""
     from iap import engines
-    from iap.inputs import check_inputs
-    check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)  # one message, before any work
+    if engine != "local":  # one message before a flow starts (the local pipeline checks first thing itself;
+        from iap.inputs import check_inputs  # checking twice would hash a local base's weights twice)
+        check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
     result = engines.load(engine).train(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest,
                                         snapshot=snapshot, synthetic=synthetic, registry=registry, **configs,
                                         log=console.print)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from iap.errors import IapError
+from iap.models.hub import SUPPORTED
 
 
 @dataclass
@@ -99,7 +100,8 @@ def cross_attention_layers(unet: torch.nn.Module) -> dict[str, Attention]:
             raise IapError(f"cross-attention layer {name} uses {unsupported or 'a residual/rescale'}, "
                            "which IAP's capture processor does not support (SD 1.x/2.x layers do not)")
     if not layers:
-        raise IapError("the UNet has no cross-attention layers (attn2): it is not a text-conditioned model")
+        raise IapError(f"the UNet has no cross-attention layers (attn2): it is not a text-conditioned model. "
+                       f"iap supports {SUPPORTED}")
     return layers
 
 

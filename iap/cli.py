@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -221,10 +221,17 @@ def server_down() -> None:
 
 
 @models_app.command("tiny")
-def models_tiny(folder: Path, seed: int = 0) -> None:
-    """Write the tiny preset (random-init base pipeline + Chinese BERT) to FOLDER."""
-    from iap.models.tiny import TinyConfig, write_tiny
-    write_tiny(folder, TinyConfig(seed=seed))
+def models_tiny(
+    folder: Path, seed: int = 0,
+    shape: Annotated[Literal["sd1", "sd2"], typer.Option(
+        help="sd1: SD-1.x-shaped; sd2: SD-2.x-shaped (v-prediction, wider cross-attention than the Chinese BERT)")] = "sd1",
+) -> None:
+    """Write a tiny preset (random-init base pipeline + Chinese BERT) to FOLDER."""
+    from dataclasses import replace
+
+    from iap.models.tiny import TINY, TINY_SD2, write_tiny
+    cfg, name = (TINY, "tiny") if shape == "sd1" else (TINY_SD2, "tiny-sd2")
+    write_tiny(folder, replace(cfg, seed=seed), name)
     console.print(f"tiny preset written: {folder}/base (Stable Diffusion folder), {folder}/zh_encoder")
 
 

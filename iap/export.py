@@ -1,7 +1,8 @@
 """Export a checkpoint as a standard diffusers Stable Diffusion folder with the Chinese encoder.
 
 Plain `StableDiffusionPipeline.from_pretrained(OUT)` loads it with no project code: the text
-encoder and tokenizer are ordinary transformers classes (e.g. BertModel + BertTokenizer). The base's
+encoder and tokenizer are ordinary transformers classes (e.g. BertModel + BertTokenizer, or AltCLIPTextModel
+when the encoder learned a projection to the UNet's width). The base's
 UNet, VAE and scheduler are copied file for file (default safetensors variant), never loaded: the
 export holds no second copy of the base in memory and its UNet is byte-identical to the base's.
 """
@@ -13,10 +14,11 @@ import re
 import shutil
 from pathlib import Path
 
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
 from iap.checkpoint import check_lineage, fetch_checkpoint, read_checkpoint_meta
 from iap.errors import IapError
+from iap.models.chinese import load_text_model
 from iap.models.hub import is_local, revision
 from iap.storage import is_remote, staged_folder
 
@@ -81,7 +83,7 @@ def _build(checkpoint: str | Path, base_source: str, tmp: Path, out: str | Path)
     local = fetch_checkpoint(checkpoint)
     meta = read_checkpoint_meta(local)
     fingerprint = check_lineage(meta, base_source, f"checkpoint {checkpoint}")
-    encoder = AutoModel.from_pretrained(local / "encoder", use_safetensors=True)
+    encoder = load_text_model(str(local / "encoder"), use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(local / "encoder")
     base = base_folder(base_source)
     for sub in FROZEN:

@@ -24,7 +24,7 @@ from iap.data.download import DownloadConfig  # noqa: E402
 from iap.data.pipeline import run_data  # noqa: E402
 from iap.data.snapshot import FilterConfig  # noqa: E402
 from iap.models import load_base, load_chinese_encoder  # noqa: E402
-from iap.models.tiny import write_tiny  # noqa: E402
+from iap.models.tiny import TINY_SD2, write_tiny  # noqa: E402
 from iap.shapes.synth import serve, write_synth  # noqa: E402
 from iap.source import build_in_memory_source, image_size  # noqa: E402
 
@@ -34,9 +34,25 @@ def tiny_dir(tmp_path_factory):
     return write_tiny(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.fixture(scope="session")
+def sd2_dir(tmp_path_factory):
+    """The SD-2-shaped tiny preset: v-prediction, and a Chinese BERT narrower than the cross-attention."""
+    return write_tiny(tmp_path_factory.mktemp("tiny-sd2"), TINY_SD2, "tiny-sd2")
+
+
 @pytest.fixture
 def base(tiny_dir):
     return load_base(tiny_dir / "base")
+
+
+@pytest.fixture
+def sd2_base(sd2_dir):
+    return load_base(sd2_dir / "base")
+
+
+@pytest.fixture
+def sd2_encoder(sd2_dir, sd2_base):
+    return load_chinese_encoder(sd2_dir / "zh_encoder", sd2_base.cross_attention_dim, sd2_base.max_length)
 
 
 @pytest.fixture
@@ -45,12 +61,28 @@ def encoder(tiny_dir, base):
     return load_chinese_encoder(tiny_dir / "zh_encoder", base.cross_attention_dim, base.max_length)
 
 
-@pytest.fixture
-def small_source(base, encoder):
-    samples = shapes.samples(16, seed=3)
+def shapes_source(base, encoder, n: int = 16, seed: int = 3):
+    """n shapes triples in memory, for this base and encoder."""
+    samples = shapes.samples(n, seed=seed)
     size = image_size(base)
     return build_in_memory_source(base, encoder, [shapes.render(s, size) for s in samples],
                                   [s.caption_en for s in samples], [s.caption_zh for s in samples])
+
+
+@pytest.fixture
+def small_source(base, encoder):
+    return shapes_source(base, encoder)
+
+
+def preset_models(request, preset: str):
+    """(base, encoder, small source) of a tiny preset by name: 'tiny' (SD-1.x-shaped) or 'tiny-sd2'."""
+    if preset == "tiny":
+        return request.getfixturevalue("base"), request.getfixturevalue("encoder"), request.getfixturevalue("small_source")
+    base, encoder = request.getfixturevalue("sd2_base"), request.getfixturevalue("sd2_encoder")
+    return base, encoder, shapes_source(base, encoder)
+
+
+PRESETS = ["tiny", "tiny-sd2"]
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from iap.errors import IapError
 from iap.models.base import noise_from_seeds
 from iap.objective import FrozenBatch, Teacher, make_objective
 from iap.source import image_size, to_pixels
-from tests.conftest import kill_at_marker
+from tests.conftest import PRESETS, kill_at_marker, preset_models
 
 POLICIES = ["recompute", "store", "store-sampled"]
 
@@ -40,7 +40,9 @@ def _live_loss(base, encoder, snapshot, batch, keys) -> float:
 
 
 @pytest.mark.parametrize("policy", ["recompute", "store"])
-def test_cached_loss_equals_live_loss(policy, local_run, base, encoder, tmp_path):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_cached_loss_equals_live_loss(policy, preset, local_run, request, tmp_path):
+    base, encoder, _ = preset_models(request, preset)
     _, _, snapshot = local_run
     info = precompute(snapshot, lambda: base, base.fingerprint, str(tmp_path),
                       CacheConfig(policy=policy, dtype="float32"), log=lambda _: None)

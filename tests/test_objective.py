@@ -3,9 +3,12 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from iap.objective import Teacher, layer_mse, make_objective
+from tests.conftest import PRESETS, preset_models
 
 
-def test_capture_processor_reproduces_stock_unet(base, small_source):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_capture_processor_reproduces_stock_unet(preset, request):
+    base, _, small_source = preset_models(request, preset)
     batch = small_source.batch(torch.arange(4), torch.Generator().manual_seed(0))
     teacher = Teacher(base)
     x = teacher.noisy_latents(batch)
@@ -16,9 +19,12 @@ def test_capture_processor_reproduces_stock_unet(base, small_source):
     assert torch.equal(captured, stock)
 
 
-def test_pivot_from_given_queries_equals_live_unet_pass(base, encoder, small_source):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_pivot_from_given_queries_equals_live_unet_pass(preset, request):
     """pivot (standalone attention over given queries) == a real UNet pass with the Chinese states in
-    which every cross-attention layer is fed the English-pass queries: loss and gradients."""
+    which every cross-attention layer is fed the English-pass queries: loss and gradients (on SD-2 shapes,
+    through the Chinese encoder's learned projection)."""
+    base, encoder, small_source = preset_models(request, preset)
     batch = small_source.batch(torch.arange(8), torch.Generator().manual_seed(1))
     teacher = Teacher(base)
     pivot = make_objective("pivot", teacher)

@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from iap.errors import IapError
-from iap.models.hub import is_local, revision
+from iap.models.hub import check_base, is_local, revision
 from iap.runtime import CPU, Runtime, place
 
 
@@ -127,6 +127,8 @@ def load_base(source: str | Path, runtime: Runtime = CPU) -> BaseModel:
     the runtime's device in its precision."""
     source = str(source)
     check_source(source)
+    if Path(source, "model_index.json").exists() or not is_local(source):
+        check_base(source)
     try:
         # in the run's precision from the start (a bf16 run never holds an fp32 copy), at the pinned revision
         pinned = {"revision": revision(source), "torch_dtype": runtime.dtype, "use_safetensors": True}

@@ -1,7 +1,8 @@
 """The trainable Chinese text encoder: any Hugging Face encoder plus its tokenizer.
 
 It is used exactly as StableDiffusionPipeline uses a text encoder (pad to max length, output [0]),
-so an exported pipeline behaves at inference as the encoder did in training.
+so an exported pipeline behaves at inference as the encoder did in training. An encoder of another width
+than the UNet's cross-attention gets a learned projection (iap.models.projection).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import pickle
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+import transformers
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from iap.errors import IapError
 from iap.models.hub import is_local, revision
+from iap.models.projection import PROJECTED, can_project, output_width, with_projection
 
 ENCODERS_THAT_FIT = {
     768: ["hfl/chinese-roberta-wwm-ext", "OFA-Sys/chinese-clip-vit-base-patch16 (text tower)",
@@ -35,7 +38,8 @@ class ChineseEncoder(torch.nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
+        """The width of the states it hands the UNet (its projection's, when it has one)."""
+        return output_width(self.model.config.to_dict())
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(list(texts), padding="max_length", max_length=self.max_length,
@@ -49,14 +53,29 @@ class ChineseEncoder(torch.nn.Module):
         return self.model(input_ids.to(self.model.device), attention_mask=mask)[0]
 
 
-def check_fits(hidden_size: int, cross_attention_dim: int, source: str) -> None:
-    if hidden_size != cross_attention_dim:
-        fits = ENCODERS_THAT_FIT.get(cross_attention_dim, [])
-        hint = f" Encoders that fit: {', '.join(fits)}." if fits else ""
-        raise IapError(
-            f"Chinese encoder '{source}' has hidden size {hidden_size}, but the UNet's cross_attention_dim is "
-            f"{cross_attention_dim}; they must be equal.{hint}"
-        )
+def check_fits(config: dict, cross_attention_dim: int, source: str) -> bool:
+    """Whether the encoder needs a projection to the UNet's width; an error when it cannot have one."""
+    width = output_width(config)
+    if width == cross_attention_dim:
+        return False
+    if config.get("model_type") != PROJECTED and can_project(config):
+        return True
+    fits = ENCODERS_THAT_FIT.get(cross_attention_dim, [])
+    hint = f" Encoders that fit without a projection: {', '.join(fits)}." if fits else ""
+    raise IapError(
+        f"Chinese encoder '{source}' has hidden size {width}, but the UNet's cross_attention_dim is "
+        f"{cross_attention_dim}, and a '{config.get('model_type')}' encoder cannot take a learned projection "
+        f"(BERT and RoBERTa families can).{hint}"
+    )
+
+
+def load_text_model(source: str, **kwargs) -> PreTrainedModel:
+    """A text model by its config's class: AutoModel, or transformers' own AltCLIPTextModel (a projected
+    encoder, which AutoModel does not map). Never remote code."""
+    config = AutoConfig.from_pretrained(source, revision=kwargs.get("revision"))
+    if config.model_type == PROJECTED:
+        return transformers.AltCLIPTextModel.from_pretrained(source, **kwargs)
+    return AutoModel.from_pretrained(source, **kwargs)
 
 
 def load_chinese_encoder(source: str | Path, cross_attention_dim: int, max_length: int = 77,
@@ -69,7 +88,7 @@ def load_chinese_encoder(source: str | Path, cross_attention_dim: int, max_lengt
     try:
         # safetensors when published; else legacy pytorch_model.bin (hfl/chinese-roberta-wwm-ext has only that),
         # read with weights_only=True: tensors only, never arbitrary pickled objects
-        model = AutoModel.from_pretrained(source, revision=revision(source), weights_only=True)
+        model = load_text_model(source, revision=revision(source), weights_only=True)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision(source))
     except (OSError, ValueError, pickle.UnpicklingError) as e:  # unpickling: a .bin holding more than tensors
         raise IapError(f"could not load Chinese encoder '{source}': {str(e).splitlines()[0]}") from e
@@ -77,8 +96,11 @@ def load_chinese_encoder(source: str | Path, cross_attention_dim: int, max_lengt
         model = model.text_model
     if getattr(model, "pooler", None) is not None:  # unused by diffusion; would get no gradient
         model.pooler = None
-    check_fits(int(model.config.hidden_size), cross_attention_dim, source)
+    if check_fits(model.config.to_dict(), cross_attention_dim, source):
+        model = with_projection(model, cross_attention_dim)
     positions = getattr(model.config, "max_position_embeddings", max_length)
+    if model.config.model_type in ("roberta", "xlm-roberta", PROJECTED):  # numbered from pad_token_id + 1
+        positions -= int(model.config.pad_token_id or 0) + 1
     if positions < max_length:
         raise IapError(f"Chinese encoder '{source}' has max_position_embeddings={positions} < max_length={max_length}")
     model.train()

@@ -42,7 +42,11 @@ def fetch_json(source: str, filename: str) -> dict:
 
 def read_config(source: str, subfolder: str = "") -> dict:
     """config.json of a model (or of one component folder of a pipeline), local or on the hub."""
-    filename = f"{subfolder}/config.json" if subfolder else "config.json"
+    return read_json(source, f"{subfolder}/config.json" if subfolder else "config.json")
+
+
+def read_json(source: str, filename: str) -> dict:
+    """One JSON file of a model, local or on the hub."""
     if not is_local(source):
         return fetch_json(source, filename)
     if not Path(source).is_dir():
@@ -56,18 +60,35 @@ def read_config(source: str, subfolder: str = "") -> dict:
         raise IapError(f"{path}: cannot read it as JSON ({e})") from e
 
 
-def hidden_size(config: dict) -> int | None:
-    """A text encoder's width from its config (a full CLIP-style config keeps it under text_config)."""
-    value = config.get("hidden_size", config.get("text_config", {}).get("hidden_size"))
-    return None if value is None else int(value)
+SUPPORTED = ("Stable Diffusion 1.x and 2.x bases (StableDiffusionPipeline: a UNet with cross-attention over one "
+             "CLIP text encoder)")
+
+
+def check_base(source: str) -> None:
+    """The base is a family IAP supports, from its model_index.json alone; otherwise one message naming what
+    it is and what is supported."""
+    index = read_json(source, "model_index.json")
+    kind = index.get("_class_name", "this pipeline")
+    if "transformer" in index and "unet" not in index:
+        why = "its denoiser is a transformer with joint or DiT attention (SD3, FLUX, PixArt, ...), not a UNet"
+    elif "text_encoder_2" in index:
+        why = "it conditions on two text encoders and a pooled embedding (SDXL), which IAP does not train yet"
+    elif "unet" not in index or "text_encoder" not in index:
+        why = "it has no UNet conditioned on a text encoder"
+    else:
+        return
+    raise IapError(f"base '{source}' is a {kind}: {why}. iap supports {SUPPORTED}.")
 
 
 def check_pair(base: str, zh_encoder: str) -> None:
-    """The Chinese encoder's width must equal the base UNet's cross_attention_dim: checked from configs."""
+    """The Chinese encoder's width must equal the base UNet's cross_attention_dim, or the encoder must be able to
+    take a learned projection to it: checked from configs, before any weights."""
     from iap.models.chinese import check_fits
+    from iap.models.projection import output_width
+    check_base(base)
     dim = read_config(base, "unet").get("cross_attention_dim")
-    width = hidden_size(read_config(zh_encoder))
-    if dim is None or width is None:
+    config = read_config(zh_encoder)
+    if dim is None or output_width(config) is None:
         raise IapError(f"cannot check '{zh_encoder}' against '{base}': "
                        f"{'unet/config.json has no cross_attention_dim' if dim is None else 'no hidden_size in config'}")
-    check_fits(width, int(dim), zh_encoder)
+    check_fits(config, int(dim), zh_encoder)

@@ -1,6 +1,9 @@
 """Named model presets usable wherever a model id or folder is expected.
 
-preset:tiny            random-init base + Chinese BERT, written once, deterministically, under workdir
+preset:tiny            random-init SD-1.x-shaped base + Chinese BERT, written once, deterministically, under
+                       workdir
+preset:tiny-sd2        the same, SD-2.x-shaped (v-prediction; the Chinese BERT narrower than the
+                       cross-attention, so it trains through a learned projection)
 preset:shapes-teacher  the shapes teacher (a base that can draw the shapes world), committed with the
                        package; as a Chinese encoder it means the tiny preset's BERT (same hidden size)
 """
@@ -11,15 +14,15 @@ from pathlib import Path
 
 from iap.errors import IapError
 
-PRESETS = {"preset:tiny", "preset:shapes-teacher"}
+PRESETS = {"preset:tiny", "preset:tiny-sd2", "preset:shapes-teacher"}
 SHAPES_TEACHER = Path(__file__).resolve().parent.parent / "presets" / "shapes-teacher"
 
 
-def _tiny(workdir: str | Path) -> Path:
-    from iap.models.tiny import write_tiny
-    folder = Path(workdir) / "models" / "tiny"
+def _tiny(workdir: str | Path, name: str = "tiny") -> Path:
+    from iap.models.tiny import TINY, TINY_SD2, write_tiny
+    folder = Path(workdir) / "models" / name
     if not (folder / "preset.json").exists():
-        write_tiny(folder)
+        write_tiny(folder, {"tiny": TINY, "tiny-sd2": TINY_SD2}[name], name)
     return folder
 
 
@@ -30,8 +33,9 @@ def resolve(base: str, zh_encoder: str, workdir: str | Path) -> tuple[str, str]:
         raise IapError(f"unknown preset {', '.join(sorted(unknown))}; known: {', '.join(sorted(PRESETS))}")
     if base == "preset:shapes-teacher":
         base = str(SHAPES_TEACHER)
-    elif base == "preset:tiny":
-        base = str(_tiny(workdir) / "base")
-    if zh_encoder in PRESETS:
-        zh_encoder = str(_tiny(workdir) / "zh_encoder")
+    elif base in PRESETS:
+        base = str(_tiny(workdir, base.removeprefix("preset:")) / "base")
+    if zh_encoder in PRESETS:  # the shapes teacher's Chinese encoder is the tiny preset's BERT
+        name = "tiny-sd2" if zh_encoder == "preset:tiny-sd2" else "tiny"
+        zh_encoder = str(_tiny(workdir, name) / "zh_encoder")
     return base, zh_encoder

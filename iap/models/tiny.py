@@ -1,7 +1,10 @@
-"""The tiny preset: small random-init models saved as ordinary diffusers/transformers folders.
+"""The tiny presets: small random-init models saved as ordinary diffusers/transformers folders.
 
-`write_tiny(DIR, seed)` writes DIR/base (a StableDiffusionPipeline folder) and DIR/zh_encoder
-(a BertModel + BertTokenizer). Everything else loads them through the same code as real models.
+`write_tiny(DIR, cfg)` writes DIR/base (a StableDiffusionPipeline folder) and DIR/zh_encoder (a BertModel +
+BertTokenizer). Everything else loads them through the same code as real models. TINY is SD-1.x-shaped (the
+Chinese encoder as wide as the cross-attention); TINY_SD2 is SD-2.x-shaped: a wider cross-attention than the
+Chinese encoder (as SD 2's 1024 against a 768-wide RoBERTa), linear transformer projections, upcast
+attention, a GELU text tower and a v-prediction schedule.
 """
 
 from __future__ import annotations
@@ -24,9 +27,19 @@ class TinyConfig:
     seed: int = 0
     image_size: int = 32  # VAE downsamples 2x -> 16x16 latents
     channels: tuple[int, int] = (32, 64)
-    cross_attention_dim: int = 64  # = English and Chinese hidden size
+    cross_attention_dim: int = 64  # = the English text tower's hidden size
+    zh_hidden_size: int = 64  # the Chinese encoder's; another width trains through a learned projection
     text_layers: int = 2
     max_length: int = 77
+    prediction_type: str = "epsilon"
+    use_linear_projection: bool = False
+    upcast_attention: bool = False
+    text_act: str = "quick_gelu"
+
+
+TINY = TinyConfig()
+TINY_SD2 = TinyConfig(cross_attention_dim=96, prediction_type="v_prediction", use_linear_projection=True,
+                      upcast_attention=True, text_act="gelu")
 
 
 def _unet(cfg: TinyConfig) -> UNet2DConditionModel:
@@ -35,7 +48,8 @@ def _unet(cfg: TinyConfig) -> UNet2DConditionModel:
         block_out_channels=cfg.channels, norm_num_groups=32, attention_head_dim=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cfg.cross_attention_dim,
+        cross_attention_dim=cfg.cross_attention_dim, use_linear_projection=cfg.use_linear_projection,
+        upcast_attention=cfg.upcast_attention,
     )
 
 
@@ -53,7 +67,7 @@ def _english(cfg: TinyConfig, tmp: Path) -> tuple[CLIPTextModel, CLIPTokenizer]:
     config = CLIPTextConfig(
         vocab_size=len(tok.get_vocab()), hidden_size=cfg.cross_attention_dim,
         intermediate_size=2 * cfg.cross_attention_dim, num_attention_heads=4,
-        num_hidden_layers=cfg.text_layers, max_position_embeddings=cfg.max_length,
+        num_hidden_layers=cfg.text_layers, max_position_embeddings=cfg.max_length, hidden_act=cfg.text_act,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     return CLIPTextModel(config), tok
@@ -63,15 +77,15 @@ def _chinese(cfg: TinyConfig, tmp: Path) -> tuple[BertModel, BertTokenizer]:
     write_bert_vocab(tmp / "bert_tok", shapes.chinese_characters())
     tok = BertTokenizer.from_pretrained(tmp / "bert_tok", model_max_length=cfg.max_length)
     config = BertConfig(
-        vocab_size=len(tok.get_vocab()), hidden_size=cfg.cross_attention_dim,
+        vocab_size=len(tok.get_vocab()), hidden_size=cfg.zh_hidden_size,
         num_hidden_layers=cfg.text_layers, num_attention_heads=4,
-        intermediate_size=2 * cfg.cross_attention_dim, max_position_embeddings=cfg.max_length,
+        intermediate_size=2 * cfg.zh_hidden_size, max_position_embeddings=cfg.max_length,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=tok.pad_token_id,
     )
     return BertModel(config, add_pooling_layer=False), tok
 
 
-def write_tiny(folder: str | Path, cfg: TinyConfig = TinyConfig()) -> Path:
+def write_tiny(folder: str | Path, cfg: TinyConfig = TINY, name: str = "tiny") -> Path:
     """Build the tiny preset deterministically from cfg.seed and save it under folder."""
     folder = Path(folder)
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +95,7 @@ def write_tiny(folder: str | Path, cfg: TinyConfig = TinyConfig()) -> Path:
         zh_model, zh_tok = _chinese(cfg, Path(tmp))
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=cfg.prediction_type,
     )
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
@@ -90,5 +104,5 @@ def write_tiny(folder: str | Path, cfg: TinyConfig = TinyConfig()) -> Path:
     pipe.save_pretrained(folder / "base", safe_serialization=True)
     zh_model.save_pretrained(folder / "zh_encoder", safe_serialization=True)
     zh_tok.save_pretrained(folder / "zh_encoder")
-    (folder / "preset.json").write_text(json.dumps({"preset": "tiny", **asdict(cfg)}, indent=2))
+    (folder / "preset.json").write_text(json.dumps({"preset": name, **asdict(cfg)}, indent=2))
     return folder

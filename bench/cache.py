@@ -5,9 +5,10 @@ English states; one no-grad UNet pass per step), `store` (all layers' queries an
 `store-sampled 64` (64 positions per layer), and the encoder-only forward+backward+step as the
 floor. `store, empty rows` is `store` with every row turned into the empty prompt (its targets
 recomputed from the cached queries): the cost of the CFG pairing, which training pays on
-`empty_prompt_fraction` (10%) of the rows. On the tiny preset and an SD-1.5-shaped UNet (random weights) with a 768-wide BERT.
+`empty_prompt_fraction` (10%) of the rows. On the tiny preset, an SD-1.5-shaped UNet (random weights) with a
+768-wide BERT, and an SD-2.1-shaped UNet (96x96 latents, 1024-wide context) with the BERT projected to 1024.
 
-    python bench/cache.py [--skip-sd15] [--reps N]
+    python bench/cache.py [--skip-sd15] [--skip-sd2] [--reps N]
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import tempfile
 from types import SimpleNamespace
 
 import torch
-from train_step import BERT_768, SD15_UNET, _time
+from train_step import BERT_768, SD15_UNET, SD21_UNET, _time
 from transformers import BertConfig, BertModel
 
 from iap.cache import CacheConfig, projected_bytes_per_sample
 from iap.models.chinese import ChineseEncoder
+from iap.models.projection import with_projection
 from iap.objective import EmptyPrompt, FrozenBatch, Teacher, make_objective
 from iap.train import make_optimizer
 
@@ -89,16 +91,19 @@ def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[s
     return out
 
 
-def _sd15_base():
+def _real_base(unet_config: dict):
+    """A real UNet config (random weights) and a 768-wide BERT, projected when the UNet is wider."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET).eval().requires_grad_(False)
+    unet = UNet2DConditionModel(**unet_config).eval().requires_grad_(False)
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    base = SimpleNamespace(unet=unet, noise_scheduler=scheduler, max_length=77, cross_attention_dim=768,
+    dim = int(unet.config.cross_attention_dim)
+    base = SimpleNamespace(unet=unet, noise_scheduler=scheduler, max_length=77, cross_attention_dim=dim,
                            device=torch.device("cpu"))
-    encoder = ChineseEncoder(BertModel(BertConfig(**BERT_768), add_pooling_layer=False),
-                             SimpleNamespace(pad_token_id=0, model_max_length=77), 77)
-    return base, encoder
+    model = BertModel(BertConfig(**BERT_768), add_pooling_layer=False)
+    if dim != model.config.hidden_size:
+        model = with_projection(model, dim)
+    return base, ChineseEncoder(model, SimpleNamespace(pad_token_id=0, model_max_length=77), 77)
 
 
 def _tiny_base():
@@ -113,11 +118,14 @@ def _tiny_base():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-sd15", action="store_true")
+    parser.add_argument("--skip-sd2", action="store_true")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     results = {"tiny preset (batch 32)": measure(*_tiny_base(), batch_size=32, reps=args.reps * 5)}
     if not args.skip_sd15:
-        results["SD-1.5 shapes (batch 1)"] = measure(*_sd15_base(), batch_size=1, reps=args.reps)
+        results["SD-1.5 shapes (batch 1)"] = measure(*_real_base(SD15_UNET), batch_size=1, reps=args.reps)
+    if not args.skip_sd2:
+        results["SD-2.1 shapes (batch 1)"] = measure(*_real_base(SD21_UNET), batch_size=1, reps=args.reps)
     for model, r in results.items():
         sep, floor = r["separate (no cache)"][1], r["encoder only (floor)"][1]
         print(f"\n{model}: per sample, CPU {torch.get_num_threads()} threads, 1 draw, fp16 cache")

@@ -1,10 +1,13 @@
 """Per-sample training step time: `separate` vs `pivot` with given queries, side by side.
 
-Models: the tiny preset, and an SD-1.5-shaped UNet (random weights from the real config: blocks
-320/640/1280/1280, 16 cross-attention layers, 64x64 latents, 77x768 text) with a 768-wide,
-12-layer BERT as the Chinese encoder. A step = encoder forward + loss + backward + (fused) AdamW step, as in iap.train.
+Models: the tiny preset; an SD-1.5-shaped UNet (random weights from the real config: blocks
+320/640/1280/1280, 16 cross-attention layers, 64x64 latents, 77x768 text) with a 768-wide, 12-layer BERT as
+the Chinese encoder; and an SD-2.1-shaped UNet (stabilityai/stable-diffusion-2-1's config: 96x96 latents,
+linear projections, 77x1024 text) with the same BERT through its learned projection to 1024 (as
+hfl/chinese-roberta-wwm-ext on SD 2.x). A step = encoder forward + loss + backward + (fused) AdamW step, as
+in iap.train.
 
-    python bench/train_step.py [--skip-sd15] [--reps N]
+    python bench/train_step.py [--skip-sd15] [--skip-sd2] [--reps N]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import BertConfig, BertModel
 
 from iap.models.chinese import ChineseEncoder
+from iap.models.projection import with_projection
 from iap.objective import FrozenBatch, Teacher, make_objective
 from iap.train import make_optimizer
 
@@ -27,6 +31,8 @@ SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block
                  block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+SD21_UNET = {**SD15_UNET, "sample_size": 96, "attention_head_dim": (5, 10, 20, 20), "cross_attention_dim": 1024,
+             "use_linear_projection": True, "upcast_attention": True}
 BERT_768 = dict(vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                 intermediate_size=3072, max_position_embeddings=512)
 
@@ -89,22 +95,28 @@ def tiny(reps: int) -> dict[str, float]:
     return measure(base.unet, encoder, batch_size=32, reps=reps)
 
 
-def sd15(reps: int) -> dict[str, float]:
+def real_shapes(unet_config: dict, reps: int) -> dict[str, float]:
+    """A real UNet config (random weights) and a 768-wide BERT, projected when the UNet is wider."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET).eval().requires_grad_(False)
+    unet = UNet2DConditionModel(**unet_config).eval().requires_grad_(False)
     tokenizer = SimpleNamespace(pad_token_id=0, model_max_length=77)
-    encoder = ChineseEncoder(BertModel(BertConfig(**BERT_768), add_pooling_layer=False), tokenizer, 77)
-    return measure(unet, encoder, batch_size=1, reps=reps)
+    model = BertModel(BertConfig(**BERT_768), add_pooling_layer=False)
+    if unet.config.cross_attention_dim != model.config.hidden_size:
+        model = with_projection(model, unet.config.cross_attention_dim)
+    return measure(unet, ChineseEncoder(model, tokenizer, 77), batch_size=1, reps=reps)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-sd15", action="store_true")
+    parser.add_argument("--skip-sd2", action="store_true")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     results = {"tiny preset (batch 32)": tiny(args.reps * 5)}
     if not args.skip_sd15:
-        results["SD-1.5 shapes (batch 1)"] = sd15(args.reps)
+        results["SD-1.5 shapes (batch 1)"] = real_shapes(SD15_UNET, args.reps)
+    if not args.skip_sd2:
+        results["SD-2.1 shapes (batch 1)"] = real_shapes(SD21_UNET, args.reps)
     print(f"\nper-sample training step time, CPU, {torch.get_num_threads()} threads (median)")
     print(f"{'model':26} {'separate':>12} {'pivot (given q)':>16} {'encoder floor':>14} {'separate/pivot':>15}")
     for name, r in results.items():

@@ -260,6 +260,22 @@ def models_shapes_teacher(
                       ", ".join(f"{k} {v:.1%}" for k, v in a.items()))
 
 
+@models_app.command("shapes-lora")
+def models_shapes_lora(
+    folder: Path, seed: int = 0,
+    steps: Annotated[int, typer.Option(help="LoRA training steps (the committed LoRA: 1000)")] = 1000,
+) -> None:
+    """Train a LoRA of the shapes teacher (red drawn as blue) into FOLDER and measure its effect on English
+    prompts. The committed preset (iap/presets/shapes-lora) is this command with the defaults."""
+    from iap.models.presets import SHAPES_TEACHER
+    from iap.shapes.lora import LoraTrainConfig, train_lora, write_card
+    train_lora(SHAPES_TEACHER, folder, LoraTrainConfig(seed=seed, steps=steps), log=console.print)
+    rates = write_card(folder, SHAPES_TEACHER)
+    console.print(f"held-out combos, English prompts: effect rate {rates['with']['effect_rate']:.0%}, "
+                  f"leak rate {rates['with']['leak_rate']:.0%} (without the LoRA: "
+                  f"{rates['without']['effect_rate']:.0%}, {rates['without']['leak_rate']:.0%})")
+
+
 def _live_source(base_model, encoder, snapshot: str | None, n_train: int, seed: int):
     """(source, lineage) for live training (no cache): a snapshot's train split or synthetic shapes-world
     triples, in memory."""

@@ -16,6 +16,7 @@ from iap.errors import IapError
 
 PRESETS = {"preset:tiny", "preset:tiny-sd2", "preset:shapes-teacher"}
 SHAPES_TEACHER = Path(__file__).resolve().parent.parent / "presets" / "shapes-teacher"
+SHAPES_LORA = SHAPES_TEACHER.parent / "shapes-lora"  # a LoRA of the teacher (iap.shapes.lora); not a base
 
 
 def _tiny(workdir: str | Path, name: str = "tiny") -> Path:

@@ -249,7 +249,6 @@ over-saturates and confuses close colours (orange/yellow).
 
 def write_card(folder: str | Path, accuracy: dict[float, dict[str, float]], prompts: int) -> None:
     """README.md (the model card) and SHA256SUMS over every file of the folder."""
-    import hashlib
     folder = Path(folder)
     meta = json.loads((folder / "teacher.json").read_text())
     cfg = TeacherConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()
@@ -262,6 +261,12 @@ def write_card(folder: str | Path, accuracy: dict[float, dict[str, float]], prom
         scaling=vae["scaling_factor"], empty=cfg.empty_prompt_fraction, seconds=meta["train_seconds"],
         threads=meta.get("threads", "?"), torch=meta["torch"], prompts=prompts,
         guidance=GUIDANCE, accuracy=_accuracy_table(accuracy)))
+    write_sums(folder)
+
+
+def write_sums(folder: Path) -> None:
+    """SHA256SUMS over every other file of a committed preset folder (checked by `verify`)."""
+    import hashlib
     files = sorted(f for f in folder.rglob("*") if f.is_file() and f.name != "SHA256SUMS")
     (folder / "SHA256SUMS").write_text("".join(
         f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(folder).as_posix()}\n" for f in files))

@@ -6,9 +6,11 @@ English states; one no-grad UNet pass per step), `store` (all layers' queries an
 floor. `store, empty rows` is `store` with every row turned into the empty prompt (its targets
 recomputed from the cached queries): the cost of the CFG pairing, which training pays on
 `empty_prompt_fraction` (10%) of the rows. On the tiny preset, an SD-1.5-shaped UNet (random weights) with a
-768-wide BERT, and an SD-2.1-shaped UNet (96x96 latents, 1024-wide context) with the BERT projected to 1024.
+768-wide BERT, an SD-2.1-shaped UNet (96x96 latents, 1024-wide context) with the BERT projected to 1024, and
+an SDXL-shaped UNet (128x128 latents, 2048-wide context, 70 cross-attention layers) with the BERT projected to
+2048. An SDXL cache must also hold the pooled embedding (1280) per caption: its bytes are counted in the row.
 
-    python bench/cache.py [--skip-sd15] [--skip-sd2] [--reps N]
+    python bench/cache.py [--skip-sd15] [--skip-sd2] [--skip-sdxl] [--reps N]
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import tempfile
 from types import SimpleNamespace
 
 import torch
-from train_step import BERT_768, SD15_UNET, SD21_UNET, _time
+from train_step import BERT_768, SD15_UNET, SD21_UNET, SDXL_UNET, _time
 from transformers import BertConfig, BertModel
 
 from iap.cache import CacheConfig, projected_bytes_per_sample
 from iap.models.chinese import ChineseEncoder
 from iap.models.projection import with_projection
-from iap.objective import EmptyPrompt, FrozenBatch, Teacher, make_objective
+from iap.objective import EmptyPrompt, FrozenBatch, Teacher, make_objective, placeholder_added_cond
 from iap.train import make_optimizer
 
 
@@ -47,7 +49,8 @@ def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[s
                         en_states=torch.randn(batch_size, 77, dim, generator=g),
                         latents=torch.randn(batch_size, 4, size, size, generator=g),
                         noise=torch.randn(batch_size, 4, size, size, generator=g),
-                        timesteps=torch.randint(0, 1000, (batch_size,), generator=g))
+                        timesteps=torch.randint(0, 1000, (batch_size,), generator=g),
+                        added_cond=placeholder_added_cond(unet, batch_size))
     q, o, _ = teacher.english_pass(batch)
     q16 = {n: v.half().float() for n, v in q.items()}  # as read back from an fp16 cache
     o16 = {n: v.half().float() for n, v in o.items()}
@@ -85,6 +88,8 @@ def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[s
     out = {}
     for name, (policy, fn) in cases.items():
         nbytes = projected_bytes_per_sample(base, CacheConfig(policy=policy, draws=1))["total"] if policy else 0
+        if policy and batch.added_cond is not None:  # SDXL: the pooled embedding, fp16 (time ids: from the size)
+            nbytes += batch.added_cond["text_embeds"].shape[1] * 2
         if name.startswith("separate"):
             nbytes = 0  # reads images and captions, caches nothing
         out[name] = (nbytes, _time(fn, reps) / batch_size)
@@ -119,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-sd15", action="store_true")
     parser.add_argument("--skip-sd2", action="store_true")
+    parser.add_argument("--skip-sdxl", action="store_true")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     results = {"tiny preset (batch 32)": measure(*_tiny_base(), batch_size=32, reps=args.reps * 5)}
@@ -126,6 +132,8 @@ def main() -> None:
         results["SD-1.5 shapes (batch 1)"] = measure(*_real_base(SD15_UNET), batch_size=1, reps=args.reps)
     if not args.skip_sd2:
         results["SD-2.1 shapes (batch 1)"] = measure(*_real_base(SD21_UNET), batch_size=1, reps=args.reps)
+    if not args.skip_sdxl:
+        results["SDXL shapes (batch 1)"] = measure(*_real_base(SDXL_UNET), batch_size=1, reps=max(1, args.reps // 3))
     for model, r in results.items():
         sep, floor = r["separate (no cache)"][1], r["encoder only (floor)"][1]
         print(f"\n{model}: per sample, CPU {torch.get_num_threads()} threads, 1 draw, fp16 cache")

@@ -4,10 +4,13 @@ Models: the tiny preset; an SD-1.5-shaped UNet (random weights from the real con
 320/640/1280/1280, 16 cross-attention layers, 64x64 latents, 77x768 text) with a 768-wide, 12-layer BERT as
 the Chinese encoder; and an SD-2.1-shaped UNet (stabilityai/stable-diffusion-2-1's config: 96x96 latents,
 linear projections, 77x1024 text) with the same BERT through its learned projection to 1024 (as
-hfl/chinese-roberta-wwm-ext on SD 2.x). A step = encoder forward + loss + backward + (fused) AdamW step, as
-in iap.train.
+hfl/chinese-roberta-wwm-ext on SD 2.x); and an SDXL-shaped UNet (stabilityai/stable-diffusion-xl-base-1.0's
+config: 128x128 latents, 70 cross-attention layers, a 77x2048 context, the pooled 1280 embedding and time ids
+in its added time embedding) with the BERT projected to 2048 (a stand-in for SDXL's Chinese side, which is not
+built yet: the UNet side, which dominates, is SDXL's). A step = encoder forward + loss + backward + (fused)
+AdamW step, as in iap.train.
 
-    python bench/train_step.py [--skip-sd15] [--skip-sd2] [--reps N]
+    python bench/train_step.py [--skip-sd15] [--skip-sd2] [--skip-sdxl] [--reps N]
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from transformers import BertConfig, BertModel
 
 from iap.models.chinese import ChineseEncoder
 from iap.models.projection import with_projection
-from iap.objective import FrozenBatch, Teacher, make_objective
+from iap.objective import FrozenBatch, Teacher, make_objective, placeholder_added_cond
 from iap.train import make_optimizer
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -33,6 +36,12 @@ SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block
                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
 SD21_UNET = {**SD15_UNET, "sample_size": 96, "attention_head_dim": (5, 10, 20, 20), "cross_attention_dim": 1024,
              "use_linear_projection": True, "upcast_attention": True}
+SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
+                 addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
 BERT_768 = dict(vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                 intermediate_size=3072, max_position_embeddings=512)
 
@@ -58,7 +67,8 @@ def measure(unet, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[s
                         en_states=torch.randn(batch_size, 77, dim, generator=g),
                         latents=torch.randn(batch_size, 4, size, size, generator=g),
                         noise=torch.randn(batch_size, 4, size, size, generator=g),
-                        timesteps=torch.randint(0, 1000, (batch_size,), generator=g))
+                        timesteps=torch.randint(0, 1000, (batch_size,), generator=g),
+                        added_cond=placeholder_added_cond(unet, batch_size))
     optimizer = make_optimizer(encoder.parameters(), lr=1e-5, weight_decay=0.01)
 
     def step(objective, b):
@@ -110,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-sd15", action="store_true")
     parser.add_argument("--skip-sd2", action="store_true")
+    parser.add_argument("--skip-sdxl", action="store_true")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     results = {"tiny preset (batch 32)": tiny(args.reps * 5)}
@@ -117,6 +128,8 @@ def main() -> None:
         results["SD-1.5 shapes (batch 1)"] = real_shapes(SD15_UNET, args.reps)
     if not args.skip_sd2:
         results["SD-2.1 shapes (batch 1)"] = real_shapes(SD21_UNET, args.reps)
+    if not args.skip_sdxl:
+        results["SDXL shapes (batch 1)"] = real_shapes(SDXL_UNET, max(1, args.reps // 3))
     print(f"\nper-sample training step time, CPU, {torch.get_num_threads()} threads (median)")
     print(f"{'model':26} {'separate':>12} {'pivot (given q)':>16} {'encoder floor':>14} {'separate/pivot':>15}")
     for name, r in results.items():

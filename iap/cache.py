@@ -38,7 +38,7 @@ from iap.data.reader import decode, read_shard
 from iap.data.snapshot import Snapshot
 from iap.errors import IapError
 from iap.models.base import BaseModel, noise_from_seeds
-from iap.objective import FrozenBatch, Teacher
+from iap.objective import FrozenBatch, Teacher, placeholder_added_cond
 from iap.runtime import CPU, Runtime, place
 from iap.source import image_size, to_pixels
 from iap.storage import write_atomic
@@ -308,7 +308,7 @@ def projected_bytes_per_sample(base: BaseModel, cfg: CacheConfig) -> dict[str, f
     if cfg.policy != "recompute":
         probe = FrozenBatch(zh_ids=torch.zeros(1, 1), en_states=torch.zeros(1, base.max_length, base.cross_attention_dim),
                             latents=torch.zeros(1, c, size, size), noise=torch.zeros(1, c, size, size),
-                            timesteps=torch.tensor([500]))
+                            timesteps=torch.tensor([500]), added_cond=placeholder_added_cond(base.unet, 1))
         queries, outputs, _ = Teacher(base).english_pass(probe.to(base.device))
         for name, q in queries.items():
             n = min(cfg.positions, q.shape[1]) if cfg.policy == "store-sampled" else q.shape[1]

@@ -38,6 +38,8 @@ class FrozenBatch:
     timesteps: torch.Tensor | None = None  # (B,)
     queries: dict[str, torch.Tensor] | None = None  # English-pass queries per layer, when given
     targets: dict[str, torch.Tensor] | None = None  # English attention outputs per layer, when given
+    # SDXL's added time embedding inputs, English side: {"text_embeds": (B, pooled), "time_ids": (B, 6)}
+    added_cond: dict[str, torch.Tensor] | None = None
 
     def to(self, device: torch.device | str) -> FrozenBatch:
         def move(x):
@@ -45,6 +47,15 @@ class FrozenBatch:
                 return {k: v.to(device) for k, v in x.items()}
             return None if x is None else x.to(device)
         return FrozenBatch(**{k: move(v) for k, v in vars(self).items()})
+
+
+def placeholder_added_cond(unet, n: int) -> dict[str, torch.Tensor] | None:
+    """Zero SDXL added-embedding inputs of the right shapes for n samples (probes that need only shapes);
+    None for a UNet without the added time embedding."""
+    if getattr(unet.config, "addition_embed_type", None) != "text_time":
+        return None
+    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    return {"text_embeds": torch.zeros(n, pooled), "time_ids": torch.zeros(n, 6)}
 
 
 @dataclass
@@ -91,6 +102,16 @@ class Teacher:
         self.scheduler = base.noise_scheduler
         self.layers = install_capture(self.unet)
 
+    def added_cond(self, batch: FrozenBatch) -> dict[str, torch.Tensor] | None:
+        """SDXL's pooled embedding and time ids, on the UNet's device and dtype; None for SD 1.x/2.x. The
+        Chinese pass takes the English ones too: its pooled path is not trained here, and with injected
+        queries (pivot) they cannot reach the recorded attention outputs."""
+        if batch.added_cond is None:
+            if getattr(self.unet.config, "addition_embed_type", None) == "text_time":
+                raise ValueError("this UNet (SDXL) needs the batch's added_cond: text_embeds and time_ids")
+            return None
+        return {k: v.to(self.unet.device, self.unet.dtype) for k, v in batch.added_cond.items()}
+
     def noisy_latents(self, batch: FrozenBatch) -> torch.Tensor:
         device = self.unet.device
         latents, noise = batch.latents.to(device).float(), batch.noise.to(device).float()
@@ -101,7 +122,8 @@ class Teacher:
         """Queries and attention outputs of every cross-attention layer, and eps, with English states."""
         noisy, t = self.noisy_latents(batch), batch.timesteps.to(self.unet.device)
         with recording() as rec:
-            eps = self.unet(noisy, t, batch.en_states.to(self.unet.device, self.unet.dtype)).sample
+            eps = self.unet(noisy, t, batch.en_states.to(self.unet.device, self.unet.dtype),
+                            added_cond_kwargs=self.added_cond(batch)).sample
         return rec.queries, rec.outputs, eps
 
     def chinese_pass(self, batch: FrozenBatch, zh_states: torch.Tensor,
@@ -109,7 +131,7 @@ class Teacher:
         """Attention outputs and eps with Chinese states, with gradients; optionally with injected queries."""
         noisy, t = self.noisy_latents(batch), batch.timesteps.to(self.unet.device)
         with recording(inject=inject) as rec:
-            eps = self.unet(noisy, t, zh_states.to(self.unet.dtype)).sample
+            eps = self.unet(noisy, t, zh_states.to(self.unet.dtype), added_cond_kwargs=self.added_cond(batch)).sample
         return rec.outputs, eps
 
 

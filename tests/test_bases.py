@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,65 @@ def test_an_encoder_that_cannot_take_a_projection_fails_before_any_download(tiny
     with pytest.raises(IapError, match=r"hidden size 1024.*cross_attention_dim is 64.*'t5'.*cannot take"):
         check_pair(str(tiny_dir / "base"), "org/t5")
     assert fetched == ["config.json", "config.json"]
+
+
+# An SDXL-shaped UNet (real component class, random weights): no cross-attention in the first block, two
+# transformer layers per block after it, linear projections, an 80-wide context (two encoders: 32 + 48) and
+# the added time embedding of a 48-wide pooled embedding and 6 time ids.
+TINY_SDXL_UNET = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                      attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=80,
+                      addition_embed_type="text_time", addition_time_embed_dim=8,
+                      projection_class_embeddings_input_dim=48 + 6 * 8, norm_num_groups=32)
+
+
+def _sdxl_batch(n: int, vocab: int):
+    from iap.objective import FrozenBatch
+    g = torch.Generator().manual_seed(0)
+    return FrozenBatch(zh_ids=torch.randint(1, vocab, (n, 77), generator=g), en_states=torch.randn(n, 77, 80, generator=g),
+                       latents=torch.randn(n, 4, 16, 16, generator=g), noise=torch.randn(n, 4, 16, 16, generator=g),
+                       timesteps=torch.randint(0, 1000, (n,), generator=g),
+                       added_cond={"text_embeds": torch.randn(n, 48, generator=g),
+                                   "time_ids": torch.tensor([[128.0, 128, 0, 0, 128, 128]]).expand(n, -1)})
+
+
+def test_pivot_covers_every_sdxl_cross_attention_layer_and_equals_the_live_pass(tiny_dir):
+    """On SDXL shapes (several transformer layers per block, the pooled embedding and time ids in the English
+    pass): the capture processors reproduce the stock UNet, and pivot from given queries equals a real UNet pass
+    with the Chinese states and the English queries injected, in loss and gradients."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from iap.objective import layer_mse
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**TINY_SDXL_UNET).eval().requires_grad_(False)
+    base = SimpleNamespace(unet=unet, noise_scheduler=DDPMScheduler(beta_schedule="scaled_linear"))
+    encoder = load_chinese_encoder(tiny_dir / "zh_encoder", 80)  # a 64-wide BERT, projected to the 80-wide context
+    batch = _sdxl_batch(4, encoder.model.config.vocab_size)
+    teacher = Teacher(base)
+    every = {name for name, _ in unet.named_modules() if name.endswith("attn2")}
+    assert set(teacher.layers) == every and len(every) == 1 * 2 + 2 * 2 + 2  # down 1 x 2, up 2 x 2, mid 2
+    queries, targets, captured = teacher.english_pass(batch)
+    with pytest.raises(ValueError, match="added_cond"):
+        teacher.english_pass(replace(batch, added_cond=None))
+
+    pivot = make_objective("pivot", teacher)
+    given = replace(batch, queries=queries, targets=targets)
+    loss_given = pivot(encoder(batch.zh_ids), given)
+    grads_given = torch.autograd.grad(loss_given, list(encoder.parameters()))
+    outputs, _ = teacher.chinese_pass(batch, encoder(batch.zh_ids), inject=queries)
+    loss_live = layer_mse(outputs, targets, pivot.weights)
+    grads_live = torch.autograd.grad(loss_live, list(encoder.parameters()))
+    assert loss_given.item() > 1e-3
+    torch.testing.assert_close(loss_given, loss_live, rtol=1e-6, atol=1e-9)
+    for a, b in zip(grads_given, grads_live, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+    unet.set_attn_processor(AttnProcessor2_0())
+    with torch.no_grad():
+        stock = unet(teacher.noisy_latents(batch), batch.timesteps, batch.en_states,
+                     added_cond_kwargs=batch.added_cond).sample
+    torch.testing.assert_close(captured, stock, rtol=1e-5, atol=1e-6)

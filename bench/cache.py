@@ -39,8 +39,10 @@ def _sampled(q: dict, o: dict, positions: int, g: torch.Generator) -> tuple[dict
     return qs, os_
 
 
-def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[str, tuple[float, float]]:
-    """policy -> (bytes per sample with 1 draw in fp16, seconds per sample per step)."""
+def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int,
+            separate: bool = True) -> dict[str, tuple[float, float]]:
+    """policy -> (bytes per sample with 1 draw in fp16, seconds per sample per step); `separate` can be skipped
+    (it backpropagates through the UNet)."""
     teacher = Teacher(base)
     unet = base.unet
     size, dim = unet.config.sample_size, unet.config.cross_attention_dim
@@ -86,13 +88,15 @@ def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int) -> dict[s
         "encoder only (floor)": (None, floor),
     }
     out = {}
+    if not separate:
+        cases["separate (no cache)"] = ("recompute", None)
     for name, (policy, fn) in cases.items():
         nbytes = projected_bytes_per_sample(base, CacheConfig(policy=policy, draws=1))["total"] if policy else 0
         if policy and batch.added_cond is not None:  # SDXL: the pooled embedding, fp16 (time ids: from the size)
             nbytes += batch.added_cond["text_embeds"].shape[1] * 2
         if name.startswith("separate"):
             nbytes = 0  # reads images and captions, caches nothing
-        out[name] = (nbytes, _time(fn, reps) / batch_size)
+        out[name] = (nbytes, _time(fn, reps) / batch_size if fn else float("nan"))
     return out
 
 
@@ -120,6 +124,21 @@ def _tiny_base():
         return base, load_chinese_encoder(f"{d}/zh_encoder", base.cross_attention_dim)
 
 
+def report(model: str, r: dict[str, tuple[float, float]]) -> None:
+    """One model's table, printed as soon as it is measured (a later model that runs out of memory loses
+    nothing)."""
+    import resource
+    sep, floor = r["separate (no cache)"][1], r["encoder only (floor)"][1]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"\n{model}: per sample, CPU {torch.get_num_threads()} threads, 1 draw, fp16 cache; peak RSS so far "
+          f"{rss:.1f} GB")
+    print(f"  {'policy':22} {'cache bytes':>14} {'step time':>12} {'vs separate':>12} {'vs floor':>9}")
+    for name, (nbytes, t) in r.items():
+        print(f"  {name:22} {nbytes:14,} {t * 1e3:10.1f}ms {sep / t:11.1f}x {t / floor:8.2f}x")
+    store, empty = r["store"][1], r["store, empty rows"][1]
+    print(f"  empty-prompt pairing at 10% of rows: +{10 * (empty - store) / store:.1f}% on a store step", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-sd15", action="store_true")
@@ -127,21 +146,15 @@ def main() -> None:
     parser.add_argument("--skip-sdxl", action="store_true")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    results = {"tiny preset (batch 32)": measure(*_tiny_base(), batch_size=32, reps=args.reps * 5)}
+    report("tiny preset (batch 32)", measure(*_tiny_base(), batch_size=32, reps=args.reps * 5))
     if not args.skip_sd15:
-        results["SD-1.5 shapes (batch 1)"] = measure(*_real_base(SD15_UNET), batch_size=1, reps=args.reps)
+        report("SD-1.5 shapes (batch 1)", measure(*_real_base(SD15_UNET), batch_size=1, reps=args.reps))
     if not args.skip_sd2:
-        results["SD-2.1 shapes (batch 1)"] = measure(*_real_base(SD21_UNET), batch_size=1, reps=args.reps)
+        report("SD-2.1 shapes (batch 1)", measure(*_real_base(SD21_UNET), batch_size=1, reps=args.reps))
     if not args.skip_sdxl:
-        results["SDXL shapes (batch 1)"] = measure(*_real_base(SDXL_UNET), batch_size=1, reps=max(1, args.reps // 3))
-    for model, r in results.items():
-        sep, floor = r["separate (no cache)"][1], r["encoder only (floor)"][1]
-        print(f"\n{model}: per sample, CPU {torch.get_num_threads()} threads, 1 draw, fp16 cache")
-        print(f"  {'policy':22} {'cache bytes':>14} {'step time':>12} {'vs separate':>12} {'vs floor':>9}")
-        for name, (nbytes, t) in r.items():
-            print(f"  {name:22} {nbytes:14,} {t * 1e3:10.1f}ms {sep / t:11.1f}x {t / floor:8.2f}x")
-        store, empty = r["store"][1], r["store, empty rows"][1]
-        print(f"  empty-prompt pairing at 10% of rows: +{10 * (empty - store) / store:.1f}% on a store step")
+        # separate backpropagates through SDXL's UNet in fp32: more than a 24 GB machine holds (OOM-killed)
+        report("SDXL shapes (batch 1)", measure(*_real_base(SDXL_UNET), batch_size=1, reps=max(1, args.reps // 3),
+                                                 separate=False))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,27 @@ def preset_models(request, preset: str):
 PRESETS = ["tiny", "tiny-sd2"]
 
 
+def assert_pivot_equals_live(teacher, encoder, batch):
+    """pivot (standalone attention over the English pass's queries) == a real UNet pass with the Chinese
+    states in which every cross-attention layer is fed those queries: loss and gradients. Returns the
+    English pass (queries, targets, eps)."""
+    from dataclasses import replace
+
+    from iap.objective import layer_mse, make_objective
+    queries, targets, eps = teacher.english_pass(batch)
+    pivot = make_objective("pivot", teacher)
+    loss_given = pivot(encoder(batch.zh_ids), replace(batch, queries=queries, targets=targets))
+    grads_given = torch.autograd.grad(loss_given, list(encoder.parameters()))
+    outputs, _ = teacher.chinese_pass(batch, encoder(batch.zh_ids), inject=queries)
+    loss_live = layer_mse(outputs, targets, pivot.weights)
+    grads_live = torch.autograd.grad(loss_live, list(encoder.parameters()))
+    assert loss_given.item() > 1e-3
+    torch.testing.assert_close(loss_given, loss_live, rtol=1e-6, atol=1e-9)
+    for a, b in zip(grads_given, grads_live, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    return queries, targets, eps
+
+
 @pytest.fixture(scope="session")
 def demo_summary(tmp_path_factory):
     """One `iap demo` (the command a user types: the iap-train flow, ephemeral Prefect) with the default

@@ -2,8 +2,8 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from iap.objective import Teacher, layer_mse, make_objective
-from tests.conftest import PRESETS, preset_models
+from iap.objective import Teacher, make_objective
+from tests.conftest import PRESETS, assert_pivot_equals_live, preset_models
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -26,21 +26,7 @@ def test_pivot_from_given_queries_equals_live_unet_pass(preset, request):
     through the Chinese encoder's learned projection)."""
     base, encoder, small_source = preset_models(request, preset)
     batch = small_source.batch(torch.arange(8), torch.Generator().manual_seed(1))
-    teacher = Teacher(base)
-    pivot = make_objective("pivot", teacher)
-    queries, targets, _ = teacher.english_pass(batch)
-    batch.queries, batch.targets = queries, targets
-
-    loss_given = pivot(encoder(batch.zh_ids), batch)
-    grads_given = torch.autograd.grad(loss_given, list(encoder.parameters()))
-    outputs, _ = teacher.chinese_pass(batch, encoder(batch.zh_ids), inject=queries)
-    loss_live = layer_mse(outputs, targets, pivot.weights)
-    grads_live = torch.autograd.grad(loss_live, list(encoder.parameters()))
-
-    assert loss_given.item() > 1e-3
-    torch.testing.assert_close(loss_given, loss_live, rtol=1e-6, atol=1e-9)
-    for a, b in zip(grads_given, grads_live, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert_pivot_equals_live(Teacher(base), encoder, batch)
 
 
 def test_gradients_reach_only_the_chinese_encoder(base, encoder, small_source):

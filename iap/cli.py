@@ -229,9 +229,9 @@ def models_tiny(
     """Write a tiny preset (random-init base pipeline + Chinese BERT) to FOLDER."""
     from dataclasses import replace
 
-    from iap.models.tiny import TINY, TINY_SD2, write_tiny
-    cfg, name = (TINY, "tiny") if shape == "sd1" else (TINY_SD2, "tiny-sd2")
-    write_tiny(folder, replace(cfg, seed=seed), name)
+    from iap.models.tiny import TINY_PRESETS, write_tiny
+    name = {"sd1": "tiny", "sd2": "tiny-sd2"}[shape]
+    write_tiny(folder, replace(TINY_PRESETS[name], seed=seed), name)
     console.print(f"tiny preset written: {folder}/base (Stable Diffusion folder), {folder}/zh_encoder")
 
 

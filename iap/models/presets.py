@@ -20,10 +20,10 @@ SHAPES_LORA = SHAPES_TEACHER.parent / "shapes-lora"  # a LoRA of the teacher (ia
 
 
 def _tiny(workdir: str | Path, name: str = "tiny") -> Path:
-    from iap.models.tiny import TINY, TINY_SD2, write_tiny
+    from iap.models.tiny import TINY_PRESETS, write_tiny
     folder = Path(workdir) / "models" / name
     if not (folder / "preset.json").exists():
-        write_tiny(folder, {"tiny": TINY, "tiny-sd2": TINY_SD2}[name], name)
+        write_tiny(folder, TINY_PRESETS[name], name)
     return folder
 
 

@@ -40,6 +40,7 @@ class TinyConfig:
 TINY = TinyConfig()
 TINY_SD2 = TinyConfig(cross_attention_dim=96, prediction_type="v_prediction", use_linear_projection=True,
                       upcast_attention=True, text_act="gelu")
+TINY_PRESETS = {"tiny": TINY, "tiny-sd2": TINY_SD2}  # preset name -> config
 
 
 def _unet(cfg: TinyConfig) -> UNet2DConditionModel:

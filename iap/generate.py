@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from iap.errors import IapError
@@ -17,12 +18,23 @@ def load_pipeline(folder: str | Path, runtime: Runtime = CPU) -> StableDiffusion
     if not Path(folder).is_dir():
         raise IapError(f"pipeline folder '{folder}' does not exist")
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
-                                                       dtype=runtime.dtype).to(runtime.device)
+        if pipeline_class(folder) is StableDiffusionXLPipeline:
+            pipe = StableDiffusionXLPipeline.from_pretrained(folder, dtype=runtime.dtype)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
+                                                           dtype=runtime.dtype)
+        pipe = pipe.to(runtime.device)
     except (OSError, ValueError) as e:
         raise IapError(f"could not load pipeline '{folder}': {str(e).splitlines()[0]}") from e
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def pipeline_class(folder: str | Path) -> type:
+    """StableDiffusionXLPipeline for a folder with two text encoders, else StableDiffusionPipeline."""
+    index = Path(folder, "model_index.json")
+    two = index.exists() and "text_encoder_2" in json.loads(index.read_text())
+    return StableDiffusionXLPipeline if two else StableDiffusionPipeline
 
 
 def generate(pipe: StableDiffusionPipeline, prompts: list[str], seed: int = 0, steps: int = 25,

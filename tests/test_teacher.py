@@ -9,10 +9,11 @@ import pytest
 
 from iap import shapes
 from iap.models import load_base
-from iap.models.presets import SHAPES_TEACHER
+from iap.models.presets import SHAPES_TEACHER, SHAPES_TEACHER_XL
 from iap.shapes.metrics import shape_class, shapes_accuracy
 from iap.shapes.teacher import (
     GUIDANCE,
+    TEACHER_XL,
     TeacherConfig,
     english_accuracy,
     held_out_prompts,
@@ -21,14 +22,15 @@ from iap.shapes.teacher import (
 )
 
 
-def test_committed_teacher_is_intact_small_and_safetensors_only():
-    assert verify(SHAPES_TEACHER) == []
-    files = [f for f in SHAPES_TEACHER.rglob("*") if f.is_file()]
+@pytest.mark.parametrize(("folder", "n_weights"), [(SHAPES_TEACHER, 3), (SHAPES_TEACHER_XL, 4)], ids=["sd", "xl"])
+def test_committed_teacher_is_intact_small_and_safetensors_only(folder, n_weights):
+    assert verify(folder) == []
+    files = [f for f in folder.rglob("*") if f.is_file()]
     assert sum(f.stat().st_size for f in files) <= 20 * 2**20
     weights = [f for f in files if f.suffix in {".safetensors", ".bin", ".pt", ".pth", ".ckpt"}]
-    assert {f.suffix for f in weights} == {".safetensors"} and len(weights) == 3
-    listed = {line.split(maxsplit=1)[1] for line in (SHAPES_TEACHER / "SHA256SUMS").read_text().splitlines()}
-    assert {f.relative_to(SHAPES_TEACHER).as_posix() for f in files} - listed == {"SHA256SUMS"}
+    assert {f.suffix for f in weights} == {".safetensors"} and len(weights) == n_weights
+    listed = {line.split(maxsplit=1)[1] for line in (folder / "SHA256SUMS").read_text().splitlines()}
+    assert {f.relative_to(folder).as_posix() for f in files} - listed == {"SHA256SUMS"}
 
 
 def test_a_changed_byte_is_detected(tmp_path):
@@ -56,15 +58,19 @@ def test_teacher_loads_as_a_base_model():
     assert base.encode_english(["a big red circle on a blue background"]).shape == (1, 32, 64)
 
 
-def test_trainer_is_deterministic_and_writes_a_diffusers_folder(tmp_path):
-    cfg = TeacherConfig(vae_steps=3, unet_steps=3, pool_per_combo=1, batch_size=8)
+@pytest.mark.parametrize("xl", [False, True], ids=["sd", "xl"])
+def test_trainer_is_deterministic_and_writes_a_diffusers_folder(xl, tmp_path):
+    from dataclasses import replace
+    cfg = replace(TEACHER_XL if xl else TeacherConfig(), vae_steps=3, unet_steps=3, pool_per_combo=1, batch_size=8)
     a = train_shapes_teacher(tmp_path / "a", cfg, log=lambda _: None)
     b = train_shapes_teacher(tmp_path / "b", cfg, log=lambda _: None)
-    for sub in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-                "text_encoder/model.safetensors"):
+    weights = ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+               "text_encoder/model.safetensors"] + (["text_encoder_2/model.safetensors"] if xl else [])
+    for sub in weights:
         assert (a / sub).read_bytes() == (b / sub).read_bytes(), sub
-    from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained(a, safety_checker=None, requires_safety_checker=False)
+    from iap.generate import load_pipeline
+    pipe = load_pipeline(a)
+    assert type(pipe).__name__ == ("StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline")
     assert type(pipe.unet).__name__ == "UNet2DConditionModel" and type(pipe.vae).__name__ == "AutoencoderKL"
 
 

@@ -31,9 +31,10 @@ from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from iap import shapes
 from iap.models.vocab import write_clip_bpe
@@ -47,6 +48,10 @@ class TeacherConfig:
     unet_channels: tuple[int, ...] = (32, 64)
     hidden: int = 64  # CLIP hidden size = cross_attention_dim (the tiny Chinese encoder's size)
     text_layers: int = 2
+    # SDXL architecture: a second, projected CLIP tower; the UNet attends over both towers' penultimate states
+    # (hidden + hidden_2 wide) and takes tower 2's pooled embedding and the time ids as its added embedding
+    xl: bool = False
+    hidden_2: int = 64
     max_length: int = 32  # the longest Chinese caption is 19 tokens
     vae_steps: int = 600
     vae_lr: float = 1e-3
@@ -57,15 +62,44 @@ class TeacherConfig:
     pool_per_combo: int = 24  # pre-rendered images per training combo
 
 
-def _clip(cfg: TeacherConfig, tmp: Path) -> tuple[CLIPTextModel, CLIPTokenizer]:
+TEACHER_XL = TeacherConfig(xl=True, hidden=32, hidden_2=64, text_layers=3)
+XL_TIME_EMBED = 8  # addition_time_embed_dim (SDXL: 256)
+
+
+def _clip(cfg: TeacherConfig, tmp: Path, hidden: int, projected: bool = False) -> tuple[CLIPTextModel, CLIPTokenizer]:
     write_clip_bpe(tmp / "clip_tok", shapes.english_words())
     tok = CLIPTokenizer.from_pretrained(tmp / "clip_tok", model_max_length=cfg.max_length)
     config = CLIPTextConfig(
-        vocab_size=len(tok.get_vocab()), hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden,
+        vocab_size=len(tok.get_vocab()), hidden_size=hidden, intermediate_size=4 * hidden,
         num_attention_heads=4, num_hidden_layers=cfg.text_layers, max_position_embeddings=cfg.max_length,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        **({"projection_dim": hidden} if projected else {}),
     )
-    return CLIPTextModel(config), tok
+    return (CLIPTextModelWithProjection if projected else CLIPTextModel)(config), tok
+
+
+class TextSide(torch.nn.Module):
+    """The teacher's text conditioning, as its pipeline builds it: SD's last hidden state, or SDXL's two
+    penultimate states concatenated with tower 2's pooled embedding and the time ids (added_cond)."""
+
+    def __init__(self, cfg: TeacherConfig, tmp: Path):
+        super().__init__()
+        self.text, self.tokenizer = _clip(cfg, tmp, cfg.hidden)
+        self.text_2 = _clip(cfg, tmp, cfg.hidden_2, projected=True)[0] if cfg.xl else None
+        self.time_ids = torch.tensor([cfg.image_size, cfg.image_size, 0, 0, cfg.image_size, cfg.image_size],
+                                     dtype=torch.float32)
+
+    def forward(self, ids: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, dict | None]:
+        """`drop`: rows trained unconditional. SD drops to the empty prompt's ids (done by the caller); SDXL
+        to zero states and pooled, which its pipeline uses for the negative prompt
+        (force_zeros_for_empty_prompt)."""
+        if self.text_2 is None:
+            return self.text(ids)[0], None
+        one, two = self.text(ids, output_hidden_states=True), self.text_2(ids, output_hidden_states=True)
+        keep = (~drop).float()
+        states = torch.cat([one.hidden_states[-2], two.hidden_states[-2]], -1) * keep[:, None, None]
+        pooled = two.text_embeds * keep[:, None]
+        return states, {"text_embeds": pooled, "time_ids": self.time_ids.expand(len(ids), -1)}
 
 
 def _vae(cfg: TeacherConfig) -> AutoencoderKL:
@@ -79,11 +113,14 @@ def _vae(cfg: TeacherConfig) -> AutoencoderKL:
 
 def _unet(cfg: TeacherConfig) -> UNet2DConditionModel:
     n = len(cfg.unet_channels)
+    xl = dict(cross_attention_dim=cfg.hidden + cfg.hidden_2, addition_embed_type="text_time",
+              addition_time_embed_dim=XL_TIME_EMBED, projection_class_embeddings_input_dim=cfg.hidden_2 + 6 * XL_TIME_EMBED,
+              transformer_layers_per_block=(1, 2), use_linear_projection=True) if cfg.xl else {}
     return UNet2DConditionModel(
         sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1), in_channels=4, out_channels=4,
         layers_per_block=1, block_out_channels=cfg.unet_channels, norm_num_groups=16, attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
-        cross_attention_dim=cfg.hidden,
+        **({"cross_attention_dim": cfg.hidden} | xl),
     )
 
 
@@ -126,7 +163,7 @@ def _train_vae(vae: AutoencoderKL, pixels: torch.Tensor, cfg: TeacherConfig, log
     vae.eval()
 
 
-def _train_denoiser(unet: UNet2DConditionModel, text: CLIPTextModel, ids: torch.Tensor, empty: torch.Tensor,
+def _train_denoiser(unet: UNet2DConditionModel, text: TextSide, ids: torch.Tensor, empty: torch.Tensor,
                     latents: torch.Tensor, cfg: TeacherConfig, log: Callable[[str], None]) -> None:
     noise_scheduler, _ = _schedulers()
     params = list(unet.parameters()) + list(text.parameters())
@@ -144,8 +181,8 @@ def _train_denoiser(unet: UNet2DConditionModel, text: CLIPTextModel, ids: torch.
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
-        states = text(batch_ids)[0]
-        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, states).sample
+        states, added = text(batch_ids, drop)
+        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, states, added_cond_kwargs=added).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,7 +203,8 @@ def train_shapes_teacher(folder: str | Path, cfg: TeacherConfig = TeacherConfig(
     torch.set_flush_denormal(True)  # tiny weights/gradients go denormal late in training: 3x slower steps on CPU
     torch.manual_seed(cfg.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        text, tokenizer = _clip(cfg, Path(tmp))
+        text = TextSide(cfg, Path(tmp))
+    tokenizer = text.tokenizer
     vae, unet = _vae(cfg), _unet(cfg)
     pixels, captions = training_pool(cfg)
     log(f"pool: {len(pixels)} images of {len(set(captions))} captions")
@@ -180,11 +218,17 @@ def train_shapes_teacher(folder: str | Path, cfg: TeacherConfig = TeacherConfig(
     empty = tokenizer([""], padding="max_length", max_length=cfg.max_length, return_tensors="pt").input_ids[0]
     _train_denoiser(unet, text, ids, empty, latents, cfg, log)
     _, ddim = _schedulers()
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=ddim,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if cfg.xl:
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text.text, text_encoder_2=text.text_2, tokenizer=tokenizer,
+                                         tokenizer_2=tokenizer, unet=unet, scheduler=ddim,
+                                         force_zeros_for_empty_prompt=True, add_watermarker=False)
+    else:
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text.text, tokenizer=tokenizer, unet=unet, scheduler=ddim,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     seconds = round(time.perf_counter() - started, 1)
-    (folder / "teacher.json").write_text(json.dumps({"preset": "shapes-teacher", "train_seconds": seconds,
+    name = "shapes-teacher-xl" if cfg.xl else "shapes-teacher"
+    (folder / "teacher.json").write_text(json.dumps({"preset": name, "train_seconds": seconds,
                                                      "torch": torch.__version__,
                                                      "threads": torch.get_num_threads(), **asdict(cfg)}, indent=2))
     log(f"teacher written to {folder} in {seconds} s")
@@ -212,18 +256,16 @@ def english_accuracy(folder: str | Path, samples: list[shapes.Sample], steps: in
                            [s.combo.shape for s in samples])
 
 
-CARD = """# shapes teacher
+CARD = """# {title}
 
-A small English Stable Diffusion (diffusers `StableDiffusionPipeline` folder: `AutoencoderKL`,
-`UNet2DConditionModel`, `CLIPTextModel` + a generated `CLIPTokenizer`, `DDIMScheduler`) trained from
+{architecture} trained from
 scratch on CPU on the synthetic shapes world (`iap.shapes`). It draws the shape's colour, the
 background colour and the shape class from an English prompt, so IAP can be demonstrated and tested
-offline on images that mean something. It is the base model of `iap demo` and `iap-train/smoke`
-(`preset:shapes-teacher`).
+offline on images that mean something. {role}
 
 ## Reproduce
 
-    python -m iap models shapes-teacher iap/presets/shapes-teacher --seed {seed} --unet-steps {unet_steps}
+    python -m iap models shapes-teacher iap/presets/{preset} --seed {seed} --unet-steps {unet_steps}{flag}
 
 ## Training
 
@@ -232,7 +274,7 @@ offline on images that mean something. It is the base model of `iap demo` and `i
   `shapes.is_held_out` holds are never shown
 - phase 1, VAE: {vae_steps} AdamW steps, lr {vae_lr}, batch {batch_size}, pixel MSE + 1e-6 KL; latents
   {latent}x{latent}x4, scaling factor {scaling:.4f} (1 / std of the training latents)
-- phase 2, CLIP text encoder ({hidden} wide, {text_layers} layers, {max_length} tokens) and UNet (channels
+- phase 2, {text_towers} and UNet (channels
   {unet_channels}) together: {unet_steps} AdamW steps, one-cycle lr {unet_lr}, batch {batch_size}, epsilon
   prediction with SD v1.5's noise schedule, {empty:.0%} empty prompts for classifier-free guidance
 - seed {seed}; {seconds} s on {threads} CPU threads (torch {torch})
@@ -247,6 +289,26 @@ over-saturates and confuses close colours (orange/yellow).
 """
 
 
+# what differs between the cards of the two teachers
+CARD_SD = {
+    "title": "shapes teacher", "preset": "shapes-teacher", "flag": "",
+    "architecture": "A small English Stable Diffusion (diffusers `StableDiffusionPipeline` folder: `AutoencoderKL`,\n"
+                    "`UNet2DConditionModel`, `CLIPTextModel` + a generated `CLIPTokenizer`, `DDIMScheduler`)",
+    "role": "It is the base model of `iap demo` and `iap-train/smoke`\n(`preset:shapes-teacher`).",
+    "text_towers": "CLIP text encoder ({hidden} wide, {text_layers} layers, {max_length} tokens)",
+}
+CARD_XL = {
+    "title": "shapes teacher XL", "preset": "shapes-teacher-xl", "flag": " --xl",
+    "architecture": "A small English Stable Diffusion of SDXL's architecture (diffusers `StableDiffusionXLPipeline`\n"
+                    "folder: `AutoencoderKL`, `UNet2DConditionModel` with the added time embedding (`text_time`),\n"
+                    "`CLIPTextModel` + `CLIPTextModelWithProjection` sharing a generated `CLIPTokenizer`, `DDIMScheduler`)",
+    "role": "It is the base model of `iap demo --base preset:shapes-teacher-xl`\n(`preset:shapes-teacher-xl`).",
+    "text_towers": "two CLIP text towers ({hidden} + {hidden_2} wide, {text_layers} layers, {max_length} tokens; the\n"
+                   "  UNet attends over both penultimate states and takes tower 2's pooled embedding and the time\n"
+                   "  ids; dropped captions are zero states and pooled, as SDXL's `force_zeros_for_empty_prompt`)",
+}
+
+
 def write_card(folder: str | Path, accuracy: dict[float, dict[str, float]], prompts: int) -> None:
     """README.md (the model card) and SHA256SUMS over every file of the folder."""
     folder = Path(folder)
@@ -255,8 +317,10 @@ def write_card(folder: str | Path, accuracy: dict[float, dict[str, float]], prom
                            if k in TeacherConfig.__dataclass_fields__})
     vae = json.loads((folder / "vae" / "config.json").read_text())
     held_out = sum(shapes.is_held_out(c) for c in shapes.all_combos())
+    parts = CARD_XL if cfg.xl else CARD_SD
+    parts = parts | {"text_towers": parts["text_towers"].format(**asdict(cfg))}
     (folder / "README.md").write_text(CARD.format(
-        **asdict(cfg), images=(len(shapes.all_combos()) - held_out) * cfg.pool_per_combo,
+        **parts, **asdict(cfg), images=(len(shapes.all_combos()) - held_out) * cfg.pool_per_combo,
         per_combo=cfg.pool_per_combo, held_out=held_out, latent=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1),
         scaling=vae["scaling_factor"], empty=cfg.empty_prompt_fraction, seconds=meta["train_seconds"],
         threads=meta.get("threads", "?"), torch=meta["torch"], prompts=prompts,

@@ -117,14 +117,14 @@ def _latents(base: BaseModel, pixels: torch.Tensor, keys: list[str], cfg: CacheC
     return base.encode_images(pixels, seeds).float().cpu()
 
 
-def _teacher_targets(teacher: Teacher, latents, states, steps, seeds, keys, cfg: CacheConfig) -> dict:
+def _teacher_targets(teacher: Teacher, latents, states, added, steps, seeds, keys, cfg: CacheConfig) -> dict:
     """Per layer: queries and English outputs for every draw, (N, K, HW or P, C). Positions are sampled on the
     UNet's device, so only what is stored crosses to the host."""
     out: dict[str, list[torch.Tensor]] = {}
     for k in range(cfg.draws):
         batch = FrozenBatch(zh_ids=torch.zeros(len(keys), 1), en_states=states, latents=latents,
                             noise=noise_from_seeds([row[k] for row in seeds], latents.shape[1:]),
-                            timesteps=torch.tensor([row[k] for row in steps]))
+                            timesteps=torch.tensor([row[k] for row in steps]), added_cond=added)
         queries, outputs, _ = teacher.english_pass(batch)
         for name in queries:
             q, o = queries[name], outputs[name]
@@ -145,12 +145,17 @@ def compute_batch(base: BaseModel, teacher: Teacher | None, pixels: torch.Tensor
     device, then the teacher's targets for store policies."""
     dtype = DTYPES[cfg.dtype]
     latents = _latents(base, pixels, keys, cfg)
-    states = base.encode_english(captions_en).float().cpu()
+    states, pooled = base.english(captions_en)
+    states = states.float().cpu()
     steps, seeds = _draws(keys, cfg, base.noise_scheduler.config.num_train_timesteps)
     tensors = {"latents": latents.to(dtype), "en_states": states.to(dtype), "timesteps": torch.tensor(steps),
                "noise_seeds": torch.tensor(seeds, dtype=torch.int64)}
+    added = None
+    if pooled is not None:  # SDXL: the added-embedding inputs, per sample (time ids: the image's size and crop)
+        added = {"text_embeds": pooled.float().cpu(), "time_ids": base.time_ids(latents)}
+        tensors |= {"en_pooled": added["text_embeds"].to(dtype), "time_ids": added["time_ids"]}
     if teacher is not None:
-        targets = _teacher_targets(teacher, latents, states, steps, seeds, keys, cfg)
+        targets = _teacher_targets(teacher, latents, states, added, steps, seeds, keys, cfg)
         tensors |= {n: t if n.startswith("pos.") else t.to(dtype) for n, t in targets.items()}
     return tensors
 
@@ -304,11 +309,14 @@ def projected_bytes_per_sample(base: BaseModel, cfg: CacheConfig) -> dict[str, f
     c = base.unet.config.in_channels
     latent = c * size * size * item
     states = base.max_length * base.cross_attention_dim * item
+    added = placeholder_added_cond(base.unet, 1)
+    if added is not None:  # SDXL: the pooled embedding (storage dtype) and the time ids (fp32)
+        states += added["text_embeds"].shape[1] * item + 6 * 4
     teacher_bytes = 0
     if cfg.policy != "recompute":
         probe = FrozenBatch(zh_ids=torch.zeros(1, 1), en_states=torch.zeros(1, base.max_length, base.cross_attention_dim),
                             latents=torch.zeros(1, c, size, size), noise=torch.zeros(1, c, size, size),
-                            timesteps=torch.tensor([500]), added_cond=placeholder_added_cond(base.unet, 1))
+                            timesteps=torch.tensor([500]), added_cond=added)
         queries, outputs, _ = Teacher(base).english_pass(probe.to(base.device))
         for name, q in queries.items():
             n = min(cfg.positions, q.shape[1]) if cfg.policy == "store-sampled" else q.shape[1]
@@ -457,8 +465,10 @@ class CacheSource:
                     rows.setdefault(name, []).append(value[r])
         stacked = {n: torch.stack(v) for n, v in rows.items()}
         latents = stacked["latents"].float()
+        added = {"text_embeds": stacked["en_pooled"].float(), "time_ids": stacked["time_ids"]} \
+            if "en_pooled" in stacked else None
         batch = FrozenBatch(zh_ids=stacked["zh_ids"], en_states=stacked["en_states"].float(), latents=latents,
-                            timesteps=stacked["timesteps"])
+                            timesteps=stacked["timesteps"], added_cond=added)
         batch.noise = noise_from_seeds(stacked["noise_seeds"], latents.shape[1:])  # objectives that run the UNet
         if self.info.policy != "recompute":
             batch.queries = {n[2:]: v for n, v in stacked.items() if n.startswith("q.")}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -165,7 +166,10 @@ def evaluate(checkpoint: str,
 
 @app.command()
 def demo(workdir: Annotated[Path, typer.Option(help="where everything goes")] = Path("demo"),
-         steps: Annotated[int, typer.Option(help="training steps")] = 600, engine: ENGINE = "prefect") -> None:
+         steps: Annotated[int, typer.Option(help="training steps")] = 600, engine: ENGINE = "prefect",
+         base: Annotated[Literal["preset:shapes-teacher", "preset:shapes-teacher-xl"], typer.Option(
+             help="the teacher: SD-1.x architecture, or SDXL's (two text towers, pooled embedding, time ids)")]
+         = "preset:shapes-teacher") -> None:
     """The embedded default: the full pipeline on the shapes teacher and synthetic data; WORKDIR/summary.json."""
     from iap import engines
     from iap.config import TrainConfig
@@ -174,7 +178,7 @@ def demo(workdir: Annotated[Path, typer.Option(help="where everything goes")] = 
         cfg = TrainConfig.model_validate(DEMO_TRAIN.model_dump() | {"steps": steps})
     except ValueError as e:
         raise IapError(f"option --steps: {e.errors()[0]['msg']}") from e
-    summary = run_demo(workdir, engines.load(engine), cfg)
+    summary = run_demo(workdir, engines.load(engine), cfg, base=base)
     m = summary["metrics"]
     lines = [
         f"\n[bold]IAP demo done[/bold] in {summary['seconds_total']} s (registry: {summary['registry_status']})",
@@ -223,14 +227,13 @@ def server_down() -> None:
 @models_app.command("tiny")
 def models_tiny(
     folder: Path, seed: int = 0,
-    shape: Annotated[Literal["sd1", "sd2"], typer.Option(
-        help="sd1: SD-1.x-shaped; sd2: SD-2.x-shaped (v-prediction, wider cross-attention than the Chinese BERT)")] = "sd1",
+    shape: Annotated[Literal["sd1", "sd2", "sdxl"], typer.Option(
+        help="sd1: SD-1.x-shaped; sd2: SD-2.x-shaped (v-prediction, wider cross-attention than the Chinese BERT); "
+             "sdxl: SDXL-shaped (two text towers, pooled embedding, time ids)")] = "sd1",
 ) -> None:
     """Write a tiny preset (random-init base pipeline + Chinese BERT) to FOLDER."""
-    from dataclasses import replace
-
     from iap.models.tiny import TINY_PRESETS, write_tiny
-    name = {"sd1": "tiny", "sd2": "tiny-sd2"}[shape]
+    name = {"sd1": "tiny", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}[shape]
     write_tiny(folder, replace(TINY_PRESETS[name], seed=seed), name)
     console.print(f"tiny preset written: {folder}/base (Stable Diffusion folder), {folder}/zh_encoder")
 
@@ -240,18 +243,23 @@ def models_shapes_teacher(
     folder: Path, seed: int = 0,
     unet_steps: Annotated[int, typer.Option(help="denoiser training steps (the committed teacher: 3000)")] = 3000,
     evaluate: Annotated[bool, typer.Option(help="then measure English accuracy on held-out combos")] = True,
+    xl: Annotated[bool, typer.Option(help="SDXL architecture (two text towers, pooled embedding, time ids): "
+                                          "the committed preset:shapes-teacher-xl")] = False,
 ) -> None:
     """Train the shapes teacher (a small English Stable Diffusion that draws the shapes world) from scratch
-    on CPU into FOLDER. The committed preset (preset:shapes-teacher) is this command with the defaults."""
+    on CPU into FOLDER. The committed presets (preset:shapes-teacher, preset:shapes-teacher-xl) are this
+    command with the defaults (and --xl)."""
     from iap.shapes.teacher import (
         GUIDANCE,
+        TEACHER_XL,
         TeacherConfig,
         english_accuracy,
         held_out_prompts,
         train_shapes_teacher,
         write_card,
     )
-    train_shapes_teacher(folder, TeacherConfig(seed=seed, unet_steps=unet_steps), log=console.print)
+    cfg = TEACHER_XL if xl else TeacherConfig()
+    train_shapes_teacher(folder, replace(cfg, seed=seed, unet_steps=unet_steps), log=console.print)
     prompts = held_out_prompts(per_combo=3) if evaluate else []
     acc = {g: english_accuracy(folder, prompts, guidance_scale=g) for g in (GUIDANCE, 7.5)} if evaluate else {}
     write_card(folder, acc, len(prompts))
@@ -341,7 +349,8 @@ def train_worker(
     else:
         from iap.wiring import live
         base_model = load_base(base, runtime)
-        encoder = load_chinese_encoder(zh_encoder, base_model.cross_attention_dim, max_length=base_model.max_length)
+        encoder = load_chinese_encoder(zh_encoder, base_model.cross_attention_dim, max_length=base_model.max_length,
+                                       base=base_model.source)
         source, data = _live_source(base_model, encoder, snapshot, n_train, cfg.seed)
         found |= data
         run = live(base_model, encoder, cfg, source)

@@ -28,7 +28,8 @@ def compare(base: BaseModel, zh_encoder: str, snapshot, out: str | Path, cfg: Tr
             generation: EvalConfig = EvalConfig(),
             log: Callable[[str], None] = print) -> list[dict]:
     out = Path(out)
-    fresh = lambda: load_chinese_encoder(zh_encoder, base.cross_attention_dim, base.max_length)  # noqa: E731
+    fresh = lambda: load_chinese_encoder(zh_encoder, base.cross_attention_dim, base.max_length,  # noqa: E731
+                                         base=base.source)
     live_source, _ = snapshot_source(base, fresh(), snapshot, "train")
     runs = [(name, "live", live_source) for name in objectives]
     runtime = Runtime(base.device, base.dtype)

@@ -23,6 +23,12 @@ def launch_field(default: Any = PydanticUndefined, **kwargs: Any) -> Any:
     return Field(default, json_schema_extra={"content_id": False}, **kwargs)
 
 
+def added_field(default: Any, **kwargs: Any) -> Any:
+    """A content field added after ids were first given out: left out of the id while it holds its default,
+    so the caches, snapshots and runs of earlier versions keep their ids; set, it changes the id."""
+    return Field(default, json_schema_extra={"added_later": True}, **kwargs)
+
+
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +40,10 @@ class StageConfig(BaseModel):
     def identity(self) -> str:
         """The content hash of the fields that change what the stage computes."""
         data = self.model_dump(mode="json", exclude=self.launch_fields())
+        for name, f in type(self).model_fields.items():
+            if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("added_later") and \
+                    getattr(self, name) == f.default:
+                data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -59,6 +69,8 @@ class TrainConfig(StageConfig):
         "so the encoder also serves classifier-free guidance's unconditional branch")
     layer_weights: dict[str, float] = Field(default_factory=dict,
                                             description="layer-name prefix -> weight (default 1)")
+    pooled_weight: float = added_field(1.0, ge=0, description="SDXL: weight of the pooled-embedding MSE (zh vs en) beside "
+                                 "the attention objective; the pooled path bypasses cross-attention")
     # the launch: the data order depends only on the step, so a run may resume on more processes
     num_processes: int = launch_field(1, ge=1, description="data-parallel processes on this machine (torchrun)")
     accelerate_config: str | None = launch_field(None, description="an accelerate config file (GPUs, nodes); "

@@ -22,13 +22,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from iap.attention import attend
 from iap.config import StageConfig
 from iap.models.base import BaseModel
 from iap.models.chinese import ChineseEncoder
-from iap.objective import FrozenBatch, Teacher, layer_weights
+from iap.objective import FrozenBatch, Teacher, layer_weights, states_of
 from iap.runtime import Runtime, place
 from iap.source import InMemorySource, snapshot_source
 from iap.worlds import world_of
@@ -69,7 +70,7 @@ def heldout_loss(objective, encoder: ChineseEncoder | None, source: InMemorySour
         for i in range(0, len(source), batch_size):
             idx = torch.arange(i, min(i + batch_size, len(source)))
             batch = source.batch(idx, g).to(device)
-            states = batch.en_states.roll(1, 0) if mismatched else encoder(batch.zh_ids)
+            states = batch.en_states.roll(1, 0) if mismatched else states_of(encoder(batch.zh_ids))
             total += objective(states, batch).float() * len(idx)
             count += len(idx)
     if encoder is not None and was_training:
@@ -87,8 +88,10 @@ class AttentionFeatures:
         latents = probe_latents.repeat_interleave(len(PROBE_TIMESTEPS), 0)
         t = torch.tensor(PROBE_TIMESTEPS * len(probe_latents))
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(EVAL_SEED))
-        empty = base.encode_english([""]).expand(n, -1, -1)
-        batch = FrozenBatch(zh_ids=torch.zeros(n, 1), en_states=empty, latents=latents, noise=noise, timesteps=t)
+        states, pooled = base.english([""])
+        added = None if pooled is None else {"text_embeds": pooled.expand(n, -1), "time_ids": base.time_ids(latents)}
+        batch = FrozenBatch(zh_ids=torch.zeros(n, 1), en_states=states.expand(n, -1, -1), latents=latents, noise=noise,
+                            timesteps=t, added_cond=added)
         queries, _, _ = teacher.english_pass(batch)
         g = torch.Generator().manual_seed(EVAL_SEED)
         self.queries = {name: q[:, torch.randperm(q.shape[1], generator=g)[:positions].to(q.device)]
@@ -137,11 +140,16 @@ def encoder_metrics(base: BaseModel, encoder: ChineseEncoder, held: InMemorySour
     was_training = encoder.training
     encoder.eval()
     with torch.no_grad():
-        zh = torch.cat([encoder(held.zh_ids[i:i + batch_size]) for i in range(0, len(held), batch_size)])
+        out = [encoder(held.zh_ids[i:i + batch_size]) for i in range(0, len(held), batch_size)]
+    zh = torch.cat([states_of(o) for o in out])
     acc = retrieval(features, zh, held.en_states, torch.arange(len(held)))
     loss = heldout_loss(make_objective("pivot", teacher, weights), encoder, held, base.device, batch_size=batch_size)
     encoder.train(was_training)
-    return {"heldout_loss": loss, "retrieval_top1": acc["top1"], "retrieval_top5": acc["top5"]}
+    metrics = {"heldout_loss": loss, "retrieval_top1": acc["top1"], "retrieval_top5": acc["top5"]}
+    if held.added_cond is not None:  # SDXL: how far the Chinese pooled embedding is from the English one
+        pooled = torch.cat([o[1] for o in out]).float()
+        metrics["heldout_pooled_mse"] = F.mse_loss(pooled, held.added_cond["text_embeds"].to(pooled)).item()
+    return metrics
 
 
 def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split: str = "val",
@@ -192,13 +200,22 @@ def eval_batch_size(base: BaseModel) -> int:
 def _eval_encoder(base: BaseModel, source: str | Path) -> ChineseEncoder:
     """A Chinese encoder for evaluation: on the base's device and in its precision (no training)."""
     from iap.models.chinese import load_chinese_encoder
-    encoder = load_chinese_encoder(source, base.cross_attention_dim, base.max_length)
+    encoder = load_chinese_encoder(source, base.cross_attention_dim, base.max_length, base=base.source)
     return place(encoder.eval().requires_grad_(False), Runtime(base.device, base.dtype))
 
 
 def _pipeline(base: BaseModel, encoder: ChineseEncoder | None):
-    """A StableDiffusionPipeline over the loaded base; with `encoder`, its text encoder is the Chinese one."""
-    from diffusers import StableDiffusionPipeline
+    """The stock pipeline over the loaded base (StableDiffusionXLPipeline for SDXL); with `encoder`, its text
+    encoder(s) and tokenizer(s) are the Chinese ones."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    if base.is_xl:
+        towers = encoder.model if encoder else base
+        tokenizers = (encoder.tokenizer,) * 2 if encoder else (base.tokenizer, base.tokenizer_2)
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            base.source, unet=base.unet, vae=base.vae, text_encoder=towers.text_encoder,
+            text_encoder_2=towers.text_encoder_2, tokenizer=tokenizers[0], tokenizer_2=tokenizers[1])
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     parts = {"text_encoder": encoder.model, "tokenizer": encoder.tokenizer} if encoder else \
         {"text_encoder": base.text_encoder, "tokenizer": base.tokenizer}
     pipe = StableDiffusionPipeline.from_pretrained(base.source, unet=base.unet, vae=base.vae, safety_checker=None,

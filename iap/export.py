@@ -4,7 +4,9 @@ Plain `StableDiffusionPipeline.from_pretrained(OUT)` loads it with no project co
 encoder and tokenizer are ordinary transformers classes (e.g. BertModel + BertTokenizer, or AltCLIPTextModel
 when the encoder learned a projection to the UNet's width). The base's
 UNet, VAE and scheduler are copied file for file (default safetensors variant), never loaded: the
-export holds no second copy of the base in memory and its UNet is byte-identical to the base's.
+export holds no second copy of the base in memory and its UNet is byte-identical to the base's. An SDXL
+base exports as a `StableDiffusionXLPipeline` folder: the two Chinese CLIP towers as `text_encoder` and
+`text_encoder_2`, the Chinese tokenizer as `tokenizer` and `tokenizer_2`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from iap.checkpoint import check_lineage, fetch_checkpoint, read_checkpoint_meta
 from iap.errors import IapError
 from iap.models.chinese import load_text_model
 from iap.models.hub import is_local, revision
+from iap.models.xl import TOWERS, DualTower, is_towers_folder
 from iap.storage import is_remote, staged_folder
 
 CARD = """---
@@ -30,14 +33,14 @@ tags: [stable-diffusion, iap, chinese]
 ---
 # Chinese Stable Diffusion (IAP)
 
-The base model `{base}` with its English CLIP text encoder replaced by a Chinese encoder trained
+The base model `{base}` with its English CLIP text encoder(s) replaced by a Chinese encoder trained
 with IAP ("images as pivots"): only the Chinese encoder was trained, so that its cross-attention
 outputs over the frozen UNet's image queries match the English ones. UNet, VAE and scheduler are
 the base model's, unchanged.
 
 ```python
-from diffusers import StableDiffusionPipeline
-pipe = StableDiffusionPipeline.from_pretrained("{out}")
+from diffusers import {pipeline}
+pipe = {pipeline}.from_pretrained("{out}")
 image = pipe("蓝色背景上的一个大红色圆形").images[0]
 ```
 
@@ -83,7 +86,6 @@ def _build(checkpoint: str | Path, base_source: str, tmp: Path, out: str | Path)
     local = fetch_checkpoint(checkpoint)
     meta = read_checkpoint_meta(local)
     fingerprint = check_lineage(meta, base_source, f"checkpoint {checkpoint}")
-    encoder = load_text_model(str(local / "encoder"), use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(local / "encoder")
     base = base_folder(base_source)
     for sub in FROZEN:
@@ -91,14 +93,23 @@ def _build(checkpoint: str | Path, base_source: str, tmp: Path, out: str | Path)
         for f in sorted(Path(base, sub).iterdir()):
             if KEEP.match(f.name):
                 shutil.copyfile(f, tmp / sub / f.name)  # follows the hub cache's symlinks
-    encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "tokenizer")
     index = json.loads(Path(base, "model_index.json").read_text())
-    index |= {"text_encoder": _library_class(encoder), "tokenizer": _library_class(tokenizer),
-              "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
+    if is_towers_folder(local / "encoder"):  # SDXL: two towers, both read through the Chinese tokenizer
+        towers = DualTower.from_folder(local / "encoder")
+        towers.export(tmp)
+        for name, tok in zip(TOWERS, ("tokenizer", "tokenizer_2"), strict=True):
+            tokenizer.save_pretrained(tmp / tok)
+            index |= {name: _library_class(getattr(towers, name)), tok: _library_class(tokenizer)}
+    else:
+        encoder = load_text_model(str(local / "encoder"), use_safetensors=True)
+        encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        index |= {"text_encoder": _library_class(encoder), "tokenizer": _library_class(tokenizer),
+                  "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-    (tmp / "README.md").write_text(CARD.format(base=base_source, out=out, checkpoint=checkpoint, step=meta["step"],
-                                               sha=meta["encoder_sha256"], fingerprint=fingerprint))
+    pipeline = "StableDiffusionXLPipeline" if "text_encoder_2" in index else "StableDiffusionPipeline"
+    (tmp / "README.md").write_text(CARD.format(pipeline=pipeline, base=base_source, out=out, checkpoint=checkpoint,
+                                               step=meta["step"], sha=meta["encoder_sha256"], fingerprint=fingerprint))
     (tmp / "iap_training.json").write_text(json.dumps(
         {"config": meta["config"], "lineage": meta.get("lineage", {}), "step": meta["step"],
          "encoder_sha256": meta["encoder_sha256"]}, indent=2))

@@ -11,6 +11,9 @@ Query modes:
             side, which then needs only the encoder and each layer's frozen to_k/to_v/to_out.
   separate  the Chinese side runs its own UNet pass; gradients flow through the frozen UNet.
 Baselines: embedding-mse (text states only) and eps-distill (noise prediction zh vs en).
+
+SDXL: the Chinese side also returns a pooled embedding, which reaches the UNet through the added time
+embedding, not through cross-attention; PooledMatch adds an MSE to the English pooled embedding.
 """
 
 from __future__ import annotations
@@ -67,11 +70,16 @@ class EmptyPrompt:
     zh_ids: torch.Tensor  # (L,)
     en_states: torch.Tensor  # (L, D)
     layers: dict[str, Attention] | None = None  # needed only for batches that carry targets
+    en_pooled: torch.Tensor | None = None  # (P,) SDXL's pooled embedding of ""
 
     @classmethod
-    def pair(cls, en_states: torch.Tensor, encoder, layers: dict[str, Attention] | None = None) -> EmptyPrompt:
-        """From the base's English states of "" (1, L, D) and the Chinese encoder's tokenizer."""
-        return cls(zh_ids=encoder.tokenize([""])[0], en_states=en_states[0].cpu(), layers=layers)
+    def pair(cls, english: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None], encoder,
+             layers: dict[str, Attention] | None = None) -> EmptyPrompt:
+        """From the base's English states of "" (1, L, D), or (states, SDXL's pooled (1, P) or None), and the
+        Chinese tokenizer."""
+        states, pooled = english if isinstance(english, tuple) else (english, None)
+        return cls(zh_ids=encoder.tokenize([""])[0], en_states=states[0].float().cpu(), layers=layers,
+                   en_pooled=None if pooled is None else pooled[0].float().cpu())
 
     def apply(self, batch: FrozenBatch, rows: list[int]) -> FrozenBatch:
         """These rows become the empty prompt. Row indices come from the host (no data-dependent indexing on
@@ -90,7 +98,14 @@ class EmptyPrompt:
                 targets = {name: v.index_copy(0, at, attend(self.layers[name], batch.queries[name].index_select(0, at),
                                                              en.index_select(0, at)).to(v.dtype))
                            for name, v in targets.items()}
-        return replace(batch, zh_ids=zh, en_states=en, targets=targets)
+        added = batch.added_cond
+        if added is not None:
+            if self.en_pooled is None:
+                raise ValueError("EmptyPrompt: SDXL batches need the English pooled embedding of \"\" "
+                                 "(pair it with base.english(['']))")
+            pooled = self.en_pooled.to(device, added["text_embeds"].dtype).expand(n, -1)
+            added = added | {"text_embeds": added["text_embeds"].index_copy(0, at, pooled)}
+        return replace(batch, zh_ids=zh, en_states=en, targets=targets, added_cond=added)
 
 
 class Teacher:
@@ -211,9 +226,43 @@ class EmbeddingMseObjective:
         return F.mse_loss(zh_states.float(), batch.en_states.float())
 
 
+class PooledMatch:
+    """An objective over states, plus (SDXL, where the Chinese side returns (states, pooled)) `weight` times the
+    MSE of the pooled embedding to the English one. The pooled embedding shifts every UNet block through the
+    time embedding, so no attention output sees it: left untrained, it stays the English towers' reading of
+    Chinese tokens."""
+
+    def __init__(self, objective, weight: float = 1.0):
+        self.objective, self.weight = objective, weight
+
+    def __getattr__(self, name: str):  # the wrapped objective's name, layers, weights, teacher
+        return getattr(self.objective, name)
+
+    def __call__(self, zh: torch.Tensor | tuple[torch.Tensor, torch.Tensor], batch: FrozenBatch) -> torch.Tensor:
+        if not isinstance(zh, tuple):
+            return self.objective(zh, batch)
+        states, pooled = zh
+        loss = self.objective(states, batch)
+        if self.weight:
+            target = batch.added_cond["text_embeds"].to(pooled.device)
+            loss = loss + self.weight * F.mse_loss(pooled.float(), target.float())
+        return loss
+
+
+def states_of(zh: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The states the UNet attends over, from a Chinese encoder's output (SDXL's is (states, pooled))."""
+    return zh[0] if isinstance(zh, tuple) else zh
+
+
 def make_objective(name: str, teacher: Teacher | None, weights: dict[str, float] | None = None,
-                   layers: dict[str, Attention] | None = None):
-    """Build an objective by name. `pivot` works without a teacher when given `layers` (cached targets)."""
+                   layers: dict[str, Attention] | None = None, pooled_weight: float = 1.0) -> PooledMatch:
+    """Build an objective by name (with the pooled term, which only SDXL's Chinese side engages). `pivot` works
+    without a teacher when given `layers` (cached targets)."""
+    return PooledMatch(_objective(name, teacher, weights, layers), pooled_weight)
+
+
+def _objective(name: str, teacher: Teacher | None, weights: dict[str, float] | None,
+               layers: dict[str, Attention] | None):
     if name == "pivot":
         return PivotObjective(layers if layers is not None else teacher.layers, teacher, weights)
     if name == "embedding-mse":

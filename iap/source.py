@@ -47,10 +47,11 @@ class InMemorySource:
     """Latents, English states and Chinese token ids held in memory; fresh (t, noise) per batch."""
 
     def __init__(self, latents: torch.Tensor, en_states: torch.Tensor, zh_ids: torch.Tensor,
-                 num_train_timesteps: int):
+                 num_train_timesteps: int, added_cond: dict[str, torch.Tensor] | None = None):
         assert len(latents) == len(en_states) == len(zh_ids)
         self.latents, self.en_states, self.zh_ids = latents, en_states, zh_ids
         self.num_train_timesteps = num_train_timesteps
+        self.added_cond = added_cond  # SDXL: per-sample English pooled embedding and time ids
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -62,15 +63,25 @@ class InMemorySource:
         latents = self.latents[indices]
         t = torch.randint(0, self.num_train_timesteps, (len(indices),), generator=generator)
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+        added = None if self.added_cond is None else {k: v[indices] for k, v in self.added_cond.items()}
         return FrozenBatch(zh_ids=self.zh_ids[indices], en_states=self.en_states[indices],
-                           latents=latents, noise=noise, timesteps=t)
+                           latents=latents, noise=noise, timesteps=t, added_cond=added)
 
 
 @torch.no_grad()
-def _encode(base: BaseModel, images: list[Image.Image], captions_en: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """VAE latents and English states of one batch, on the base's device, returned in fp32 host memory."""
+def _encode(base: BaseModel, images: list[Image.Image], captions_en: list[str]) -> tuple[torch.Tensor, ...]:
+    """VAE latents, English states and SDXL's added-embedding inputs (None otherwise) of one batch, on the
+    base's device, returned in fp32 host memory."""
     latents = base.encode_images(to_pixels(images, image_size(base))).float().cpu()
-    return latents, base.encode_english(captions_en).float().cpu()
+    states, pooled = base.english(captions_en)
+    added = None if pooled is None else {"text_embeds": pooled.float().cpu(), "time_ids": base.time_ids(latents)}
+    return latents, states.float().cpu(), added
+
+
+def _source(base: BaseModel, parts: list[tuple], zh_ids: torch.Tensor) -> InMemorySource:
+    added = None if parts[0][2] is None else {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
+    return InMemorySource(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), zh_ids,
+                          base.noise_scheduler.config.num_train_timesteps, added)
 
 
 def build_in_memory_source(base: BaseModel, encoder: ChineseEncoder, images: list[Image.Image],
@@ -78,8 +89,7 @@ def build_in_memory_source(base: BaseModel, encoder: ChineseEncoder, images: lis
     """Encode images (VAE mean) and English captions once; tokenize Chinese captions."""
     parts = [_encode(base, images[i:i + batch_size], captions_en[i:i + batch_size])
              for i in range(0, len(images), batch_size)]
-    return InMemorySource(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                          encoder.tokenize(captions_zh), base.noise_scheduler.config.num_train_timesteps)
+    return _source(base, parts, encoder.tokenize(captions_zh))
 
 
 def snapshot_source(base: BaseModel, encoder: ChineseEncoder, snapshot, split: str, limit: int | None = None,
@@ -89,19 +99,15 @@ def snapshot_source(base: BaseModel, encoder: ChineseEncoder, snapshot, split: s
     from iap.data.reader import decode, read_shard
     from iap.errors import IapError
 
-    latents, states, rows = [], [], []
+    parts, rows = [], []
     for url in snapshot.split_urls(split):
         shard = read_shard(url, columns=None)[:None if limit is None else limit - len(rows)]
         for i in range(0, len(shard), batch_size):
             chunk = shard[i:i + batch_size]
-            z, h = _encode(base, [decode(r["image"]) for r in chunk], [r["caption_en"] for r in chunk])
-            latents.append(z)
-            states.append(h)
+            parts.append(_encode(base, [decode(r["image"]) for r in chunk], [r["caption_en"] for r in chunk]))
         rows += [{k: v for k, v in r.items() if k != "image"} for r in shard]
         if limit is not None and len(rows) >= limit:
             break
     if not rows:
         raise IapError(f"snapshot {snapshot.id} has no rows in split '{split}'")
-    source = InMemorySource(torch.cat(latents), torch.cat(states), encoder.tokenize([r["caption_zh"] for r in rows]),
-                            base.noise_scheduler.config.num_train_timesteps)
-    return source, rows
+    return _source(base, parts, encoder.tokenize([r["caption_zh"] for r in rows])), rows

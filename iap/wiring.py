@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from iap.cache import CacheInfo, CacheSource, load_cached_layers
 from iap.config import TrainConfig
 from iap.models.base import BaseModel, english_empty_states, english_max_length
@@ -37,15 +35,17 @@ class Loaded:
     info: CacheInfo
     encoder: ChineseEncoder
     layers: dict | None = None  # store policies: the cached cross-attention weights (host, fp32)
-    en_empty: torch.Tensor | None = None  # store policies: the base's English states of ""
+    en_empty: tuple | None = None  # store policies: the base's English (states, pooled or None) of ""
 
 
 def load(info: CacheInfo, cfg: TrainConfig, base_source: str, zh_encoder: str) -> Loaded:
     """Store policies read the cached layers and only the base's text encoder (for ""), never the UNet."""
     if needs_unet(info, cfg):
-        return Loaded(info, load_chinese_encoder(zh_encoder, info.cross_attention_dim, english_max_length(base_source)))
+        return Loaded(info, load_chinese_encoder(zh_encoder, info.cross_attention_dim, english_max_length(base_source),
+                                                 base=base_source))
     en_empty = english_empty_states(base_source)
-    encoder = load_chinese_encoder(zh_encoder, info.cross_attention_dim, max_length=en_empty.shape[1])
+    encoder = load_chinese_encoder(zh_encoder, info.cross_attention_dim, max_length=en_empty[0].shape[1],
+                                   base=base_source)
     return Loaded(info, encoder, load_cached_layers(info), en_empty)
 
 
@@ -56,16 +56,16 @@ def assemble(loaded: Loaded, cfg: TrainConfig, runtime: Runtime,
     layers, en_empty = loaded.layers, loaded.en_empty
     if layers is None:
         base = load_base_model()
-        en_empty = base.encode_english([""]).float().cpu()  # the loaded base already holds the text encoder
+        en_empty = base.english([""])  # the loaded base already holds the text encoder(s)
         teacher = Teacher(base)
-        objective = make_objective(cfg.objective, teacher, cfg.layer_weights)
+        objective = make_objective(cfg.objective, teacher, cfg.layer_weights, pooled_weight=cfg.pooled_weight)
         layers = teacher.layers  # a store cache's batches carry targets, which the empty pairing recomputes
     else:
         layers = {name: place(layer, runtime) for name, layer in layers.items()}
-        objective = make_objective("pivot", None, cfg.layer_weights, layers=layers)
-    encoder = loaded.encoder
+        objective = make_objective("pivot", None, cfg.layer_weights, layers=layers, pooled_weight=cfg.pooled_weight)
+    encoder = _pooled_path(loaded.encoder, cfg)
     return TrainingRun(objective, CacheSource(loaded.info, "train", encoder.tokenize),
-                         EmptyPrompt.pair(en_empty, encoder, layers), encoder)
+                       EmptyPrompt.pair(en_empty, encoder, layers), encoder)
 
 
 def from_cache(info: CacheInfo, cfg: TrainConfig, base_source: str, zh_encoder: str, runtime: Runtime,
@@ -78,6 +78,12 @@ def live(base: BaseModel, encoder: ChineseEncoder, cfg: TrainConfig, source) -> 
     """Live training over `source` (the frozen passes run every step): the config's objective, on the loaded
     base's UNet unless the objective needs none."""
     teacher = None if cfg.objective == "embedding-mse" else Teacher(base)
-    en_empty = base.encode_english([""]).float().cpu()
-    return TrainingRun(make_objective(cfg.objective, teacher, cfg.layer_weights), source,
-                       EmptyPrompt.pair(en_empty, encoder), encoder)
+    return TrainingRun(make_objective(cfg.objective, teacher, cfg.layer_weights, pooled_weight=cfg.pooled_weight),
+                       source, EmptyPrompt.pair(base.english([""]), encoder), _pooled_path(encoder, cfg))
+
+
+def _pooled_path(encoder: ChineseEncoder, cfg: TrainConfig) -> ChineseEncoder:
+    """An SDXL Chinese side trained without the pooled term keeps its pooled path frozen (the English towers')."""
+    if encoder.is_xl and cfg.pooled_weight == 0:
+        encoder.model.freeze_pooled_path()
+    return encoder

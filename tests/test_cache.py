@@ -32,9 +32,10 @@ def _live_loss(base, encoder, snapshot, batch, keys) -> float:
     rows = {r["key"]: r for rel in snapshot.shards["train"] for r in read_shard(f"{snapshot.url}/{rel}")}
     picked = [rows[k] for k in keys]
     latents = base.encode_images(to_pixels([decode(r["image"]) for r in picked], image_size(base)))
-    live = FrozenBatch(zh_ids=batch.zh_ids, en_states=base.encode_english([r["caption_en"] for r in picked]),
-                       latents=latents, timesteps=batch.timesteps,
-                       noise=noise_from_seeds(batch.noise_seeds_used, latents.shape[1:]))
+    states, pooled = base.english([r["caption_en"] for r in picked])
+    added = None if pooled is None else {"text_embeds": pooled, "time_ids": base.time_ids(latents)}
+    live = FrozenBatch(zh_ids=batch.zh_ids, en_states=states, latents=latents, timesteps=batch.timesteps,
+                       noise=noise_from_seeds(batch.noise_seeds_used, latents.shape[1:]), added_cond=added)
     with torch.no_grad():
         return make_objective("pivot", Teacher(base))(encoder(live.zh_ids), live).item()
 
@@ -64,7 +65,8 @@ def test_store_sampled_is_an_unbiased_estimate(base, encoder, small_source):
     teacher = Teacher(base)
     keys = [f"k{i}" for i in range(4)]
     steps, seeds = batch.timesteps[:, None], torch.tensor([[11], [12], [13], [14]])
-    full = _teacher_targets(teacher, batch.latents, batch.en_states, steps, seeds, keys, CacheConfig(policy="store", draws=1))
+    full = _teacher_targets(teacher, batch.latents, batch.en_states, None, steps, seeds, keys,
+                            CacheConfig(policy="store", draws=1))
     layers = teacher.layers
     pivot = make_objective("pivot", None, layers=layers)
     states = encoder(batch.zh_ids).detach()
@@ -76,7 +78,7 @@ def test_store_sampled_is_an_unbiased_estimate(base, encoder, small_source):
         return pivot(states, b).item()
 
     exact = loss(full)
-    estimates = [loss(_teacher_targets(teacher, batch.latents, batch.en_states, steps, seeds, keys,
+    estimates = [loss(_teacher_targets(teacher, batch.latents, batch.en_states, None, steps, seeds, keys,
                                        CacheConfig(policy="store-sampled", positions=8, draws=1, seed=s)))
                  for s in range(60)]
     mean = sum(estimates) / len(estimates)

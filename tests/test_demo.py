@@ -11,6 +11,7 @@ import pytest
 
 from iap.errors import IapError
 from iap.generate import generate, load_pipeline
+from tests.conftest import assert_chinese_draws_like_english
 
 
 def test_pivot_training_transfers_to_held_out_combos(demo_summary):
@@ -27,12 +28,7 @@ def test_chinese_prompts_draw_held_out_combos_like_english_ones(demo_summary):
     """Images from held-out Chinese prompts (combos never seen in IAP training), classified by pixel
     statistics: as accurate as the teacher's English ones; the untrained encoder near chance (1/56)."""
     m = demo_summary["metrics"]
-    print({k: v for k, v in m.items() if "accuracy" in k})
-    assert m["generated_prompts"] >= 40
-    assert m["colour_accuracy_en_teacher"] >= 0.90
-    assert m["colour_accuracy_zh_after"] >= 0.85
-    assert m["colour_accuracy_en_teacher"] - m["colour_accuracy_zh_after"] <= 0.05
-    assert m["colour_accuracy_zh_before"] <= 0.10
+    assert_chinese_draws_like_english(m)
     assert m["shape_class_accuracy_zh_after"] > m["shape_class_accuracy_zh_before"]
     report = Path(demo_summary["evaluation"]["report"]).read_text()
     assert "Chinese prompt, trained" in report and f"{m['colour_accuracy_zh_after']:.1%}" in report

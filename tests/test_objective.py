@@ -12,10 +12,11 @@ def test_capture_processor_reproduces_stock_unet(preset, request):
     batch = small_source.batch(torch.arange(4), torch.Generator().manual_seed(0))
     teacher = Teacher(base)
     x = teacher.noisy_latents(batch)
+    added = teacher.added_cond(batch)  # SDXL's pooled embedding and time ids; None otherwise
     with torch.no_grad():
-        captured = base.unet(x, batch.timesteps, batch.en_states).sample
+        captured = base.unet(x, batch.timesteps, batch.en_states, added_cond_kwargs=added).sample
         base.unet.set_attn_processor(AttnProcessor2_0())
-        stock = base.unet(x, batch.timesteps, batch.en_states).sample
+        stock = base.unet(x, batch.timesteps, batch.en_states, added_cond_kwargs=added).sample
     assert torch.equal(captured, stock)
 
 
@@ -23,7 +24,7 @@ def test_capture_processor_reproduces_stock_unet(preset, request):
 def test_pivot_from_given_queries_equals_live_unet_pass(preset, request):
     """pivot (standalone attention over given queries) == a real UNet pass with the Chinese states in
     which every cross-attention layer is fed the English-pass queries: loss and gradients (on SD-2 shapes,
-    through the Chinese encoder's learned projection)."""
+    through the Chinese encoder's learned projection; on SDXL shapes, through both Chinese towers)."""
     base, encoder, small_source = preset_models(request, preset)
     batch = small_source.batch(torch.arange(8), torch.Generator().manual_seed(1))
     assert_pivot_equals_live(Teacher(base), encoder, batch)

@@ -1,4 +1,8 @@
-"""The frozen English base: UNet, VAE, CLIP text encoder + tokenizer, and the noise schedule."""
+"""The frozen English base: UNet, VAE, CLIP text encoder(s) + tokenizer(s), and the noise schedule.
+
+SD 1.x/2.x condition the UNet on one tower's last hidden state. SDXL conditions it on two towers'
+penultimate states, concatenated, and on tower 2's pooled embedding with the image's time ids (the added
+time embedding): `english` returns both parts, built exactly as the stock pipelines build them."""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from iap.errors import IapError
 from iap.models.hub import check_base, is_local, revision
+from iap.models.xl import is_xl
 from iap.runtime import CPU, Runtime, place
 
 
@@ -27,6 +32,12 @@ class BaseModel:
     noise_scheduler: DDPMScheduler
     source: str
     fingerprint: str
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL's second tower
+    tokenizer_2: CLIPTokenizer | None = None
+
+    @property
+    def is_xl(self) -> bool:
+        return self.text_encoder_2 is not None
 
     @property
     def cross_attention_dim(self) -> int:
@@ -46,12 +57,26 @@ class BaseModel:
 
     def to(self, runtime: Runtime) -> BaseModel:
         """Move and cast the frozen parts (in place) to the runtime's device and precision."""
-        for module in (self.unet, self.vae, self.text_encoder):
-            place(module, runtime)
+        for module in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
+            if module is not None:
+                place(module, runtime)
         return self
 
     def encode_english(self, texts: list[str]) -> torch.Tensor:
-        return encode_english(self.text_encoder, self.tokenizer, texts)
+        """The English states the UNet attends over (B, L, cross_attention_dim)."""
+        return self.english(texts)[0]
+
+    def english(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(states, pooled): SDXL's pooled embedding (B, P), None for SD 1.x/2.x."""
+        if not self.is_xl:
+            return encode_english(self.text_encoder, self.tokenizer, texts), None
+        return encode_english_xl([self.text_encoder, self.text_encoder_2], [self.tokenizer, self.tokenizer_2], texts)
+
+    def time_ids(self, latents: torch.Tensor) -> torch.Tensor:
+        """SDXL's time ids of images encoded to `latents`, as its pipeline builds them at their size: original
+        size, crop (0, 0), target size, in pixels (B, 6)."""
+        h, w = (n * 2 ** (len(self.vae.config.block_out_channels) - 1) for n in latents.shape[-2:])
+        return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32).expand(len(latents), -1)
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, sample_seeds: list[int] | None = None) -> torch.Tensor:
@@ -80,12 +105,33 @@ def encode_english(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, texts:
     return text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]
 
 
-def english_empty_states(source: str) -> torch.Tensor:
-    """The base's English states of "" (1, L, D), loading only its tokenizer and text encoder."""
-    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", use_safetensors=True,
-                                                 revision=revision(source))
+@torch.no_grad()
+def encode_english_xl(text_encoders: list, tokenizers: list[CLIPTokenizer],
+                      texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's (states, pooled) exactly as StableDiffusionXLPipeline.encode_prompt builds them: each tower's
+    penultimate hidden states, concatenated, and the last tower's pooled, projected output."""
+    states, pooled = [], None
+    for text_encoder, tokenizer in zip(text_encoders, tokenizers, strict=True):
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        out = text_encoder(ids.to(text_encoder.device), output_hidden_states=True)
+        if out[0].ndim == 2:
+            pooled = out[0]
+        states.append(out.hidden_states[-2])
+    return torch.cat(states, -1), pooled
+
+
+def english_empty_states(source: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The base's English (states, pooled) of "" ((1, L, D), SDXL's (1, P) or None), loading only its
+    tokenizers and text encoders."""
+    pinned = {"use_safetensors": True, "revision": revision(source)}
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **pinned).eval()
     tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision(source))
-    return encode_english(text_encoder.eval(), tokenizer, [""])
+    if not is_xl(source):
+        return encode_english(text_encoder, tokenizer, [""]), None
+    text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", **pinned).eval()
+    tokenizer_2 = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", revision=revision(source))
+    return encode_english_xl([text_encoder, text_encoder_2], [tokenizer, tokenizer_2], [""])
 
 
 def english_max_length(source: str) -> int:
@@ -136,6 +182,11 @@ def load_base(source: str | Path, runtime: Runtime = CPU) -> BaseModel:
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **pinned)
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **pinned)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision(source))
+        xl = {}
+        if is_xl(source):
+            xl = {"text_encoder_2": _freeze(CLIPTextModelWithProjection.from_pretrained(
+                      source, subfolder="text_encoder_2", **pinned)),
+                  "tokenizer_2": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", revision=revision(source))}
         scheduler_config = json.loads(Path(source, "scheduler", "scheduler_config.json").read_text()) \
             if Path(source).is_dir() else DDPMScheduler.load_config(source, subfolder="scheduler",
                                                                     revision=revision(source))
@@ -146,5 +197,5 @@ def load_base(source: str | Path, runtime: Runtime = CPU) -> BaseModel:
     noise = DDPMScheduler.from_config(scheduler_config)
     return BaseModel(
         unet=_freeze(unet), vae=_freeze(vae), text_encoder=_freeze(text_encoder),
-        tokenizer=tokenizer, noise_scheduler=noise, source=source, fingerprint=weights_fingerprint(source),
+        tokenizer=tokenizer, noise_scheduler=noise, source=source, fingerprint=weights_fingerprint(source), **xl,
     ).to(runtime)

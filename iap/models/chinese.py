@@ -2,7 +2,9 @@
 
 It is used exactly as StableDiffusionPipeline uses a text encoder (pad to max length, output [0]),
 so an exported pipeline behaves at inference as the encoder did in training. An encoder of another width
-than the UNet's cross-attention gets a learned projection (iap.models.projection).
+than the UNet's cross-attention gets a learned projection (iap.models.projection). On an SDXL base the
+Chinese side is the base's two towers with the encoder's vocabulary (iap.models.xl), and it returns
+(states, pooled).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from iap.errors import IapError
 from iap.models.hub import is_local, revision
 from iap.models.projection import PROJECTED, can_project, output_width, with_projection
+from iap.models.xl import DualTower, chinese_towers, is_towers_folder, is_xl
 
 ENCODERS_THAT_FIT = {
     768: ["hfl/chinese-roberta-wwm-ext", "OFA-Sys/chinese-clip-vit-base-patch16 (text tower)",
@@ -37,16 +40,23 @@ class ChineseEncoder(torch.nn.Module):
         self.source = source
 
     @property
+    def is_xl(self) -> bool:
+        return isinstance(self.model, DualTower)
+
+    @property
     def hidden_size(self) -> int:
         """The width of the states it hands the UNet (its projection's, when it has one)."""
-        return output_width(self.model.config.to_dict())
+        return self.model.width if self.is_xl else output_width(self.model.config.to_dict())
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(list(texts), padding="max_length", max_length=self.max_length,
                              truncation=True, return_tensors="pt").input_ids
         return ids
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The states the UNet attends over; on SDXL, (states, pooled)."""
+        if self.is_xl:
+            return self.model(input_ids.to(self.model.device))
         mask = None
         if getattr(self.model.config, "use_attention_mask", False):  # as the pipeline decides
             mask = (input_ids != self.tokenizer.pad_token_id).long()
@@ -79,12 +89,15 @@ def load_text_model(source: str, **kwargs) -> PreTrainedModel:
 
 
 def load_chinese_encoder(source: str | Path, cross_attention_dim: int, max_length: int = 77,
-                         device: str | torch.device = "cpu") -> ChineseEncoder:
+                         device: str | torch.device = "cpu", base: str | None = None) -> ChineseEncoder:
     """Load any HF encoder (BERT / RoBERTa / Chinese-CLIP text tower) and check it fits the UNet. Its tokenizer
-    pads to `max_length` whatever its own config says (hfl's tokenizer_config has no model_max_length)."""
+    pads to `max_length` whatever its own config says (hfl's tokenizer_config has no model_max_length).
+    On an SDXL `base`, or from a saved SDXL Chinese side, the Chinese side is two CLIP towers (iap.models.xl)."""
     source = str(source)
     if is_local(source) and not Path(source).is_dir():
         raise IapError(f"Chinese encoder folder '{source}' does not exist")
+    if is_towers_folder(source) or (base is not None and is_xl(base)):
+        return _load_towers(source, base, max_length).to(device)
     try:
         # safetensors when published; else legacy pytorch_model.bin (hfl/chinese-roberta-wwm-ext has only that),
         # read with weights_only=True: tensors only, never arbitrary pickled objects
@@ -105,3 +118,17 @@ def load_chinese_encoder(source: str | Path, cross_attention_dim: int, max_lengt
         raise IapError(f"Chinese encoder '{source}' has max_position_embeddings={positions} < max_length={max_length}")
     model.train()
     return ChineseEncoder(model, tokenizer, max_length, source).to(device)
+
+
+def _load_towers(source: str, base: str | None, max_length: int) -> ChineseEncoder:
+    """An SDXL Chinese side: saved (a checkpoint's encoder/), or the base's towers with `source`'s vocabulary."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision(source))
+    except (OSError, ValueError) as e:
+        raise IapError(f"could not load the tokenizer of Chinese encoder '{source}': {str(e).splitlines()[0]}") from e
+    towers = DualTower.from_folder(source) if is_towers_folder(source) else chinese_towers(base, tokenizer, source)
+    positions = towers.text_encoder.config.max_position_embeddings
+    if positions < max_length:
+        raise IapError(f"SDXL text towers have max_position_embeddings={positions} < max_length={max_length}")
+    towers.train()
+    return ChineseEncoder(towers, tokenizer, max_length, source)

@@ -61,7 +61,7 @@ def read_json(source: str, filename: str) -> dict:
 
 
 SUPPORTED = ("Stable Diffusion 1.x and 2.x bases (StableDiffusionPipeline: a UNet with cross-attention over one "
-             "CLIP text encoder)")
+             "CLIP text encoder) and SDXL bases (StableDiffusionXLPipeline: two CLIP text encoders, a pooled embedding)")
 
 
 def check_base(source: str) -> None:
@@ -71,8 +71,6 @@ def check_base(source: str) -> None:
     kind = index.get("_class_name", "this pipeline")
     if "transformer" in index and "unet" not in index:
         why = "its denoiser is a transformer with joint or DiT attention (SD3, FLUX, PixArt, ...), not a UNet"
-    elif "text_encoder_2" in index:
-        why = "it conditions on two text encoders and a pooled embedding (SDXL), which IAP does not train yet"
     elif "unet" not in index or "text_encoder" not in index:
         why = "it has no UNet conditioned on a text encoder"
     else:
@@ -86,6 +84,8 @@ def check_pair(base: str, zh_encoder: str) -> None:
     from iap.models.chinese import check_fits
     from iap.models.projection import output_width
     check_base(base)
+    if "text_encoder_2" in read_json(base, "model_index.json"):
+        return  # SDXL: the Chinese side is the base's own towers with the encoder's vocabulary (iap.models.xl)
     dim = read_config(base, "unet").get("cross_attention_dim")
     config = read_config(zh_encoder)
     if dim is None or output_width(config) is None:

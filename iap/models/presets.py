@@ -4,8 +4,11 @@ preset:tiny            random-init SD-1.x-shaped base + Chinese BERT, written on
                        workdir
 preset:tiny-sd2        the same, SD-2.x-shaped (v-prediction; the Chinese BERT narrower than the
                        cross-attention, so it trains through a learned projection)
+preset:tiny-sdxl       the same, SDXL-shaped (two English towers, pooled embedding and time ids; the Chinese
+                       side is those towers with the BERT's vocabulary)
 preset:shapes-teacher  the shapes teacher (a base that can draw the shapes world), committed with the
                        package; as a Chinese encoder it means the tiny preset's BERT (same hidden size)
+preset:shapes-teacher-xl  its SDXL-architecture twin (two text towers, pooled embedding, time ids), committed
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from pathlib import Path
 
 from iap.errors import IapError
 
-PRESETS = {"preset:tiny", "preset:tiny-sd2", "preset:shapes-teacher"}
+PRESETS = {"preset:tiny", "preset:tiny-sd2", "preset:tiny-sdxl", "preset:shapes-teacher", "preset:shapes-teacher-xl"}
 SHAPES_TEACHER = Path(__file__).resolve().parent.parent / "presets" / "shapes-teacher"
+SHAPES_TEACHER_XL = SHAPES_TEACHER.parent / "shapes-teacher-xl"
 SHAPES_LORA = SHAPES_TEACHER.parent / "shapes-lora"  # a LoRA of the teacher (iap.shapes.lora); not a base
 
 
@@ -32,11 +36,11 @@ def resolve(base: str, zh_encoder: str, workdir: str | Path) -> tuple[str, str]:
     unknown = {b for b in (base, zh_encoder) if b.startswith("preset:") and b not in PRESETS}
     if unknown:
         raise IapError(f"unknown preset {', '.join(sorted(unknown))}; known: {', '.join(sorted(PRESETS))}")
-    if base == "preset:shapes-teacher":
-        base = str(SHAPES_TEACHER)
+    if base in ("preset:shapes-teacher", "preset:shapes-teacher-xl"):
+        base = str(SHAPES_TEACHER_XL if base.endswith("-xl") else SHAPES_TEACHER)
     elif base in PRESETS:
         base = str(_tiny(workdir, base.removeprefix("preset:")) / "base")
     if zh_encoder in PRESETS:  # the shapes teacher's Chinese encoder is the tiny preset's BERT
-        name = "tiny-sd2" if zh_encoder == "preset:tiny-sd2" else "tiny"
+        name = zh_encoder.removeprefix("preset:") if zh_encoder.startswith("preset:tiny") else "tiny"
         zh_encoder = str(_tiny(workdir, name) / "zh_encoder")
     return base, zh_encoder

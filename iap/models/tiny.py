@@ -4,7 +4,10 @@
 BertTokenizer). Everything else loads them through the same code as real models. TINY is SD-1.x-shaped (the
 Chinese encoder as wide as the cross-attention); TINY_SD2 is SD-2.x-shaped: a wider cross-attention than the
 Chinese encoder (as SD 2's 1024 against a 768-wide RoBERTa), linear transformer projections, upcast
-attention, a GELU text tower and a v-prediction schedule.
+attention, a GELU text tower and a v-prediction schedule. TINY_SDXL is SDXL-shaped: a
+StableDiffusionXLPipeline folder with two English towers (32 + 64 = the 96-wide context; tower 2's 64-wide
+pooled embedding), the added time embedding, no cross-attention in the first block and two transformer
+layers per block after it; its Chinese side is built from those towers with the BERT's vocabulary.
 """
 
 from __future__ import annotations
@@ -15,8 +18,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 from iap import shapes
 from iap.models.vocab import write_bert_vocab, write_clip_bpe
@@ -35,15 +52,27 @@ class TinyConfig:
     use_linear_projection: bool = False
     upcast_attention: bool = False
     text_act: str = "quick_gelu"
+    xl_tower_2: int = 0  # SDXL: the second English tower's width (and its pooled embedding's); 0: one tower
 
 
 TINY = TinyConfig()
 TINY_SD2 = TinyConfig(cross_attention_dim=96, prediction_type="v_prediction", use_linear_projection=True,
                       upcast_attention=True, text_act="gelu")
-TINY_PRESETS = {"tiny": TINY, "tiny-sd2": TINY_SD2}  # preset name -> config
+TINY_SDXL = TinyConfig(cross_attention_dim=96, xl_tower_2=64, use_linear_projection=True)
+TINY_PRESETS = {"tiny": TINY, "tiny-sd2": TINY_SD2, "tiny-sdxl": TINY_SDXL}  # preset name -> config
+TIME_EMBED = 8  # SDXL's addition_time_embed_dim (256 in the real one)
 
 
 def _unet(cfg: TinyConfig) -> UNet2DConditionModel:
+    if cfg.xl_tower_2:
+        return UNet2DConditionModel(
+            sample_size=cfg.image_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=cfg.channels, norm_num_groups=32, attention_head_dim=(2, 4),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2), cross_attention_dim=cfg.cross_attention_dim, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED,
+            projection_class_embeddings_input_dim=cfg.xl_tower_2 + 6 * TIME_EMBED,
+        )
     return UNet2DConditionModel(
         sample_size=cfg.image_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=cfg.channels, norm_num_groups=32, attention_head_dim=4,
@@ -62,16 +91,19 @@ def _vae(cfg: TinyConfig) -> AutoencoderKL:
     )
 
 
-def _english(cfg: TinyConfig, tmp: Path) -> tuple[CLIPTextModel, CLIPTokenizer]:
+def _english(cfg: TinyConfig, tmp: Path, width: int | None = None, projected: bool = False):
+    """An English CLIP tower (`projected`: with SDXL's text projection) and its tokenizer."""
+    width = width or cfg.cross_attention_dim
     write_clip_bpe(tmp / "clip_tok", shapes.english_words())
     tok = CLIPTokenizer.from_pretrained(tmp / "clip_tok", model_max_length=cfg.max_length)
     config = CLIPTextConfig(
-        vocab_size=len(tok.get_vocab()), hidden_size=cfg.cross_attention_dim,
-        intermediate_size=2 * cfg.cross_attention_dim, num_attention_heads=4,
+        vocab_size=len(tok.get_vocab()), hidden_size=width,
+        intermediate_size=2 * width, num_attention_heads=4,
         num_hidden_layers=cfg.text_layers, max_position_embeddings=cfg.max_length, hidden_act=cfg.text_act,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        **({"projection_dim": width} if projected else {}),
     )
-    return CLIPTextModel(config), tok
+    return (CLIPTextModelWithProjection if projected else CLIPTextModel)(config), tok
 
 
 def _chinese(cfg: TinyConfig, tmp: Path) -> tuple[BertModel, BertTokenizer]:
@@ -92,16 +124,26 @@ def write_tiny(folder: str | Path, cfg: TinyConfig = TINY, name: str = "tiny") -
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(cfg.seed)
         unet, vae = _unet(cfg), _vae(cfg)
-        text_encoder, tokenizer = _english(cfg, Path(tmp))
+        if cfg.xl_tower_2:
+            text_encoder, tokenizer = _english(cfg, Path(tmp), cfg.cross_attention_dim - cfg.xl_tower_2)
+            text_encoder_2, _ = _english(cfg, Path(tmp), cfg.xl_tower_2, projected=True)
+        else:
+            text_encoder, tokenizer = _english(cfg, Path(tmp))
         zh_model, zh_tok = _chinese(cfg, Path(tmp))
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=cfg.prediction_type,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    if cfg.xl_tower_2:
+        pipe = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
+            unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True, add_watermarker=False,
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
     pipe.save_pretrained(folder / "base", safe_serialization=True)
     zh_model.save_pretrained(folder / "zh_encoder", safe_serialization=True)
     zh_tok.save_pretrained(folder / "zh_encoder")

@@ -22,12 +22,15 @@ DEMO_ROWS = 1600  # ~1,340 distinct caption pairs after de-duplication
 DEMO_PROMPTS = 200  # held-out prompts drawn per encoder: every held-out combo once
 
 
-def run_demo(workdir: str | Path, engine, train: TrainConfig = DEMO_TRAIN, rows: int = DEMO_ROWS) -> dict:
-    """`engine`: an iap.engines engine; its `train` runs the pipeline."""
+def run_demo(workdir: str | Path, engine, train: TrainConfig = DEMO_TRAIN, rows: int = DEMO_ROWS,
+             base: str = "preset:shapes-teacher") -> dict:
+    """`engine`: an iap.engines engine; its `train` runs the pipeline. `base`: the shapes teacher, or its SDXL-
+    architecture twin (preset:shapes-teacher-xl), whose Chinese side is its own two towers with the tiny BERT's
+    vocabulary."""
     workdir = Path(workdir).resolve()
     started = time.perf_counter()
     result = engine.train(
-        out=str(workdir), base="preset:shapes-teacher", zh_encoder="preset:tiny", synthetic=rows,
+        out=str(workdir), base=base, zh_encoder="preset:tiny", synthetic=rows,
         download=DownloadConfig(image_size=32, min_image_size=16, timeout=5, number_sample_per_shard=2000,
                                 thread_count=32),
         filter=FilterConfig(split_key="combo", val_fraction=0.15, test_fraction=0.0, shard_rows=500),

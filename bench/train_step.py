@@ -6,9 +6,11 @@ the Chinese encoder; and an SD-2.1-shaped UNet (stabilityai/stable-diffusion-2-1
 linear projections, 77x1024 text) with the same BERT through its learned projection to 1024 (as
 hfl/chinese-roberta-wwm-ext on SD 2.x); and an SDXL-shaped UNet (stabilityai/stable-diffusion-xl-base-1.0's
 config: 128x128 latents, 70 cross-attention layers, a 77x2048 context, the pooled 1280 embedding and time ids
-in its added time embedding) with the BERT projected to 2048 (a stand-in for SDXL's Chinese side, which is not
-built yet: the UNet side, which dominates, is SDXL's). A step = encoder forward + loss + backward + (fused)
-AdamW step, as in iap.train.
+in its added time embedding) with its real Chinese side: SDXL's two CLIP towers (CLIP-L 768 and OpenCLIP bigG
+1280, 817M parameters with a 21128-token Chinese vocabulary), trained with the pooled term. Training them
+in fp32 with AdamW holds 13 GB beside the 10 GB fp32 UNet, so this row does what a `store` cache run does: the
+English pass first, then only the cross-attention layers stay. A step = encoder forward + loss + backward +
+(fused) AdamW step, as in iap.train.
 
     python bench/train_step.py [--skip-sd15] [--skip-sd2] [--skip-sdxl] [--reps N]
 """
@@ -23,10 +25,11 @@ from types import SimpleNamespace
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from iap.models.chinese import ChineseEncoder
 from iap.models.projection import with_projection
+from iap.models.xl import DualTower
 from iap.objective import FrozenBatch, Teacher, make_objective, placeholder_added_cond
 from iap.train import make_optimizer
 
@@ -42,6 +45,11 @@ SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_bloc
                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                  transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
                  addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+# stabilityai/stable-diffusion-xl-base-1.0's text_encoder and text_encoder_2 configs, with the Chinese vocabulary
+SDXL_TOWERS = (dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                    hidden_act="quick_gelu", projection_dim=768),
+               dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                    hidden_act="gelu", projection_dim=1280))
 BERT_768 = dict(vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                 intermediate_size=3072, max_position_embeddings=512)
 
@@ -119,6 +127,47 @@ def real_shapes(unet_config: dict, reps: int, separate: bool = True) -> dict[str
     return measure(unet, ChineseEncoder(model, tokenizer, 77), batch_size=1, reps=reps, separate=separate)
 
 
+def _sdxl_english(reps: int) -> tuple[float, FrozenBatch, dict]:
+    """SDXL's UNet (random weights): the English pass's time, a batch carrying its queries and targets, and
+    the cross-attention layers; the rest of the UNet is freed on return."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SDXL_UNET).eval().requires_grad_(False)
+    teacher = Teacher(SimpleNamespace(unet=unet, noise_scheduler=DDPMScheduler(beta_schedule="scaled_linear")))
+    g = torch.Generator().manual_seed(0)
+    batch = FrozenBatch(zh_ids=torch.randint(104, 21128, (1, 77), generator=g), en_states=torch.randn(1, 77, 2048),
+                        latents=torch.randn(1, 4, 128, 128, generator=g), noise=torch.randn(1, 4, 128, 128, generator=g),
+                        timesteps=torch.randint(0, 1000, (1,), generator=g), added_cond=placeholder_added_cond(unet, 1))
+    english = _time(lambda: teacher.english_pass(batch), reps)
+    queries, targets, _ = teacher.english_pass(batch)
+    return english, FrozenBatch(**{**vars(batch), "queries": queries, "targets": targets}), dict(teacher.layers)
+
+
+def sdxl(reps: int) -> dict[str, float]:
+    """The English pass, then SDXL's real Chinese side (two CLIP towers) trained with pivot + the pooled term
+    over the recorded queries and targets: a store-cache run never holds the UNet, only its attention layers."""
+    english, batch, layers = _sdxl_english(reps)
+    ids = {"bos_token_id": 101, "eos_token_id": 102, "pad_token_id": 0}  # hfl's [CLS], [SEP], [PAD]
+    towers = DualTower(*(cls(CLIPTextConfig(vocab_size=21128, max_position_embeddings=77, **ids, **c))
+                         for cls, c in zip((CLIPTextModel, CLIPTextModelWithProjection), SDXL_TOWERS, strict=True)))
+    encoder = ChineseEncoder(towers, SimpleNamespace(pad_token_id=0, model_max_length=77), 77)
+    optimizer = make_optimizer([p for p in encoder.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.01)
+    pivot = make_objective("pivot", None, layers=layers)
+
+    def step(loss_of):
+        def run():
+            loss_of().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return run
+
+    def floor():
+        states, pooled = encoder(batch.zh_ids)
+        return states.float().pow(2).mean() + pooled.float().pow(2).mean()
+
+    return {"separate": float("nan"), "pivot (queries given)": _time(step(lambda: pivot(encoder(batch.zh_ids), batch)), reps),
+            "encoder only (floor)": _time(step(floor), reps), "english pass": english}
+
+
 def report(name: str, r: dict[str, float]) -> None:
     """One row, printed as soon as it is measured (a later row that runs out of memory loses nothing)."""
     import resource
@@ -145,7 +194,7 @@ def main() -> None:
         report("SD-2.1 shapes (batch 1)", real_shapes(SD21_UNET, args.reps))
     if not args.skip_sdxl:
         # separate backpropagates through SDXL's UNet in fp32: more than a 24 GB machine holds (OOM-killed)
-        report("SDXL shapes (batch 1)", real_shapes(SDXL_UNET, max(1, args.reps // 3), separate=False))
+        report("SDXL, its 2 Chinese towers", sdxl(max(1, args.reps // 3)))
         print("SDXL separate: not measured (backward through the fp32 UNet exceeds 24 GB of host memory)")
 
 

@@ -119,8 +119,8 @@ class Teacher:
 
     def added_cond(self, batch: FrozenBatch) -> dict[str, torch.Tensor] | None:
         """SDXL's pooled embedding and time ids, on the UNet's device and dtype; None for SD 1.x/2.x. The
-        Chinese pass takes the English ones too: its pooled path is not trained here, and with injected
-        queries (pivot) they cannot reach the recorded attention outputs."""
+        Chinese pass takes the English ones too: with injected queries (pivot) they cannot reach the recorded
+        attention outputs, and the Chinese pooled embedding is matched on its own (PooledMatch)."""
         if batch.added_cond is None:
             if getattr(self.unet.config, "addition_embed_type", None) == "text_time":
                 raise ValueError("this UNet (SDXL) needs the batch's added_cond: text_embeds and time_ids")

@@ -56,10 +56,6 @@ class DualTower(torch.nn.Module):
         return self.text_encoder.config.hidden_size + self.text_encoder_2.config.hidden_size
 
     @property
-    def pooled_width(self) -> int:
-        return self.text_encoder_2.config.projection_dim
-
-    @property
     def device(self) -> torch.device:
         return self.text_encoder.device
 

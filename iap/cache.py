@@ -150,9 +150,8 @@ def compute_batch(base: BaseModel, teacher: Teacher | None, pixels: torch.Tensor
     steps, seeds = _draws(keys, cfg, base.noise_scheduler.config.num_train_timesteps)
     tensors = {"latents": latents.to(dtype), "en_states": states.to(dtype), "timesteps": torch.tensor(steps),
                "noise_seeds": torch.tensor(seeds, dtype=torch.int64)}
-    added = None
-    if pooled is not None:  # SDXL: the added-embedding inputs, per sample (time ids: the image's size and crop)
-        added = {"text_embeds": pooled.float().cpu(), "time_ids": base.time_ids(latents)}
+    added = base.added_cond(pooled, latents)
+    if added is not None:  # SDXL: the added-embedding inputs, per sample (time ids: the image's size and crop)
         tensors |= {"en_pooled": added["text_embeds"].to(dtype), "time_ids": added["time_ids"]}
     if teacher is not None:
         targets = _teacher_targets(teacher, latents, states, added, steps, seeds, keys, cfg)

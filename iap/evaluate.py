@@ -89,9 +89,9 @@ class AttentionFeatures:
         t = torch.tensor(PROBE_TIMESTEPS * len(probe_latents))
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(EVAL_SEED))
         states, pooled = base.english([""])
-        added = None if pooled is None else {"text_embeds": pooled.expand(n, -1), "time_ids": base.time_ids(latents)}
         batch = FrozenBatch(zh_ids=torch.zeros(n, 1), en_states=states.expand(n, -1, -1), latents=latents, noise=noise,
-                            timesteps=t, added_cond=added)
+                            timesteps=t, added_cond=base.added_cond(None if pooled is None else pooled.expand(n, -1),
+                                                                    latents))
         queries, _, _ = teacher.english_pass(batch)
         g = torch.Generator().manual_seed(EVAL_SEED)
         self.queries = {name: q[:, torch.randperm(q.shape[1], generator=g)[:positions].to(q.device)]

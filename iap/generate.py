@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,6 +9,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from iap.errors import IapError
+from iap.models.xl import is_xl
 from iap.runtime import CPU, Runtime
 
 
@@ -32,9 +32,7 @@ def load_pipeline(folder: str | Path, runtime: Runtime = CPU) -> StableDiffusion
 
 def pipeline_class(folder: str | Path) -> type:
     """StableDiffusionXLPipeline for a folder with two text encoders, else StableDiffusionPipeline."""
-    index = Path(folder, "model_index.json")
-    two = index.exists() and "text_encoder_2" in json.loads(index.read_text())
-    return StableDiffusionXLPipeline if two else StableDiffusionPipeline
+    return StableDiffusionXLPipeline if is_xl(str(folder)) else StableDiffusionPipeline
 
 
 def generate(pipe: StableDiffusionPipeline, prompts: list[str], seed: int = 0, steps: int = 25,

@@ -74,8 +74,7 @@ def _encode(base: BaseModel, images: list[Image.Image], captions_en: list[str]) 
     base's device, returned in fp32 host memory."""
     latents = base.encode_images(to_pixels(images, image_size(base))).float().cpu()
     states, pooled = base.english(captions_en)
-    added = None if pooled is None else {"text_embeds": pooled.float().cpu(), "time_ids": base.time_ids(latents)}
-    return latents, states.float().cpu(), added
+    return latents, states.float().cpu(), base.added_cond(pooled, latents)
 
 
 def _source(base: BaseModel, parts: list[tuple], zh_ids: torch.Tensor) -> InMemorySource:

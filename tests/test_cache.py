@@ -33,9 +33,9 @@ def _live_loss(base, encoder, snapshot, batch, keys) -> float:
     picked = [rows[k] for k in keys]
     latents = base.encode_images(to_pixels([decode(r["image"]) for r in picked], image_size(base)))
     states, pooled = base.english([r["caption_en"] for r in picked])
-    added = None if pooled is None else {"text_embeds": pooled, "time_ids": base.time_ids(latents)}
     live = FrozenBatch(zh_ids=batch.zh_ids, en_states=states, latents=latents, timesteps=batch.timesteps,
-                       noise=noise_from_seeds(batch.noise_seeds_used, latents.shape[1:]), added_cond=added)
+                       noise=noise_from_seeds(batch.noise_seeds_used, latents.shape[1:]),
+                       added_cond=base.added_cond(pooled, latents))
     with torch.no_grad():
         return make_objective("pivot", Teacher(base))(encoder(live.zh_ids), live).item()
 

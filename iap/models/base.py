@@ -17,7 +17,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from iap.errors import IapError
 from iap.models.hub import check_base, is_local, revision
-from iap.models.xl import is_xl
+from iap.models.xl import is_xl, read_towers
 from iap.runtime import CPU, Runtime, place
 
 
@@ -72,6 +72,13 @@ class BaseModel:
             return encode_english(self.text_encoder, self.tokenizer, texts), None
         return encode_english_xl([self.text_encoder, self.text_encoder_2], [self.tokenizer, self.tokenizer_2], texts)
 
+    def added_cond(self, pooled: torch.Tensor | None, latents: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """SDXL's added-embedding inputs (host memory, fp32) for pooled English embeddings and the latents of
+        their images; None for SD 1.x/2.x (no pooled embedding)."""
+        if pooled is None:
+            return None
+        return {"text_embeds": pooled.float().cpu(), "time_ids": self.time_ids(latents)}
+
     def time_ids(self, latents: torch.Tensor) -> torch.Tensor:
         """SDXL's time ids of images encoded to `latents`, as its pipeline builds them at their size: original
         size, crop (0, 0), target size, in pixels (B, 6)."""
@@ -108,17 +115,11 @@ def encode_english(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, texts:
 @torch.no_grad()
 def encode_english_xl(text_encoders: list, tokenizers: list[CLIPTokenizer],
                       texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDXL's (states, pooled) exactly as StableDiffusionXLPipeline.encode_prompt builds them: each tower's
-    penultimate hidden states, concatenated, and the last tower's pooled, projected output."""
-    states, pooled = [], None
-    for text_encoder, tokenizer in zip(text_encoders, tokenizers, strict=True):
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        out = text_encoder(ids.to(text_encoder.device), output_hidden_states=True)
-        if out[0].ndim == 2:
-            pooled = out[0]
-        states.append(out.hidden_states[-2])
-    return torch.cat(states, -1), pooled
+    """SDXL's (states, pooled) exactly as StableDiffusionXLPipeline.encode_prompt builds them: each tower reads
+    its own tokenizer's ids."""
+    ids = [tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids for tok in tokenizers]
+    return read_towers(*text_encoders, *ids)
 
 
 def english_empty_states(source: str) -> tuple[torch.Tensor, torch.Tensor | None]:

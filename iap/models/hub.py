@@ -83,8 +83,9 @@ def check_pair(base: str, zh_encoder: str) -> None:
     take a learned projection to it: checked from configs, before any weights."""
     from iap.models.chinese import check_fits
     from iap.models.projection import output_width
+    from iap.models.xl import is_xl
     check_base(base)
-    if "text_encoder_2" in read_json(base, "model_index.json"):
+    if is_xl(base):
         return  # SDXL: the Chinese side is the base's own towers with the encoder's vocabulary (iap.models.xl)
     dim = read_config(base, "unet").get("cross_attention_dim")
     config = read_config(zh_encoder)

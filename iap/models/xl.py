@@ -32,6 +32,15 @@ def is_xl(source: str) -> bool:
     return "text_encoder_2" in read_json(source, "model_index.json")
 
 
+def read_towers(text_encoder: CLIPTextModel, text_encoder_2: CLIPTextModelWithProjection, ids: torch.Tensor,
+                ids_2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What SDXL conditions on, as StableDiffusionXLPipeline.encode_prompt reads it: both towers' penultimate
+    hidden states, concatenated, and tower 2's pooled, projected output."""
+    one = text_encoder(ids.to(text_encoder.device), output_hidden_states=True)
+    two = text_encoder_2(ids_2.to(text_encoder_2.device), output_hidden_states=True)
+    return torch.cat([one.hidden_states[-2], two.hidden_states[-2]], -1), two.text_embeds
+
+
 class DualTower(torch.nn.Module):
     """Two CLIP towers read as SDXL reads them: (concatenated penultimate states, tower 2's pooled embedding)."""
 
@@ -60,9 +69,7 @@ class DualTower(torch.nn.Module):
         return self.text_encoder.device
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        one = self.text_encoder(input_ids, output_hidden_states=True)
-        two = self.text_encoder_2(input_ids, output_hidden_states=True)
-        return torch.cat([one.hidden_states[-2], two.hidden_states[-2]], -1), two.text_embeds
+        return read_towers(self.text_encoder, self.text_encoder_2, input_ids, input_ids)
 
     def save_pretrained(self, folder: str | Path, safe_serialization: bool = True) -> None:
         """One weights file (what a checkpoint hashes and resumes from) and each tower's config."""

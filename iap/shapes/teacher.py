@@ -38,6 +38,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from iap import shapes
 from iap.models.vocab import write_clip_bpe
+from iap.models.xl import read_towers
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,10 @@ class TextSide(torch.nn.Module):
         (force_zeros_for_empty_prompt)."""
         if self.text_2 is None:
             return self.text(ids)[0], None
-        one, two = self.text(ids, output_hidden_states=True), self.text_2(ids, output_hidden_states=True)
+        states, pooled = read_towers(self.text, self.text_2, ids, ids)
         keep = (~drop).float()
-        states = torch.cat([one.hidden_states[-2], two.hidden_states[-2]], -1) * keep[:, None, None]
-        pooled = two.text_embeds * keep[:, None]
-        return states, {"text_embeds": pooled, "time_ids": self.time_ids.expand(len(ids), -1)}
+        return states * keep[:, None, None], {"text_embeds": pooled * keep[:, None],
+                                              "time_ids": self.time_ids.expand(len(ids), -1)}
 
 
 def _vae(cfg: TeacherConfig) -> AutoencoderKL:

@@ -102,7 +102,8 @@ def _metavar(annotation) -> str:
 
 
 def _parse(cls: type[BaseModel], name: str, raw: Any) -> Any:
-    """Text from the command line as the field wants it: JSON objects, comma-separated lists, `none`."""
+    """Text from the command line as the field wants it: JSON objects, comma-separated lists (or JSON arrays),
+    `none`."""
     if not isinstance(raw, str):
         return raw
     annotation = str(cls.model_fields[name].annotation)
@@ -114,6 +115,13 @@ def _parse(cls: type[BaseModel], name: str, raw: Any) -> Any:
         except json.JSONDecodeError as e:
             raise IapError(f"option --{_flag(cls, name)}: not a JSON object ({e})") from e
     if "list" in annotation:
+        if raw.startswith("["):  # a JSON array, for items that hold commas (regexes: a{1,8})
+            try:
+                items = json.loads(raw)
+                if isinstance(items, list):
+                    return items
+            except json.JSONDecodeError:
+                pass
         return [x for x in raw.split(",") if x]
     return raw
 

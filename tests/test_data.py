@@ -31,7 +31,7 @@ def test_every_row_is_accounted_for_by_reason(local_run):
     download_reasons = {k: v for k, v in expected.items() if k in report.failed}
     assert report.failed == download_reasons == {"http_error": 2, "corrupt_image": 2, "too_small": 2, "timeout": 2}
     removed = {f["rule"]: f["removed"] for f in snapshot.funnel if f["stage"] == "filter"}
-    for rule in ("missing_caption", "zh_not_chinese", "duplicate_image", "duplicate_captions"):
+    for rule in ("missing_caption", "zh_not_chinese", "duplicate_image", "boilerplate"):
         assert removed[rule] == BROKEN, rule
     assert sum(removed.values()) == BROKEN * 4
     assert snapshot.rows["total"] == N_GOOD == sum(snapshot.rows[s] for s in ("train", "val", "test"))
@@ -162,7 +162,7 @@ def test_refresh_downloads_only_new_manifest_rows(tmp_path):
 def test_zero_surviving_rows_is_one_message_and_no_snapshot(local_run, tmp_path):
     from iap.errors import IapError
     _, report, _ = local_run
-    with pytest.raises(IapError, match=r"0 of 48 downloaded rows survived the filter \(removed: .*image_too_small 44"):
+    with pytest.raises(IapError, match=r"0 of 48 downloaded rows survived the filter \(removed: .*boilerplate 2; .*image_too_small 42"):
         build_snapshot(report.shards_url, str(tmp_path), FILTER.model_copy(update={"min_side": 10_000}))
     assert not (tmp_path / "snapshots").exists() or not any((tmp_path / "snapshots").iterdir())
 

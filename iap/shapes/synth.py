@@ -28,7 +28,7 @@ BROKEN_KINDS = {
     "empty_zh": "filter: missing_caption",
     "english_in_zh": "filter: zh_not_chinese",
     "dup_image": "filter: duplicate_image",  # same image bytes and captions as a good row
-    "dup_captions": "filter: duplicate_captions",  # another image, same caption pair as a good row
+    "boilerplate": "filter: boilerplate",  # another image, a caption that is only a gallery page's phrase
 }
 SLOW_SECONDS = 4.0
 TRICKLE_SECONDS_PER_BYTE = 0.02  # /trickle/<path>: the file, one byte at a time (a whole-request timeout test)
@@ -77,8 +77,8 @@ def _broken_rows(images: Path, base_url: str, good: list, rows: list, k: int, se
         {**_row(f"x{seed}-english_in_zh-{k}", rows[k]["url"], src, "english_in_zh"),
          "caption_zh": english.caption_en},
         {**rows[k], "key": f"x{seed}-dup_image-{k}", "url": f"{base_url}/images/dup-{k}.jpg", "broken": "dup_image"},
-        {**rows[k], "key": f"x{seed}-dup_captions-{k}", "url": f"{base_url}/images/dupcap-{k}.png",
-         "broken": "dup_captions"},
+        {**rows[k], "key": f"x{seed}-boilerplate-{k}", "url": f"{base_url}/images/dupcap-{k}.png",
+         "caption_zh": "点击查看大图", "broken": "boilerplate"},
     ]
 
 

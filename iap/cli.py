@@ -58,7 +58,10 @@ app.callback()(global_options)
 @with_stage_options("download", "filter", "columns", "english")
 def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path, glob or s3:// URL")],
          out: Annotated[str, typer.Option(help="output root, local or s3://")],
-         engine: ENGINE = "prefect", *, configs: dict) -> None:
+         engine: ENGINE = "prefect",
+         explain: Annotated[int, typer.Option(min=0, help="then list up to N removed rows of every filter rule "
+                                                          "(the snapshot's rejects.parquet holds them all)")] = 0,
+         *, configs: dict) -> None:
     """Download a manifest with img2dataset and filter it with DuckDB into a dataset snapshot (iap-data)."""
     from iap import engines
     from iap.data.manifest import load_manifest
@@ -67,7 +70,9 @@ def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path,
     load_manifest(manifest, configs["columns"], require_english=not configs["english"].active)
     runner = engines.load(engine)
     if engine != "local":
-        print_funnel(runner.data(manifest, out, configs))
+        snapshot = runner.data(manifest, out, configs)
+        print_funnel(snapshot)
+        print_rejects(snapshot, explain)
         return
     from rich.progress import Progress
     # bound to the terminal's stream now: img2dataset's output is redirected to its log while this runs
@@ -76,6 +81,7 @@ def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path,
         snapshot = runner.data(manifest, out, configs, lambda done, total: progress.update(task, completed=done,
                                                                                             total=total))
     print_funnel(snapshot)
+    print_rejects(snapshot, explain)
 
 
 @app.command()
@@ -440,13 +446,33 @@ def serve(folder: Path, port: int = 8765) -> None:
 def print_funnel(snapshot: dict) -> None:
     """The snapshot's funnel as a table, then its row counts and URL."""
     from rich.table import Table
+    from rich.text import Text
+
+    from iap.data.snapshot import funnel_table
     table = Table(title=f"snapshot {snapshot['id']}" + (" (cached)" if snapshot.get("cached") else ""))
-    for col in ("stage", "rule", "removed", "remaining"):
+    for col in ("stage", "rule", "removed", "remaining", "examples removed"):
         table.add_column(col, justify="right" if col in ("removed", "remaining") else "left")
-    for f in snapshot["funnel"]:
-        table.add_row(f["stage"], f["rule"], str(f["removed"]), str(f["remaining"]))
+    for f in funnel_table(snapshot["funnel"]):
+        table.add_row(f["stage"], f["rule"], str(f["removed"]), str(f["remaining"]), Text(f["examples"]))
     console.print(table)
     console.print(f"rows: {snapshot['rows']}\nsnapshot: {snapshot['url']}")
+
+
+def print_rejects(snapshot: dict, per_rule: int) -> None:
+    """Up to per_rule removed rows of every filter rule: the caption as it came and as the rules read it."""
+    if not per_rule:
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    from iap.data.snapshot import open_snapshot, printable, read_rejects
+    table = Table(title=f"removed rows (up to {per_rule} per rule)")
+    for col in ("rule", "key", "caption_zh (as it came)", "caption_zh (normalised)", "caption_en (as it came)"):
+        table.add_column(col)
+    for r in read_rejects(open_snapshot(snapshot["url"]), per_rule):
+        table.add_row(*(Text(printable(r[c], 40)) for c in ("removed_by", "key", "caption_zh_raw", "caption_zh",
+                                                             "caption_en_raw")))
+    console.print(table)
 
 
 @app.command()

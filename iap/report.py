@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from iap.data.snapshot import funnel_table
 from iap.storage import filesystem, is_remote, put_tree, write_atomic
 
 STYLE = ("body{font-family:'Noto Sans CJK SC','Noto Sans SC',sans-serif;margin:2em;color:#222}"
@@ -101,10 +102,11 @@ def add_lineage(report_url: str, stages: list[dict], decision: str, funnel: list
     rows = "".join(f"<tr><td>{html.escape(s['stage'])}</td><td><code>{html.escape(str(s['value']))}</code></td>"
                    f"<td><small>{html.escape(s.get('flow_run_id') or '')}</small></td></tr>" for s in stages)
     steps = "".join(f"<tr><td>{html.escape(f['stage'])}</td><td>{html.escape(f['rule'])}</td>"
-                    f"<td class=n>{f['removed']}</td><td class=n>{f['remaining']}</td></tr>" for f in funnel)
+                    f"<td class=n>{f['removed']}</td><td class=n>{f['remaining']}</td>"
+                    f"<td><small>{html.escape(f['examples'])}</small></td></tr>" for f in funnel_table(funnel))
     section = (f"<h2>Lineage</h2><p>Registry decision: <b>{html.escape(decision)}</b></p><table><tr><th>stage</th>"
                f"<th>id / URL</th><th>flow run</th></tr>{rows}</table><h3>Data funnel</h3><table><tr><th>stage</th>"
-               f"<th>rule</th><th>removed</th><th>remaining</th></tr>{steps}</table><h3>Training config</h3>"
+               f"<th>rule</th><th>removed</th><th>remaining</th><th>examples removed</th></tr>{steps}</table><h3>Training config</h3>"
                f"<pre>{html.escape(json.dumps(config, indent=1))}</pre>")
     write_atomic(report_url, page.replace(LINEAGE_MARK, section).encode())
 

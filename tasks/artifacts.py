@@ -8,12 +8,14 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.utilities.urls import url_for
 
+from iap.data.snapshot import funnel_table
 from iap.stages import describe, lineage_stages
 from iap.storage import filesystem
 
 
 def funnel(rows: list[dict], snapshot_id: str) -> None:
-    create_table_artifact(key="iap-funnel", table=rows, description=f"filter funnel of snapshot {snapshot_id}")
+    create_table_artifact(key="iap-funnel", table=funnel_table(rows),
+                          description=f"filter funnel of snapshot {snapshot_id} (examples: the first rows removed)")
 
 
 def metrics(values: dict, title: str) -> None:

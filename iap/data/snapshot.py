@@ -182,7 +182,7 @@ def _texts(con, rows: str, cfg: FilterConfig) -> str:
     if cfg.normalise != "none":
         normalise.register_functions(con)
         rows = normalise.sql_normalised(rows, ["caption_zh", "caption_en"],
-                                        normalise.strip_pattern(cfg.strip_patterns, cfg.boilerplate))
+                                        normalise.strip_patterns(cfg.strip_patterns, cfg.boilerplate))
     converted = "false"
     if cfg.zh_convert == "t2s":  # before the rules: T and S forms of a caption are one caption
         con.create_function("iap_t2s", _t2s, [duckdb.sqltype("VARCHAR")], duckdb.sqltype("VARCHAR"), type="arrow")

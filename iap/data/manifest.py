@@ -14,6 +14,7 @@ import codecs
 import hashlib
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -40,6 +41,9 @@ class ManifestColumns(StageConfig):
     caption_zh: str = "caption_zh"
     caption_en: str = "caption_en"
     key: str | None = Field("key", description="optional; a hash of url+captions when the column is absent")
+    url_schemes: list[str] = Field(["http", "https"], description="URL schemes a row may name; others are "
+                                   "skipped as bad_url. Adding file, data or ftp lets whoever writes a manifest "
+                                   "read this machine's files into a snapshot")
     encoding: str = Field("utf-8", description="text encoding of CSV/TSV/JSONL files (e.g. gbk, gb18030, big5)")
 
     @field_validator("encoding")
@@ -195,6 +199,17 @@ def _normalise(table: pa.Table, path: str, cols: ManifestColumns, require_englis
     return pa.table({"key": key, **out, **extras})
 
 
+def _drop_bad_urls(table: pa.Table, schemes: list[str], skips: _Skips) -> pa.Table:
+    """Only rows whose URL has an allowed scheme go to the download (a file:// row would be read from disk)."""
+    allowed = "|".join(re.escape(s.lower()) for s in schemes) or "(?!)"
+    ok = pc.fill_null(pc.match_substring_regex(pc.utf8_lower(pc.utf8_trim_whitespace(table["url"])),
+                                               f"^({allowed})://"), False)
+    bad = table.filter(pc.invert(ok))
+    if bad.num_rows:
+        skips.add("bad_url", bad.num_rows, f"key {bad['key'][0]}: {str(bad['url'][0])[:60]}")
+    return table.filter(ok)
+
+
 def _drop_duplicates(table: pa.Table, skips: _Skips) -> pa.Table:
     """Keep the first row of each key; a later one is a duplicate_row when it repeats that row
     exactly, else a duplicate_key (another row under a used key)."""
@@ -235,6 +250,7 @@ def load_manifest(path: str, cols: ManifestColumns | None = None, require_englis
     except pa.ArrowException as e:
         raise IapError(f"manifest {path}: shards have incompatible columns: {e}") from e
     read = table.num_rows
+    table = _drop_bad_urls(table, cols.url_schemes, skips)
     table = _drop_duplicates(table, skips)
     return Manifest(table, read + unreadable, dict(skips.counts), skips.examples)
 

@@ -86,8 +86,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     sent: dict[str, int] = {}  # /trickle/ path -> bytes sent before the client went away or all were sent
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
-        if self.path.startswith("/trickle/"):
-            return self._trickle(Path(self.directory) / self.path[len("/trickle/"):])
+        if self.path.startswith("/trickle/"):  # translate_path keeps it inside the served folder
+            return self._trickle(Path(self.translate_path(self.path[len("/trickle"):])))
         if self.path.startswith("/slow/"):
             time.sleep(SLOW_SECONDS)
             self.path = self.path[len("/slow"):]
@@ -97,6 +97,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return None
 
     def _trickle(self, file: Path) -> None:
+        if not file.is_file():
+            return self.send_error(404)
         data = file.read_bytes()
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))

@@ -30,7 +30,7 @@ def added_field(default: Any, **kwargs: Any) -> Any:
 
 
 class StageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # --train-lr inf is a typo, never a setting
 
     @classmethod
     def launch_fields(cls) -> set[str]:

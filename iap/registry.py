@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import socket
@@ -32,6 +33,10 @@ from iap.storage import create_exclusive, write_atomic
 
 LOCK_WAIT_S = 120  # a promoter waits this long for another one's decision
 LOCK_STALE_S = 300  # a lock older than this was left by a killed promoter and is broken
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 class GateConfig(StageConfig):
@@ -157,6 +162,10 @@ class Registry:
     def _decide(self, entry: Entry, gate: GateConfig) -> tuple[str, str]:
         if gate.metric not in entry.metrics:
             return "candidate", f"no '{gate.metric}' metric to gate on"
+        judged = [m for m in (gate.metric, gate.floor_metric, gate.semantic_metric) if m and m in entry.metrics]
+        broken = [f"{m}={entry.metrics[m]}" for m in judged if not _is_finite(entry.metrics[m])]
+        if broken:  # a NaN never beats anything, so promoted it would block every later checkpoint
+            return "rejected", f"{', '.join(broken)} is not a finite number"
         if gate.floor_metric and entry.metrics.get(gate.floor_metric, float("-inf")) < gate.floor:
             return "rejected", f"{gate.floor_metric}={entry.metrics.get(gate.floor_metric)} is below the floor {gate.floor}"
         semantic = _semantic_failure(entry.metrics, gate)

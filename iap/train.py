@@ -105,6 +105,15 @@ def _resume(run_dir: Path, cfg: TrainConfig, encoder, optimizer, log) -> TrainSt
     return state
 
 
+def _finite(loss: float, step: int, cfg: TrainConfig) -> float:
+    """A non-finite loss ends the run: every later step would train on NaN weights."""
+    if not math.isfinite(loss):
+        raise IapError(f"training loss became {loss} by step {step}: the weights diverged, most likely from the "
+                       f"learning rate ({cfg.lr:g}); lower --train-lr (or raise --train-warmup-steps) and run again. "
+                       "No checkpoint of this step was written")
+    return loss
+
+
 def batch_loss(model: torch.nn.Module, objective: Callable, batch: FrozenBatch, device: torch.device,
                empty: EmptyPrompt | None = None, empty_rows: list[int] = ()) -> torch.Tensor:
     """The objective on one micro-batch. The batch moves to the device first, so the empty-prompt pairing
@@ -170,7 +179,7 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
             mean = torch.stack(window).mean()
             if world > 1:  # the recorded loss is the global batch's; one all-reduce per point, not per step
                 mean = accelerator.reduce(mean, "mean")
-            state.losses.append((state.step, mean.item()))
+            state.losses.append((state.step, _finite(mean.item(), state.step, cfg)))
             window = []
         if log_step:
             elapsed = time.perf_counter() - start
@@ -181,6 +190,9 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
             if on_step:
                 on_step(state)
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+            if window:  # never save weights that a non-finite loss has already spoiled (every rank checks alike)
+                mean = torch.stack(window).mean()
+                _finite((accelerator.reduce(mean, "mean") if world > 1 else mean).item(), state.step, cfg)
             if accelerator.is_main_process:
                 ckpt = save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, state, config,
                                        cfg.keep_checkpoints, lineage or {})

@@ -57,3 +57,37 @@ def test_iap_serve_serves_only_its_folder(tmp_path):
             assert e.value.code == 404, path
     finally:
         server.shutdown()
+
+
+def test_an_infinite_learning_rate_is_refused_where_it_is_typed():
+    from iap.errors import IapError
+    from iap.options import build_configs
+    with pytest.raises(IapError, match="lr"):
+        build_configs(("train",), None, {"train__lr": "inf"})
+    with pytest.raises(IapError, match="guidance"):
+        build_configs(("evaluate",), None, {"evaluate__guidance_scale": "nan"})
+
+
+def test_a_diverging_run_stops_with_one_message_and_no_nan_checkpoint(base, encoder, small_source, tmp_path):
+    from iap.checkpoint import latest_checkpoint
+    from iap.config import TrainConfig
+    from iap.errors import IapError
+    from iap.objective import Teacher, make_objective
+    from iap.train import train
+    cfg = TrainConfig(steps=6, batch_size=4, checkpoint_every=2, log_every=5, lr=1e30, warmup_steps=0,
+                      empty_prompt_fraction=0)
+    with pytest.raises(IapError, match=r"training loss became (nan|inf) by step \d: .*learning rate \(1e\+30\)"):
+        train(cfg, encoder, make_objective("pivot", Teacher(base)), small_source, tmp_path / "run", log=lambda _: None)
+    assert latest_checkpoint(tmp_path / "run") is None
+
+
+def test_a_nan_metric_is_rejected_and_blocks_nothing(tmp_path):
+    from iap.registry import Entry, Registry
+
+    def entry(cid: str, loss: float) -> Entry:
+        return Entry(checkpoint_id=cid, checkpoint_url=f"/runs/{cid}", base="base", base_fingerprint="b",
+                     metrics={"heldout_loss": loss, "retrieval_top1": 0.9})
+    reg = Registry(str(tmp_path / "reg"))
+    nan = reg.register(entry("nan", float("nan")))
+    assert nan.status == "rejected" and "heldout_loss=nan is not a finite number" in nan.reason
+    assert reg.register(entry("good", 0.01)).status == "promoted"

@@ -401,7 +401,9 @@ def export_cmd(checkpoint: Path, out: Path,
 @app.command()
 def generate(prompts: list[str], pipeline: Annotated[Path, typer.Option(help="exported pipeline folder")],
              out: Annotated[Path, typer.Option(help="PNG path (prompt i > 0 gets a _i suffix)")] = Path("image.png"),
-             seed: int = 0, steps: int = 25, guidance_scale: float = 7.5,
+             seed: int = 0, steps: Annotated[int, typer.Option(min=1, help="denoising steps")] = 25,
+             guidance_scale: Annotated[float, typer.Option(min=1.0, help="classifier-free guidance (1: none; "
+                                                                        "diffusers guides above 1)")] = 7.5,
              precision: Annotated[str, typer.Option(help="on a GPU: fp16, bf16 or no (fp32)")] = "fp16") -> None:
     """Generate one image per prompt, e.g. iap generate "蓝色背景上的一个大红色圆形" --pipeline OUT."""
     from iap.generate import generate as run

@@ -91,3 +91,22 @@ def test_a_nan_metric_is_rejected_and_blocks_nothing(tmp_path):
     nan = reg.register(entry("nan", float("nan")))
     assert nan.status == "rejected" and "heldout_loss=nan is not a finite number" in nan.reason
     assert reg.register(entry("good", 0.01)).status == "promoted"
+
+
+def test_keys_never_become_paths(served, tmp_path):
+    """Keys that climb out of --out or name absolute paths: every file the data stage writes stays under
+    --out, and the keys reach the snapshot as plain text."""
+    outside = tmp_path / "outside"
+    good = pq.read_table(served).to_pylist()[:4]
+    keys = ["../../outside/escape", f"{outside}/absolute", "..", "a/../../b"]
+    manifest = tmp_path / "keys.parquet"
+    pq.write_table(pa.Table.from_pylist([{**r, "key": k} for r, k in zip(good, keys, strict=True)]), manifest)
+    out = tmp_path / "deep" / "er" / "out"
+    before = {p for p in tmp_path.rglob("*")}
+    _, snapshot = run_data(str(manifest), str(out), DOWNLOAD, FILTER.model_copy(update={"val_fraction": 0,
+                                                                                       "test_fraction": 0}))
+    written = {p for p in tmp_path.rglob("*")} - before
+    assert written and all(p == out or out in p.parents or p in out.parents for p in written), sorted(written)[:5]
+    assert not outside.exists()
+    kept = pq.read_table(f"{snapshot.url}/{snapshot.shards['train'][0]}")["key"].to_pylist()
+    assert sorted(kept) == sorted(keys)

@@ -110,3 +110,31 @@ def test_keys_never_become_paths(served, tmp_path):
     assert not outside.exists()
     kept = pq.read_table(f"{snapshot.url}/{snapshot.shards['train'][0]}")["key"].to_pylist()
     assert sorted(kept) == sorted(keys)
+
+
+def test_a_redirect_off_http_is_refused(served):
+    """A manifest's server answers 302 to ftp:// (urllib would follow it): the row fails, with the reason."""
+    import http.server
+    import threading
+
+    from iap.data.fetch import fetch
+    target = pq.read_table(served).to_pylist()[0]["url"]
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1/secret.jpg" if self.path == "/off" else target)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        key, body, error = fetch(("k", f"{base}/off"), 5, None, None)
+        assert body is None and "redirect to a non-http(s) URL refused: ftp://" in error
+        key, body, error = fetch(("k", f"{base}/on"), 5, None, None)  # http -> http still follows
+        assert error is None and body.getvalue()[:2] in (b"\xff\xd8", b"\x89P")
+    finally:
+        server.shutdown()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 import io
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +41,19 @@ _configured: FetchLimits | None = None  # set in the parent around an img2datase
 _active: FetchLimits | None = None  # what this process's fetches use (set per shard in a worker)
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects to ftp:// too; a manifest's server must not steer the worker off http(s)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to a non-http(s) URL refused: {newurl[:60]}",
+                                         headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
 def fetch(row, timeout, user_agent_token, disallowed_header_directives):
     """(key, image bytes or None, error or None) for one (key, url) row, within the limits."""
     key, url = row
@@ -48,7 +63,7 @@ def fetch(row, timeout, user_agent_token, disallowed_header_directives):
     try:
         deadline = time.monotonic() + limits.timeout
         request = urllib.request.Request(url, data=None, headers={"User-Agent": agent})
-        with urllib.request.urlopen(request, timeout=limits.timeout) as r:
+        with _OPENER.open(request, timeout=limits.timeout) as r:
             if disallowed_header_directives and img2dataset_downloader.is_disallowed(
                     r.headers, user_agent_token, disallowed_header_directives):
                 return key, None, "Use of image disallowed by X-Robots-Tag directive"

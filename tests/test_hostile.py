@@ -138,3 +138,33 @@ def test_a_redirect_off_http_is_refused(served):
         assert error is None and body.getvalue()[:2] in (b"\xff\xd8", b"\x89P")
     finally:
         server.shutdown()
+
+
+def test_column_names_never_become_sql(tmp_path):
+    """A manifest column named as crafted SQL once read a local file into the snapshot; names are data."""
+    import hashlib
+
+    from iap.data.snapshot import build_snapshot
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("AWS_SECRET_ACCESS_KEY=planted")
+    crafted = f'a" AS "z", (SELECT content FROM read_text(\'{secret}\')) AS "leak'
+    quoted = 'size "inches"'
+    n = 3
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    pq.write_table(pa.table({
+        "iap_key": [f"k{i}" for i in range(n)], "url": [f"http://x/{i}.jpg" for i in range(n)],
+        "caption_zh": ["山间的小木屋", "湖边的小船", "草原上的马群"], "caption": ["a cabin in the hills", "a boat on a lake",
+                                                                 "horses on the grassland"],
+        "jpg": [b"\xff\xd8" + bytes([i]) for i in range(n)], "width": [64] * n, "height": [64] * n,
+        "original_width": [512] * n, "original_height": [512] * n,
+        "sha256": [hashlib.sha256(bytes([i])).hexdigest() for i in range(n)], "status": ["success"] * n,
+        "error_message": pa.nulls(n, pa.string()), crafted: ["x", "y", "z"], quoted: ["12", "13", "14"]}),
+        folder / "00000.parquet")
+    snap = build_snapshot(str(folder), str(tmp_path / "out"), FILTER.model_copy(update={
+        "val_fraction": 0, "test_fraction": 0, "split_key": quoted}))
+    table = pq.read_table(f"{snap.url}/{snap.shards['train'][0]}")
+    assert crafted in table.column_names and quoted in table.column_names and "leak" not in table.column_names
+    assert sorted(table[crafted].to_pylist()) == ["x", "y", "z"] and sorted(table[quoted].to_pylist()) == ["12", "13", "14"]
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert not any(b"planted" in p.read_bytes() for p in files)

@@ -165,6 +165,12 @@ def _first_failed_rule(cfg: FilterConfig) -> str:
     return f"CASE {whens} END"
 
 
+def _ident(name: str) -> str:
+    """A column name as a DuckDB identifier: quoted, its quotes doubled. Manifest columns are named by
+    whoever wrote the manifest; a name must never become SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _connect(*urls: str) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     registered = set()
@@ -204,7 +210,7 @@ def _load_rows(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | N
     image = next((c for c in ("jpg", "png", "webp") if c in cols), None)
     if image is None or "iap_key" not in cols:
         raise IapError(f"{shards}: not iap download shards (need parquet output with images and iap_key)")
-    extra_sql = "".join(f', "{c}"' for c in extras)
+    extra_sql = "".join(f", {_ident(c)}" for c in extras)
     texts = _texts(con, f"SELECT * FROM {src} WHERE status = 'success'", cfg)
     con.execute(f"""CREATE TEMP TABLE rows AS
         SELECT row_number() OVER () AS row_id, * EXCLUDE (bucket), {_split(cfg)} AS split FROM (
@@ -365,7 +371,7 @@ def _bucket(cfg: FilterConfig, extras: list[str]) -> str:
         raise IapError(f"filter 'split_key': column '{cfg.split_key}' not in the shards (have key, url, "
                        f"captions, {', '.join(extras) or 'no extra columns'})")
     column = {"key": "iap_key"}.get(cfg.split_key, cfg.split_key)
-    return f"(md5_number_lower(CAST(\"{column}\" AS VARCHAR)) % 1000000) / 1000000.0"
+    return f"(md5_number_lower(CAST({_ident(column)} AS VARCHAR)) % 1000000) / 1000000.0"
 
 
 def _split(cfg: FilterConfig) -> str:
@@ -374,7 +380,7 @@ def _split(cfg: FilterConfig) -> str:
 
 
 def _write_local(con, folder: Path, cfg: FilterConfig, extras: list[str]) -> dict[str, list[str]]:
-    cols = ", ".join(f'"{c}"' for c in CORE_COLUMNS + extras)
+    cols = ", ".join(map(_ident, CORE_COLUMNS + extras))
     con.execute(f"""COPY (SELECT {cols}, split,
             (row_number() OVER (PARTITION BY split ORDER BY key, row_id) - 1) // {cfg.shard_rows} AS shard
         FROM rows WHERE removed_by IS NULL ORDER BY split, key, row_id)
@@ -392,7 +398,7 @@ def _write_local(con, folder: Path, cfg: FilterConfig, extras: list[str]) -> dic
 
 
 def _write_rejects(con, folder: Path) -> str:
-    cols = ", ".join(f'"{c}"' for c in REJECT_COLUMNS)
+    cols = ", ".join(map(_ident, REJECT_COLUMNS))
     con.execute(f"""COPY (SELECT {cols} FROM rows WHERE removed_by IS NOT NULL ORDER BY removed_by, key, row_id)
         TO '{folder / REJECTS}' (FORMAT parquet)""")
     return REJECTS

@@ -19,7 +19,8 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,28 +113,51 @@ class Registry:
         return sorted(out, key=lambda e: e.registered_at)
 
     @contextmanager
-    def _decision(self, base_fingerprint: str) -> Iterator[None]:
-        """Hold the base model's promotion lock: one decision per base at a time, across machines."""
+    def _decision(self, base_fingerprint: str) -> Iterator[Callable[[], None]]:
+        """Hold the base model's promotion lock: one decision per base at a time, across machines. Yields a
+        check to call before writing: it raises if the lock was broken as stale meanwhile (then another
+        promoter holds it). The lock carries a token: release removes only this holder's lock."""
         path = f"{self.url}/locks/{hashlib.sha256(base_fingerprint.encode()).hexdigest()[:16]}.lock"
-        holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}).encode()
+        token = uuid.uuid4().hex
+        holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time(),
+                             "token": token}).encode()
         deadline = time.monotonic() + LOCK_WAIT_S
         while not create_exclusive(path, holder, self.fs):
-            if self._stale(path):
-                self.fs.rm(path)
-            elif time.monotonic() > deadline:
+            self._break_if_stale(path)
+            if time.monotonic() > deadline:
                 raise IapError(f"registry {self.url}: {path} has been held for over {LOCK_WAIT_S} s; if no "
                                "registration is running, a killed one left it: delete it")
             time.sleep(random.uniform(0.01, 0.1))
-        try:
-            yield
-        finally:
-            self.fs.rm(path)
 
-    def _stale(self, path: str) -> bool:
+        def still_held() -> None:
+            if self._lock_token(path) != token:
+                raise IapError(f"registry {self.url}: this decision took over {LOCK_STALE_S} s and its lock was "
+                               "broken as stale by another promoter; nothing was written: register again")
         try:
-            return time.time() - json.loads(self.fs.cat_file(path))["at"] > LOCK_STALE_S
-        except (FileNotFoundError, ValueError, KeyError):
-            return False
+            yield still_held
+        finally:
+            if self._lock_token(path) == token:
+                self.fs.rm(path)
+
+    def _lock_token(self, path: str) -> str | None:
+        try:
+            return json.loads(self.fs.cat_file(path)).get("token")
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+
+    def _break_if_stale(self, path: str) -> None:
+        """Remove a lock older than LOCK_STALE_S, judged by its content's time, or by the file's age when the
+        content is unreadable (a full disk leaves an empty lock). Removed only if unchanged since it was read."""
+        try:
+            raw = self.fs.cat_file(path)
+            try:
+                at = float(json.loads(raw)["at"])
+            except (ValueError, KeyError, TypeError):
+                at = self.fs.modified(path).timestamp()
+            if time.time() - at > LOCK_STALE_S and self.fs.cat_file(path) == raw:
+                self.fs.rm(path)
+        except FileNotFoundError:
+            pass
 
     def promoted(self, base_fingerprint: str) -> Entry | None:
         return next((e for e in reversed(self.entries())
@@ -146,18 +170,28 @@ class Registry:
             return existing
         gate = gate or GateConfig()
         entry.code_version = entry.code_version or code_version()
-        with self._decision(entry.base_fingerprint):
+        with self._decision(entry.base_fingerprint) as still_held:
             existing = self.get(entry.checkpoint_id)
             if existing is not None:
                 return existing
+            self._demote_all_but_newest(entry.base_fingerprint)
             entry.registered_at = time.time()
             entry.status, entry.reason = self._decide(entry, gate)
             current = self.promoted(entry.base_fingerprint) if entry.status == "promoted" else None
+            still_held()
             self._write(entry)
             if current is not None:
                 current.status, current.reason = "candidate", f"superseded by {entry.checkpoint_id}"
                 self._write(current)
         return entry
+
+    def _demote_all_but_newest(self, base_fingerprint: str) -> None:
+        """A promoter killed between its two writes (the new promoted entry, then the old one's demotion)
+        leaves two promoted: the next decision demotes all but the newest."""
+        promoted = [e for e in self.entries() if e.base_fingerprint == base_fingerprint and e.status == "promoted"]
+        for old in promoted[:-1]:
+            old.status, old.reason = "candidate", f"superseded by {promoted[-1].checkpoint_id} (repaired)"
+            self._write(old)
 
     def _decide(self, entry: Entry, gate: GateConfig) -> tuple[str, str]:
         if gate.metric not in entry.metrics:
@@ -185,8 +219,9 @@ class Registry:
         entry = self.get(checkpoint_id)
         if entry is None:
             raise IapError(f"registry {self.url}: no entry for checkpoint {checkpoint_id}")
-        with self._decision(entry.base_fingerprint):
+        with self._decision(entry.base_fingerprint) as still_held:
             current = self.promoted(entry.base_fingerprint)
+            still_held()
             if current is not None and current.checkpoint_id != checkpoint_id:
                 current.status, current.reason = "candidate", f"superseded by {checkpoint_id} (manual)"
                 self._write(current)

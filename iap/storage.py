@@ -55,8 +55,12 @@ def create_exclusive(url: str, data: bytes, fs: fsspec.AbstractFileSystem | None
     try:
         if is_local(fs):
             fd = os.open(url, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except BaseException:  # a full disk: no empty object that looks held forever
+                os.unlink(url)
+                raise
         else:
             fs.pipe_file(url, data, mode="create")
     except FileExistsError:

@@ -168,3 +168,75 @@ def test_column_names_never_become_sql(tmp_path):
     assert sorted(table[crafted].to_pylist()) == ["x", "y", "z"] and sorted(table[quoted].to_pylist()) == ["12", "13", "14"]
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert not any(b"planted" in p.read_bytes() for p in files)
+
+
+def _entry(cid: str, loss: float, status: str = "", base: str = "b"):
+    from iap.registry import Entry
+    return Entry(checkpoint_id=cid, checkpoint_url=f"/runs/{cid}", base="base", base_fingerprint=base,
+                 metrics={"heldout_loss": loss, "retrieval_top1": 0.9}, **({"status": status} if status else {}))
+
+
+def test_a_stale_lock_broken_under_its_holder_is_never_released_by_it(tmp_path):
+    """Holder A overruns the staleness limit; B breaks the lock and holds it. A may no longer write, and
+    A's release leaves B's lock alone (before: A deleted it, and both promoted)."""
+    import json
+    import time
+
+    from iap.errors import IapError
+    from iap.registry import LOCK_STALE_S, Registry
+    reg = Registry(str(tmp_path / "reg"))
+    a = reg._decision("b")
+    a_still_held = a.__enter__()
+    lock = next((tmp_path / "reg" / "locks").glob("*.lock"))
+    held = json.loads(lock.read_text())
+    lock.write_text(json.dumps({**held, "at": time.time() - LOCK_STALE_S - 1}))  # A overran the limit
+    b = reg._decision("b")
+    b_still_held = b.__enter__()  # breaks A's lock, takes its own
+    with pytest.raises(IapError, match="broken as stale"):
+        a_still_held()
+    a.__exit__(None, None, None)
+    assert lock.exists() and json.loads(lock.read_text())["token"] != held["token"]  # B's lock stays
+    b_still_held()
+    b.__exit__(None, None, None)
+    assert not lock.exists()
+
+
+def test_a_full_disk_leaves_no_lock_that_wedges_the_registry(tmp_path, monkeypatch):
+    import errno
+    import hashlib
+    import os
+    import time
+
+    from iap import storage
+    from iap.registry import LOCK_STALE_S, Registry
+    reg = Registry(str(tmp_path / "reg"))
+    real_fdopen = os.fdopen
+
+    def full_disk(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        f.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return f
+    monkeypatch.setattr(storage.os, "fdopen", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        reg.register(_entry("a", 0.1))
+    monkeypatch.undo()
+    assert not list((tmp_path / "reg" / "locks").glob("*.lock"))  # no empty lock behind
+    # the empty lock an older version left on a full disk: unreadable, so judged by its age
+    lock = tmp_path / "reg" / "locks" / f"{hashlib.sha256(b'b').hexdigest()[:16]}.lock"
+    lock.write_bytes(b"")
+    old = time.time() - LOCK_STALE_S - 5
+    os.utime(lock, (old, old))
+    assert reg.register(_entry("a", 0.1)).status == "promoted"  # at once, not after LOCK_WAIT_S
+
+
+def test_two_promoted_entries_left_by_a_crash_are_repaired_by_the_next_decision(tmp_path):
+    from iap.registry import Registry
+    reg = Registry(str(tmp_path / "reg"))
+    reg.register(_entry("a", 0.3))
+    import time
+    b = _entry("b", 0.2, status="promoted")
+    b.registered_at = time.time()
+    reg._write(b)  # a promoter killed after writing b, before demoting a
+    reg.register(_entry("c", 0.5))  # a candidate: does not beat b
+    promoted = [e.checkpoint_id for e in reg.entries() if e.status == "promoted"]
+    assert promoted == ["b"] and "repaired" in reg.get("a").reason

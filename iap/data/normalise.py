@@ -15,8 +15,8 @@ punctuated); zero-width, soft-hyphen, U+FFFD and control characters removed; the
 removed; whitespace collapsed and trimmed; spaces between Han characters removed (segmented text:
 一 辆 长途汽车 -> 一辆长途汽车).
 
-Patterns are RE2, DuckDB's regex dialect (that of --filter-where too). Each step runs only on the
-captions that need it (a cheap scan decides), so clean captions cost one pass.
+Patterns are RE2, DuckDB's regex dialect (that of --filter-where too). Every step but the strip
+patterns runs only on the captions that need it (a cheap scan decides).
 
 Versioned: "v1" is the behaviour above. A change to it is a new version, hence a new filter config
 and a new snapshot id; old versions stay for old snapshots.

@@ -136,7 +136,8 @@ def push_checkpoint(ckpt: Path, run_dir: str | Path, keep: int) -> str:
     fs = filesystem(root)
     write_atomic(f"{root}/latest", ckpt.name.encode(), fs)
     fs.invalidate_cache(root)
-    for old in sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{root}/step-*"))[:-keep]:
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{root}/step-*")]
+    for old in prunable(names, ckpt.name, keep):
         fs.rm(f"{root}/{old}", recursive=True)
     return f"{root}/{ckpt.name}"
 

@@ -6,7 +6,8 @@
   Local: O_CREAT|O_EXCL. S3: a conditional PUT (If-None-Match: *).
 - `staged_folder`: a folder output (snapshot, checkpoint, pipeline) built aside and made visible whole.
   Local: fsync, then a rename of a hidden sibling. Object stores: every file uploaded, the commit marker
-  (what readers check first) last.
+  (what readers check first) last. A local staging folder names its owner (host, boot, pid), and only
+  a writer removes another's, once that owner is provably gone.
 
 Every stage writes its outputs through these; no other module renames or fsyncs.
 """
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -84,12 +87,11 @@ def staged_folder(url: str | os.PathLike, marker: str) -> Iterator[Path]:
         return
     final = Path(url)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_stages(final)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    remove_abandoned_stages(final.parent)
+    tmp = _owned_stage(final)
     try:
         yield tmp
+        (tmp / OWNER_FILE).unlink()
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
@@ -100,13 +102,61 @@ def staged_folder(url: str | os.PathLike, marker: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _remove_dead_stages(final: Path) -> None:
-    """Staging folders of `final` left by killed processes (a live one may be a concurrent build)."""
+# A staging folder names its owner, so that only a provably abandoned one is ever removed: a reader never
+# cleans up, and a writer removes another's stage only when that process is gone from this very boot of
+# this host, or (another host, or no owner file) when the stage is older than any build takes.
+OWNER_FILE = ".iap-owner.json"
+ABANDONED_AFTER_S = 24 * 3600
+
+
+def _owned_stage(final: Path) -> Path:
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / OWNER_FILE).write_text(json.dumps(_this_process()))
+    return tmp
+
+
+def _this_process() -> dict:
     import psutil
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        pid = stale.name.rsplit(".tmp-", 1)[1].split("-")[0]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(),
+            "started": psutil.Process().create_time()}
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        import psutil
+        return str(int(psutil.boot_time()))
+
+
+def _abandoned(stage: Path) -> bool:
+    import psutil
+    try:
+        owner = json.loads((stage / OWNER_FILE).read_text())
+        age = time.time() - (stage / OWNER_FILE).stat().st_mtime
+    except (OSError, ValueError):
+        try:
+            return time.time() - stage.stat().st_mtime > ABANDONED_AFTER_S
+        except OSError:
+            return False  # gone already
+    if (owner.get("host"), owner.get("boot")) != (socket.gethostname(), _boot_id()):
+        return age > ABANDONED_AFTER_S
+    try:
+        return abs(psutil.Process(int(owner["pid"])).create_time() - float(owner["started"])) > 1e-3
+    except psutil.NoSuchProcess:
+        return True
+    except (KeyError, TypeError, ValueError, psutil.Error):
+        return age > ABANDONED_AFTER_S
+
+
+def remove_abandoned_stages(folder: Path) -> None:
+    """Remove the staging folders in `folder` whose owners are provably gone (killed builds); a live
+    one may be a concurrent build, here or on another host sharing the disk."""
+    for stage in Path(folder).glob(".*.tmp-*"):
+        if stage.is_dir() and _abandoned(stage):
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def is_remote(url: str | os.PathLike) -> bool:
@@ -139,14 +189,13 @@ def put_tree(local: Path, url: str, last: str | None = None) -> None:
 def get_tree(url: str, local: Path) -> Path:
     """Download everything under `url` into `local`, atomically: a half download is never at `local`."""
     fs = filesystem(url)
-    tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _owned_stage(local)
     base = url.rstrip("/")
     for remote in fs.find(base):
         rel = remote[len(fs._strip_protocol(base)):].lstrip("/")
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(remote, str(tmp / rel))
+    (tmp / OWNER_FILE).unlink()
     try:
         os.rename(tmp, local)
     except OSError:  # another process finished the same download first

@@ -88,16 +88,22 @@ def save_checkpoint(run_dir: Path, encoder, optimizer, state: TrainState, config
                 "rng": "per-step: torch seeded from (seed, step); data order from (seed, epoch)"}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     write_atomic(str(ckpt_root / "latest"), final.name.encode())
-    for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in prunable([p.name for p in ckpt_root.glob("step-*")], final.name, keep):
+        shutil.rmtree(ckpt_root / old, ignore_errors=True)
     return final
+
+
+def prunable(names: list[str], latest: str, keep: int) -> list[str]:
+    """The checkpoints to delete so that `keep` remain: only ones older than `latest`, never `latest` itself.
+    One newer than `latest` (left by a killed run or a failed upload, perhaps incomplete) is not judged here:
+    the save of that step replaces it."""
+    older = sorted(n for n in names if n <= latest)  # step-NNNNNN sorts by step
+    return older[:-max(keep, 1)]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest committed checkpoint, or None for a fresh run. Inconsistent state is an error."""
-    ckpt_root = Path(run_dir) / "checkpoints"
-    for tmp in ckpt_root.glob(".step-*.tmp-*"):  # left by a killed run: never complete, never read
-        shutil.rmtree(tmp, ignore_errors=True)
+    ckpt_root = Path(run_dir) / "checkpoints"  # a reader never cleans up: a staging folder may be live
     pointer = ckpt_root / "latest"
     if not pointer.exists():
         if any(ckpt_root.glob("step-*")):

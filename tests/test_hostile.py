@@ -240,3 +240,36 @@ def test_two_promoted_entries_left_by_a_crash_are_repaired_by_the_next_decision(
     reg.register(_entry("c", 0.5))  # a candidate: does not beat b
     promoted = [e.checkpoint_id for e in reg.entries() if e.status == "promoted"]
     assert promoted == ["b"] and "repaired" in reg.get("a").reason
+
+
+def test_pruning_never_orphans_a_run(encoder, tmp_path, s3):
+    """Finding 12: a checkpoint newer than `latest` (a killed run's, or a failed upload's, incomplete) made
+    keep=1 delete the checkpoint `latest` names."""
+    import torch
+
+    from iap.checkpoint import (
+        TrainState,
+        latest_checkpoint,
+        push_checkpoint,
+        read_checkpoint_meta,
+        save_checkpoint,
+    )
+    optimizer = torch.optim.AdamW([p for p in encoder.model.parameters() if p.requires_grad], lr=1e-4)
+
+    def save(run, step):
+        return save_checkpoint(run, encoder, optimizer, TrainState(step=step), {}, keep=1, lineage={})
+    run = tmp_path / "run"
+    save(run, 4)
+    save(tmp_path / "killed", 6)
+    (tmp_path / "killed" / "checkpoints" / "step-000006").rename(run / "checkpoints" / "step-000006")
+    save(run, 5)  # resumed from 4 with another checkpoint_every
+    assert read_checkpoint_meta(latest_checkpoint(run))["step"] == 5
+
+    remote = "s3://iap-test/runs/r"
+    push_checkpoint(run / "checkpoints" / "step-000005", remote, keep=1)
+    s3.pipe_file(f"{remote}/checkpoints/step-000008/encoder/model.safetensors", b"half an upload")
+    push_checkpoint(save(tmp_path / "resumed", 7), remote, keep=1)
+    s3.invalidate_cache()
+    assert s3.cat_file(f"{remote}/checkpoints/latest") == b"step-000007"
+    assert read_checkpoint_meta(f"{remote}/checkpoints/step-000007")["step"] == 7
+    assert not s3.exists(f"{remote}/checkpoints/step-000005")

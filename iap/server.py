@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import fsspec
@@ -49,6 +48,7 @@ def up(port: int = 4200, out: str = "runs/prefect", pool: str = "local-pool", ma
     if manifest:
         env["IAP_MANIFEST"] = manifest
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    _stop_recorded(Path(env["PREFECT_HOME"]) / "iap-server.json")  # what a crashed setup left running
     exe = str(Path(sys.executable).with_name("prefect"))
     logs = Path(env["PREFECT_HOME"])
     server = subprocess.Popen([exe, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
@@ -58,7 +58,8 @@ def up(port: int = 4200, out: str = "runs/prefect", pool: str = "local-pool", ma
     _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
     worker = subprocess.Popen([exe, "worker", "start", "--pool", pool, "--type", "process"], env=env,
                               stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    state = {"server": server.pid, "worker": worker.pid, "api": env["PREFECT_API_URL"], "home": env["PREFECT_HOME"],
+    state = {"server": server.pid, "worker": worker.pid, "started": {str(p.pid): _started(p.pid) for p in (server, worker)},
+             "api": env["PREFECT_API_URL"], "home": env["PREFECT_HOME"],
              "refresh": _refresh_schedule(env)}
     (logs / "iap-server.json").write_text(json.dumps(state))
     return state
@@ -85,12 +86,44 @@ def down(home: str | None = None) -> None:
     path = Path(home or os.environ.get("PREFECT_HOME", ROOT / ".prefect")) / "iap-server.json"
     if not path.exists():
         raise IapError(f"no local iap server recorded in {path}")
+    _stop_recorded(path)
+
+
+def _started(pid: int) -> float | None:
+    import psutil
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _stop_recorded(path: Path) -> None:
+    """Stop the worker and server recorded in `path`, whichever of them still runs (one may have crashed),
+    and forget them. A recorded pid now held by another process (its start time differs) is left alone."""
+    if not path.exists():
+        return
     state = json.loads(path.read_text())
     for name in ("worker", "server"):
-        for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):  # a worker needs two SIGINTs
+        pid = state[name]
+        recorded = state.get("started", {}).get(str(pid))
+        if _started(pid) is None or (recorded is not None and abs(_started(pid) - recorded) > 1e-3):
+            continue
+        for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):  # a worker needs two SIGINTs
             try:
-                os.killpg(state[name], sig)
+                os.killpg(pid, sig)
             except ProcessLookupError:
                 break
-            time.sleep(1)
+            if _wait_gone(pid, 5 if sig == signal.SIGINT else 10):
+                break
     path.unlink()
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    import psutil
+    try:
+        psutil.Process(pid).wait(timeout=seconds)
+    except psutil.TimeoutExpired:
+        return False
+    except psutil.NoSuchProcess:
+        pass
+    return True

@@ -131,3 +131,32 @@ def test_bad_parameter_fails_at_start_with_the_message_and_no_outputs(server, tm
     assert flow_run["state"]["type"] == "FAILED"
     assert "does not exist" in flow_run["state"]["message"]
     assert not bad_out.exists() or not any(bad_out.iterdir())
+
+
+def test_server_up_after_a_crash_replaces_the_old_worker(server):
+    """Issue 30, finding 13: after a server crash, `up` started a second worker beside the first, and `down`
+    then stopped only the second. (Last in this module: it restarts the module's server.)"""
+    import signal
+    from unittest import mock
+
+    import psutil
+
+    from iap.server import up
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    env, out = server
+    home = Path(env["PREFECT_HOME"])
+    first = json.loads((home / "iap-server.json").read_text())
+    os.killpg(first["server"], signal.SIGKILL)  # the server crashes; its worker runs on
+    assert not gone(first["worker"])
+    port = int(env["PREFECT_API_URL"].rsplit(":", 1)[1].split("/")[0])
+    keep = ("PREFECT_HOME", "IAP_RESULTS_DIR", "HF_HUB_OFFLINE", "IAP_MANIFEST")
+    with mock.patch.dict(os.environ, {k: env[k] for k in keep}):
+        second = up(port, str(out))
+    assert gone(first["worker"]) and gone(first["server"])
+    assert not gone(second["worker"]) and not gone(second["server"])
+    assert json.loads((home / "iap-server.json").read_text())["worker"] == second["worker"]

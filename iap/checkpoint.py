@@ -27,10 +27,10 @@ from safetensors.torch import load_file, save_file
 from iap.errors import IapError
 from iap.models.base import weights_fingerprint
 from iap.storage import (
+    fetch_folder,
     filesystem,
     get_tree,
     is_remote,
-    local_cache,
     local_workdir,
     put_tree,
     staged_folder,
@@ -121,7 +121,8 @@ def local_run(run_dir: str | Path) -> Path:
     fs = filesystem(run_dir)
     try:
         name = fs.cat_file(f"{run_dir}/checkpoints/latest").decode().strip()
-    except FileNotFoundError:
+    except FileNotFoundError:  # the remote is the truth: a new run (or one deleted there) starts afresh
+        shutil.rmtree(local / "checkpoints", ignore_errors=True)
         return local
     pointer = local / "checkpoints" / "latest"
     if not (pointer.exists() and pointer.read_text().strip() == name):
@@ -172,16 +173,7 @@ def run_of(ckpt: str | Path) -> str:
 
 def fetch_checkpoint(ckpt: str | Path) -> Path:
     """A local folder with the checkpoint: itself, or (remote) a download cached by its URL."""
-    if not is_remote(ckpt):
-        return Path(ckpt)
-    url = str(ckpt).rstrip("/")
-    local = local_cache("checkpoints", hashlib.sha256(url.encode()).hexdigest()[:16], url.rsplit("/", 1)[-1])
-    if not (local / "state.json").exists():
-        if not filesystem(url).exists(f"{url}/state.json"):
-            raise IapError(f"checkpoint {url} is missing or incomplete (no state.json)")
-        local.parent.mkdir(parents=True, exist_ok=True)
-        get_tree(url, local)
-    return local
+    return fetch_folder(ckpt, "state.json", "checkpoints")
 
 
 def read_checkpoint_meta(ckpt: str | Path) -> dict:

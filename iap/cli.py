@@ -171,7 +171,7 @@ def evaluate(checkpoint: str,
 
 
 @app.command()
-def demo(workdir: Annotated[Path, typer.Option(help="where everything goes")] = Path("demo"),
+def demo(workdir: Annotated[str, typer.Option(help="where everything goes, local or s3://")] = "demo",
          steps: Annotated[int, typer.Option(help="training steps")] = 600, engine: ENGINE = "prefect",
          base: Annotated[Literal["preset:shapes-teacher", "preset:shapes-teacher-xl"], typer.Option(
              help="the teacher: SD-1.x architecture, or SDXL's (two text towers, pooled embedding, time ids)")]
@@ -198,7 +198,7 @@ def demo(workdir: Annotated[Path, typer.Option(help="where everything goes")] = 
                      f"{m['colour_accuracy_zh_before']:.1%} -> {m['colour_accuracy_zh_after']:.1%}"
                      f"  (English prompts: {m['colour_accuracy_en_teacher']:.1%})")
     lines += [f"  report:   {summary['evaluation'].get('report', '-')}", f"  pipeline: {summary['pipeline_dir']}",
-              f"  samples:  {summary['samples_dir']}", f"  summary:  {workdir / 'summary.json'} (lineage, funnel, "
+              f"  samples:  {summary['samples_dir']}", f"  summary:  {workdir.rstrip('/')}/summary.json (lineage, funnel, "
               f"flow runs)"]
     console.print("\n".join(lines), highlight=False, soft_wrap=True)
 
@@ -311,7 +311,7 @@ def _live_source(base_model, encoder, snapshot: str | None, n_train: int, seed: 
 def train_worker(
     base: Annotated[str, typer.Option(help="base model: HF id or diffusers folder")],
     zh_encoder: Annotated[str, typer.Option(help="Chinese encoder: HF id or folder")],
-    out: Annotated[Path, typer.Option(help="run directory (checkpoints; resumes if present)")],
+    out: Annotated[str, typer.Option(help="run directory, local or s3:// (checkpoints; resumes if present)")],
     config: Annotated[Path | None, typer.Option(help="TrainConfig JSON file")] = None,
     cache: Annotated[str | None, typer.Option(help="train from this cache (iap precompute)")] = None,
     snapshot: Annotated[str | None, typer.Option(help="train live from this snapshot's train split")] = None,
@@ -391,7 +391,8 @@ def _dry_run(snap, base_model, cfg) -> None:
 
 
 @app.command("export")
-def export_cmd(checkpoint: Path, out: Path,
+def export_cmd(checkpoint: Annotated[str, typer.Argument(help="checkpoint folder or URL (RUN/checkpoints/step-N)")],
+               out: Annotated[str, typer.Argument(help="pipeline folder to write, local or s3://")],
                base: Annotated[str, typer.Option(help="the base model the checkpoint was trained for")]) -> None:
     """Write a standard diffusers Stable Diffusion folder whose text encoder is the Chinese one."""
     from iap.export import export_pipeline
@@ -399,21 +400,32 @@ def export_cmd(checkpoint: Path, out: Path,
 
 
 @app.command()
-def generate(prompts: list[str], pipeline: Annotated[Path, typer.Option(help="exported pipeline folder")],
-             out: Annotated[Path, typer.Option(help="PNG path (prompt i > 0 gets a _i suffix)")] = Path("image.png"),
+def generate(prompts: list[str],
+             pipeline: Annotated[str, typer.Option(help="exported pipeline folder, local or s3://")],
+             out: Annotated[str, typer.Option(help="PNG path, local or s3:// (prompt i > 0 gets a _i suffix)")]
+             = "image.png",
              seed: int = 0, steps: Annotated[int, typer.Option(min=1, help="denoising steps")] = 25,
              guidance_scale: Annotated[float, typer.Option(min=1.0, help="classifier-free guidance (1: none; "
                                                                         "diffusers guides above 1)")] = 7.5,
              precision: Annotated[str, typer.Option(help="on a GPU: fp16, bf16 or no (fp32)")] = "fp16") -> None:
     """Generate one image per prompt, e.g. iap generate "蓝色背景上的一个大红色圆形" --pipeline OUT."""
+    import io
+
+    from PIL import Image
+
     from iap.generate import generate as run
     from iap.generate import load_pipeline
     from iap.runtime import detect
-    images = run(load_pipeline(pipeline, detect(precision)), prompts, seed=seed, steps=steps, guidance_scale=guidance_scale)
+    from iap.storage import check_reachable, fetch_folder, write_file
+    check_reachable(out)
+    folder = fetch_folder(pipeline, "model_index.json", "pipelines")
+    images = run(load_pipeline(folder, detect(precision)), prompts, seed=seed, steps=steps, guidance_scale=guidance_scale)
+    stem, dot, suffix = out.rpartition(".") if "." in out.rsplit("/", 1)[-1] else (out, "", "")
     for i, img in enumerate(images):
-        path = out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path)
+        path = out if i == 0 else f"{stem}_{i}{dot}{suffix}"
+        png = io.BytesIO()
+        img.save(png, format=Image.registered_extensions().get(f".{suffix.lower()}", "PNG"))
+        write_file(path, png.getvalue())
         console.print(f"wrote {path}")
 
 
@@ -482,7 +494,7 @@ def compare(
     snapshot: Annotated[str, typer.Option(help="snapshot URL")],
     base: Annotated[str, typer.Option(help="base model id or folder")],
     zh_encoder: Annotated[str, typer.Option(help="Chinese encoder to start from")],
-    out: Annotated[Path, typer.Option(help="where runs, caches and compare.json go")],
+    out: Annotated[str, typer.Option(help="where runs, caches and compare.json go, local or s3://")],
     objectives: str = "pivot,separate,embedding-mse,eps-distill",
     policies: Annotated[str, typer.Option(help="cache policies to train pivot from")] = "recompute,store,store-sampled",
     steps: int = 300, batch_size: int = 16, lr: float = 2e-3,
@@ -525,14 +537,24 @@ def registry_ls(registry: REGISTRY_OPT) -> None:
     """List checkpoints with status, gating metrics and reason."""
     from rich.table import Table
 
-    from iap.registry import Registry
     table = Table()
     for col in ("checkpoint", "status", "heldout_loss", "retrieval_top1", "base", "reason"):
         table.add_column(col)
-    for e in Registry(registry).entries():
+    for e in _existing_registry(registry).entries():
         table.add_row(e.checkpoint_id, e.status, f"{e.metrics.get('heldout_loss', float('nan')):.5g}",
                       f"{e.metrics.get('retrieval_top1', float('nan')):.3f}", e.base_fingerprint, e.reason)
     console.print(table)
+
+
+def _existing_registry(url: str):
+    """The registry at `url` for a read-only command: one message, and nothing created, when it is not there."""
+    from iap.registry import Registry
+    from iap.storage import check_reachable
+    check_reachable(url, "registry")
+    registry = Registry(url)
+    if not registry.exists():
+        raise IapError(f"registry {url} does not exist (nothing was registered there)")
+    return registry
 
 
 @registry_app.command("show")
@@ -541,8 +563,7 @@ def registry_show(checkpoint_id: str, registry: REGISTRY_OPT) -> None:
     import json as _json
     from dataclasses import asdict
 
-    from iap.registry import Registry
-    entry = Registry(registry).get(checkpoint_id)
+    entry = _existing_registry(registry).get(checkpoint_id)
     if entry is None:
         raise IapError(f"registry {registry}: no entry for checkpoint {checkpoint_id}")
     console.print_json(_json.dumps(asdict(entry)))
@@ -551,8 +572,7 @@ def registry_show(checkpoint_id: str, registry: REGISTRY_OPT) -> None:
 @registry_app.command("promote")
 def registry_promote(checkpoint_id: str, registry: REGISTRY_OPT) -> None:
     """Promote an entry by hand; the previously promoted one of its base becomes a candidate."""
-    from iap.registry import Registry
-    entry = Registry(registry).promote(checkpoint_id)
+    entry = _existing_registry(registry).promote(checkpoint_id)
     console.print(f"{entry.checkpoint_id}: {entry.status}")
 
 

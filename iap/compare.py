@@ -15,6 +15,7 @@ from iap.models.base import BaseModel
 from iap.models.chinese import load_chinese_encoder
 from iap.runtime import Runtime
 from iap.source import snapshot_source
+from iap.storage import write_file
 from iap.train import train
 from iap.wiring import from_cache, live
 
@@ -27,14 +28,14 @@ def compare(base: BaseModel, zh_encoder: str, snapshot, out: str | Path, cfg: Tr
             policies: tuple[str, ...] = ("recompute", "store", "store-sampled"),
             generation: EvalConfig = EvalConfig(),
             log: Callable[[str], None] = print) -> list[dict]:
-    out = Path(out)
+    out = str(out).rstrip("/")  # a local folder or a URL: every output below is named from it
     fresh = lambda: load_chinese_encoder(zh_encoder, base.cross_attention_dim, base.max_length,  # noqa: E731
                                          base=base.source)
     live_source, _ = snapshot_source(base, fresh(), snapshot, "train")
     runs = [(name, "live", live_source) for name in objectives]
     runtime = Runtime(base.device, base.dtype)
     for policy in policies:
-        info = precompute(snapshot, lambda: base, base.fingerprint, str(out / "cache"),
+        info = precompute(snapshot, lambda: base, base.fingerprint, f"{out}/cache",
                           CacheConfig(policy=policy, splits=["train"]), log=lambda _: None)
         runs.append(("pivot", policy, info))
     rows = []
@@ -43,7 +44,7 @@ def compare(base: BaseModel, zh_encoder: str, snapshot, out: str | Path, cfg: Tr
         run = live(base, fresh(), run_cfg, data) if policy == "live" else \
             from_cache(data, run_cfg, base.source, zh_encoder, runtime, lambda: base)
         started = time.perf_counter()
-        result = train(run_cfg, run.encoder, run.objective, run.source, out / f"{name}-{policy}", log=lambda _: None,
+        result = train(run_cfg, run.encoder, run.objective, run.source, f"{out}/{name}-{policy}", log=lambda _: None,
                        lineage={"base": base.source, "base_fingerprint": base.fingerprint, "snapshot_id": snapshot.id},
                        empty=run.empty)
         seconds = time.perf_counter() - started
@@ -51,5 +52,5 @@ def compare(base: BaseModel, zh_encoder: str, snapshot, out: str | Path, cfg: Tr
         rows.append({"objective": name, "teacher": policy, **{k: metrics.get(k) for k in COLUMNS[:-1]},
                      "train_seconds": round(seconds, 1)})
         log(f"{name} ({policy}): " + ", ".join(f"{k}={rows[-1][k]}" for k in COLUMNS if rows[-1][k] is not None))
-    (out / "compare.json").write_text(json.dumps(rows, indent=1))
+    write_file(f"{out}/compare.json", json.dumps(rows, indent=1).encode())
     return rows

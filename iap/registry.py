@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 
 from iap.config import StageConfig
 from iap.errors import IapError
-from iap.storage import create_exclusive, write_atomic
+from iap.storage import create_exclusive, is_local, write_atomic
 
 LOCK_WAIT_S = 120  # a promoter waits this long for another one's decision
 LOCK_STALE_S = 300  # a lock older than this was left by a killed promoter and is broken
@@ -87,14 +87,22 @@ def code_version() -> str:
 class Registry:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
-        self.fs = fsspec.get_fs_token_paths(self.url)[0]
-        self.fs.makedirs(f"{self.url}/entries", exist_ok=True)
-        self.fs.makedirs(f"{self.url}/locks", exist_ok=True)
+        self.fs = fsspec.get_fs_token_paths(self.url)[0]  # reading creates nothing (a typo makes no bucket)
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.url)
+
+    def _folders(self) -> None:
+        """Before a write: local folders (an object store needs none; s3fs's makedirs would create a bucket)."""
+        if is_local(self.fs):
+            for sub in ("entries", "locks"):
+                os.makedirs(f"{self.url}/{sub}", exist_ok=True)
 
     def _path(self, checkpoint_id: str) -> str:
         return f"{self.url}/entries/{checkpoint_id}.json"
 
     def _write(self, entry: Entry) -> None:
+        self._folders()
         write_atomic(self._path(entry.checkpoint_id), json.dumps(asdict(entry), indent=1, ensure_ascii=False).encode(),
                      self.fs)
 
@@ -119,6 +127,7 @@ class Registry:
         promoter holds it). The lock carries a token: release removes only this holder's lock."""
         path = f"{self.url}/locks/{hashlib.sha256(base_fingerprint.encode()).hexdigest()[:16]}.lock"
         token = uuid.uuid4().hex
+        self._folders()
         holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time(),
                              "token": token}).encode()
         deadline = time.monotonic() + LOCK_WAIT_S

@@ -203,6 +203,29 @@ def get_tree(url: str, local: Path) -> Path:
     return local
 
 
+def fetch_folder(url: str | os.PathLike, marker: str, kind: str) -> Path:
+    """A local folder holding the output at `url`: itself when local, else a verified download cached by its
+    URL (under local_cache(kind)). An output without its commit `marker` is missing or incomplete."""
+    if not is_remote(url):
+        return Path(url)
+    url = str(url).rstrip("/")
+    local = local_cache(kind, hashlib.sha256(url.encode()).hexdigest()[:16], url.rsplit("/", 1)[-1])
+    if not (local / marker).exists():
+        check_reachable(url, kind.rstrip("s"))
+        if not filesystem(url).exists(f"{url}/{marker}"):
+            raise IapError(f"{kind.rstrip('s')} {url} is missing or incomplete (no {marker})")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        get_tree(url, local)
+    return local
+
+
+def write_file(url: str, data: bytes) -> None:
+    """A whole file at a local path or URL (parent folders made locally), seen old or new, never half."""
+    if not is_remote(url):
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(str(url), data)
+
+
 def check_reachable(url: str, what: str = "output") -> None:
     """One message when the storage behind `url` cannot be used (no endpoint, no bucket, no credentials),
     before any work: a quick probe with no retries."""

@@ -131,11 +131,13 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
     """Train `encoder` to minimise `objective(encoder(batch.zh_ids), batch)`; checkpoints in run_dir.
     `lineage` (base model fingerprint, data ids) is stored in every checkpoint; `empty` is needed when
     cfg.empty_prompt_fraction > 0."""
-    run_url, run_dir = str(run_dir), local_run(run_dir)  # a remote run trains in a local staging folder
     if cfg.empty_prompt_fraction > 0 and empty is None:
         raise IapError(f"empty_prompt_fraction={cfg.empty_prompt_fraction} needs the empty prompt's states "
                        "(pass empty=...), or set it to 0")
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    run_url = str(run_dir)
+    with accelerator.local_main_process_first():  # one pull of a remote run's latest checkpoint per machine
+        run_dir = local_run(run_dir)  # a remote run trains in a local staging folder
     encoder.train()
     optimizer = make_optimizer([p for p in encoder.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     rank, world = accelerator.process_index, accelerator.num_processes

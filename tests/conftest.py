@@ -12,6 +12,9 @@ import tempfile  # noqa: E402
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="iap-prefect-home-"))
 os.environ.setdefault("IAP_RESULTS_DIR", tempfile.mkdtemp(prefix="iap-results-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Local copies of remote outputs (staged runs, fetched checkpoints) start empty: a session never meets a
+# stale copy that another session's bucket (moto's, gone since) left in ~/.cache/iap.
+os.environ.setdefault("IAP_CACHE_DIR", tempfile.mkdtemp(prefix="iap-cache-"))
 
 import socket  # noqa: E402
 import sys  # noqa: E402

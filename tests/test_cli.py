@@ -32,6 +32,7 @@ def files(tmp_path, tiny_dir):
     bad_field.write_text(json.dumps({"download": {"image_size": 2}}))
     bad_section = tmp_path / "section.json"
     bad_section.write_text(json.dumps({"downloads": {}}))
+    (tmp_path / "reg").mkdir()  # a registry with nothing in it
     return {"tmp": tmp_path, "tiny": tiny_dir, "bad_json": bad_json, "bad_field": bad_field,
             "bad_section": bad_section}
 

@@ -25,7 +25,8 @@ SHAPES_LORA = SHAPES_TEACHER.parent / "shapes-lora"  # a LoRA of the teacher (ia
 
 def _tiny(workdir: str | Path, name: str = "tiny") -> Path:
     from iap.models.tiny import TINY_PRESETS, write_tiny
-    folder = Path(workdir) / "models" / name
+    from iap.storage import local_workdir
+    folder = local_workdir(str(workdir)) / "models" / name  # a remote workdir keeps its presets on this machine
     if not (folder / "preset.json").exists():
         write_tiny(folder, TINY_PRESETS[name], name)
     return folder

@@ -16,6 +16,7 @@ from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
 from iap.evaluate import EvalConfig
 from iap.registry import GateConfig
+from iap.storage import fetch_folder, is_remote, staged_folder, write_file
 
 DEMO_TRAIN = TrainConfig(steps=600, batch_size=32, lr=2e-3, warmup_steps=30, checkpoint_every=200, log_every=100)
 DEMO_ROWS = 1600  # ~1,340 distinct caption pairs after de-duplication
@@ -23,14 +24,14 @@ DEMO_PROMPTS = 200  # held-out prompts drawn per encoder: every held-out combo o
 
 
 def run_demo(workdir: str | Path, engine, train: TrainConfig = DEMO_TRAIN, rows: int = DEMO_ROWS,
-             base: str = "preset:shapes-teacher") -> dict:
+             base: str = "preset:shapes-teacher", prompts: int = DEMO_PROMPTS) -> dict:
     """`engine`: an iap.engines engine; its `train` runs the pipeline. `base`: the shapes teacher, or its SDXL-
     architecture twin (preset:shapes-teacher-xl), whose Chinese side is its own two towers with the tiny BERT's
     vocabulary."""
-    workdir = Path(workdir).resolve()
+    workdir = str(workdir).rstrip("/") if is_remote(workdir) else str(Path(workdir).resolve())
     started = time.perf_counter()
     result = engine.train(
-        out=str(workdir), base=base, zh_encoder="preset:tiny", synthetic=rows,
+        out=workdir, base=base, zh_encoder="preset:tiny", synthetic=rows,
         download=DownloadConfig(image_size=32, min_image_size=16, timeout=5, number_sample_per_shard=2000,
                                 thread_count=32),
         filter=FilterConfig(split_key="combo", val_fraction=0.15, test_fraction=0.0, shard_rows=500),
@@ -39,12 +40,12 @@ def run_demo(workdir: str | Path, engine, train: TrainConfig = DEMO_TRAIN, rows:
         # near 1/3..1; the floor is on top-5, and the semantic gate judges the images themselves
         gate=GateConfig(floor_metric="retrieval_top5", floor=0.9, semantic_metric="colour_accuracy",
                         semantic_floor=0.85, semantic_gap=0.05),
-        evaluate=EvalConfig(samples=DEMO_PROMPTS, guidance_scale=3.0),  # the small teacher over-saturates at 7.5
+        evaluate=EvalConfig(samples=prompts, guidance_scale=3.0),  # the small teacher over-saturates at 7.5
         columns=ManifestColumns(), english=EnglishConfig(),
     )
     m = result["metrics"]
-    samples = _sample_images(Path(result["pipeline_dir"]), Path(result["base"]), result["snapshot"],
-                             workdir / "samples")
+    samples = _sample_images(fetch_folder(result["pipeline_dir"], "model_index.json", "pipelines"),
+                             Path(result["base"]), result["snapshot"], f"{workdir}/samples")
     summary = {
         "pipeline_dir": result["pipeline_dir"], "checkpoint": result["checkpoint"], "samples_dir": str(samples),
         "snapshot": result["snapshot"], "cache": result["cache"], "registry": result["registry"],
@@ -60,21 +61,21 @@ def run_demo(workdir: str | Path, engine, train: TrainConfig = DEMO_TRAIN, rows:
         "lineage": result["lineage"],
         "seconds_total": round(time.perf_counter() - started, 1),
     }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    write_file(f"{workdir}/summary.json", json.dumps(summary, indent=2, ensure_ascii=False).encode())
     return summary
 
 
-def _sample_images(pipeline_dir: Path, base_dir: Path, snapshot_url: str, out: Path) -> Path:
+def _sample_images(pipeline_dir: Path, base_dir: Path, snapshot_url: str, out: str) -> str:
     """One held-out prompt in Chinese (exported pipeline) and English (base model), same seed."""
     from iap.data.reader import read_shard
     from iap.data.snapshot import open_snapshot
     from iap.generate import generate, load_pipeline
     row = read_shard(open_snapshot(snapshot_url).split_urls("val")[0], ["caption_zh", "caption_en"])[0]
-    out.mkdir(parents=True, exist_ok=True)
-    generate(load_pipeline(pipeline_dir), [row["caption_zh"]], seed=0, steps=20)[0].save(out / "zh.png")
-    generate(load_pipeline(base_dir), [row["caption_en"]], seed=0, steps=20)[0].save(out / "en.png")
-    (out / "prompts.json").write_text(json.dumps({"zh": row["caption_zh"], "en": row["caption_en"]},
-                                                 ensure_ascii=False))
+    with staged_folder(out, "prompts.json") as folder:
+        generate(load_pipeline(pipeline_dir), [row["caption_zh"]], seed=0, steps=20)[0].save(folder / "zh.png")
+        generate(load_pipeline(base_dir), [row["caption_en"]], seed=0, steps=20)[0].save(folder / "en.png")
+        (folder / "prompts.json").write_text(json.dumps({"zh": row["caption_zh"], "en": row["caption_en"]},
+                                                        ensure_ascii=False))
     return out
 
 

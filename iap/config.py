@@ -85,9 +85,9 @@ def load_config(path: str | Path, cls: type[StageConfig]) -> StageConfig:
     """Read a JSON config file; a bad file or field is one message naming both."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise IapError(f"config file {path}: cannot read it as JSON ({e})") from e
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise IapError(f"config file {path}: cannot read it as UTF-8 JSON ({e})") from e
     try:
         return cls.model_validate(data)
     except ValidationError as e:

@@ -133,15 +133,19 @@ def _flag(cls: type[BaseModel], name: str) -> str:
 
 def read_config_file(path: Path, sections: tuple[str, ...]) -> dict[str, dict]:
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise IapError(f"config file {path}: cannot read it as JSON ({e})") from e
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise IapError(f"config file {path}: cannot read it as UTF-8 JSON ({e})") from e
     if not isinstance(data, dict):
         raise IapError(f"config file {path}: expected an object with sections {', '.join(sections)}")
     unknown = set(data) - set(sections)
     if unknown:
         raise IapError(f"config file {path}: unknown section(s) {', '.join(sorted(unknown))}; use "
                        f"{', '.join(sections)}")
+    for section, fields in data.items():
+        if not isinstance(fields, dict):
+            raise IapError(f"config file {path}: section '{section}' must be an object of fields, not "
+                           f"{json.dumps(fields)[:40]}")
     return data
 
 

@@ -33,8 +33,12 @@ def files(tmp_path, tiny_dir):
     bad_section = tmp_path / "section.json"
     bad_section.write_text(json.dumps({"downloads": {}}))
     (tmp_path / "reg").mkdir()  # a registry with nothing in it
+    not_an_object = tmp_path / "five.json"
+    not_an_object.write_text(json.dumps({"train": 5}))
+    not_utf8 = tmp_path / "latin1.json"
+    not_utf8.write_bytes('{"train": {"lr": 0.001}} # caf\u00e9'.encode("latin-1"))
     return {"tmp": tmp_path, "tiny": tiny_dir, "bad_json": bad_json, "bad_field": bad_field,
-            "bad_section": bad_section}
+            "bad_section": bad_section, "not_an_object": not_an_object, "not_utf8": not_utf8}
 
 
 CASES = {
@@ -49,6 +53,9 @@ CASES = {
     "data: config field": (["data", "--manifest", "m", "--out", "o", "--config", "{bad_field}"],
                            "field 'download.image_size'"),
     "data: config section": (["data", "--manifest", "m", "--out", "o", "--config", "{bad_section}"], "downloads"),
+    "train: config section not an object": (["train", "--out", "o", "--config", "{not_an_object}"],
+                                            "section 'train' must be an object"),
+    "train: config not UTF-8": (["train", "--out", "o", "--config", "{not_utf8}"], "latin1.json"),
     "data: missing config": (["data", "--manifest", "m", "--out", "o", "--config", "{tmp}/none.json"], "none.json"),
     "data: unknown engine": (["data", "--manifest", "m", "--out", "o", "--engine", "spark"], "engine 'spark'"),
     "precompute: missing snapshot": (["precompute", "--snapshot", "{tmp}/snap", "--base", "{tiny}/base", "--out",

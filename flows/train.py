@@ -37,7 +37,7 @@ def iap_train(
     base, zh_encoder, fingerprint = check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
     runs = {"iap-train": str(runtime.flow_run.id), "iap-data": None}
     if snapshot is None:
-        with synthetic_manifest(out, synthetic) as synth:
+        with synthetic_manifest(out, synthetic, download.min_image_size) as synth:
             data, runs["iap-data"] = subflow(iap_data, synth or manifest, f"{out}/data", download, filter, columns,
                                              english)
         snapshot = data["url"]

@@ -42,8 +42,9 @@ def _stable_server(folder: Path, out: str):
 
 
 @contextlib.contextmanager
-def synthetic_manifest(out: str, rows: int) -> Iterator[str | None]:
-    """For smoke runs: shapes-world images served over HTTP on 127.0.0.1 for the data flow."""
+def synthetic_manifest(out: str, rows: int, min_image_size: int = 0) -> Iterator[str | None]:
+    """For smoke runs: shapes-world images served over HTTP on 127.0.0.1 for the data flow, drawn at least
+    as large as the download's minimum (else every row fails as too_small)."""
     if not rows:
         yield None
         return
@@ -51,9 +52,10 @@ def synthetic_manifest(out: str, rows: int) -> Iterator[str | None]:
     folder = local_workdir(out) / "synthetic"  # served from this machine whatever `out` is
     server, port = _stable_server(folder, out)
     manifest = folder / "manifest.parquet"
-    stamp = folder / f"written-{rows}-{port}"
-    if not stamp.exists():  # same rows and port: same manifest content, so the download is reused
-        write_synth(folder, rows, seed=0, base_url=f"http://127.0.0.1:{port}")
+    px = max(64, min_image_size)
+    stamp = folder / f"written-{rows}-{port}" if px == 64 else folder / f"written-{rows}-{port}-{px}px"
+    if not stamp.exists():  # same rows, port and size: same manifest content, so the download is reused
+        write_synth(folder, rows, seed=0, base_url=f"http://127.0.0.1:{port}", image_px=px)
         stamp.touch()
     try:
         yield str(manifest)

@@ -42,7 +42,7 @@ def run_pipeline(
     base, zh_encoder, fingerprint = check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
     runs: dict = {"iap-train": None, "iap-data": None, "iap-precompute": None, "iap-evaluate": None}
     if snapshot is None:
-        with synthetic_manifest(out, synthetic) as synth:
+        with synthetic_manifest(out, synthetic, download.min_image_size) as synth:
             snapshot = run_data(synth or manifest, f"{out}/data", download, filter, columns, english=english)[1].url
     info = asdict(precompute(open_snapshot(snapshot), lambda: shared_base(base, train.mixed_precision), fingerprint,
                              f"{out}/cache", cache, log=log))

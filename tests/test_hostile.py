@@ -273,3 +273,22 @@ def test_pruning_never_orphans_a_run(encoder, tmp_path, s3):
     assert s3.cat_file(f"{remote}/checkpoints/latest") == b"step-000007"
     assert read_checkpoint_meta(f"{remote}/checkpoints/step-000007")["step"] == 7
     assert not s3.exists(f"{remote}/checkpoints/step-000005")
+
+
+def test_a_synthetic_manifest_passes_the_default_rules(tmp_path):
+    """Finding 13: `iap train --synthetic N` with default options failed: the synthetic images (64 px) were
+    below the default 128 px minimum, and the message blamed unreachable URLs."""
+    from iap.data.download import DownloadConfig
+    from iap.inputs import synthetic_manifest
+    download = DownloadConfig(processes_count=1, thread_count=8)
+    with synthetic_manifest(str(tmp_path), 24, download.min_image_size) as manifest:
+        report, _ = run_data(manifest, str(tmp_path / "data"), download, FILTER)
+    assert report.downloaded == 24 and report.failed == {}
+
+
+def test_when_every_image_is_too_small_the_message_says_so(tmp_path):
+    from iap.data.download import DownloadConfig
+    from iap.errors import IapError
+    from iap.inputs import synthetic_manifest
+    with synthetic_manifest(str(tmp_path), 8) as manifest, pytest.raises(IapError, match="min_image_size"):
+        run_data(manifest, str(tmp_path / "data"), DownloadConfig(processes_count=1, thread_count=8), FILTER)

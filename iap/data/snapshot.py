@@ -455,7 +455,11 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
 def _nothing_survived(funnel: list[dict], start: int) -> str:
     steps = "; ".join(f"{f['rule']} {f['removed']}" for f in funnel if f.get("removed"))
     if start == 0:
-        return (f"no manifest row was downloaded ({steps}). Nothing was written; check that the manifest's URLs "
-                "are reachable from this machine (the download's failure examples name the errors).")
+        worst = max((f for f in funnel if f.get("removed")), key=lambda f: f["removed"], default={"rule": ""})
+        hint = ("most originals are smaller than the download's min_image_size (--download-min-image-size); "
+                "lower it, or use larger images" if worst["rule"] == "too_small" else
+                "check that the manifest's URLs are reachable from this machine (the download's failure "
+                "examples name the errors)")
+        return f"no manifest row was downloaded ({steps}). Nothing was written; {hint}."
     return (f"0 of {start} downloaded rows survived the filter (removed: {steps or 'none'}). Nothing was written; "
             "loosen the rules (e.g. min_image_size, caption lengths) or check the data.")

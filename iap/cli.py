@@ -88,7 +88,7 @@ def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path,
 @with_stage_options("cache")
 def precompute(
     snapshot: Annotated[str, typer.Option(help="snapshot URL (OUT/snapshots/<id>)")],
-    base: Annotated[str, typer.Option(help="base model: HF id or diffusers folder")],
+    base: Annotated[str, typer.Option(help="base model: HF id, diffusers folder or preset:NAME")],
     out: Annotated[str, typer.Option(help="cache root, local or s3://")],
     precision: Annotated[str, typer.Option(help="frozen parts on a GPU: no (fp32), bf16, fp16")] = "no",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print projected size and time; write nothing")] = False,
@@ -97,6 +97,8 @@ def precompute(
     """Precompute the frozen English side of a snapshot into a content-addressed cache (iap-precompute)."""
     from iap import engines
     from iap.data.snapshot import open_snapshot
+    from iap.models.presets import resolve_model
+    base = resolve_model(base)
     snap = open_snapshot(snapshot)  # a missing snapshot: one message, before any work
     if dry_run:
         from iap.models import load_base
@@ -157,8 +159,12 @@ def evaluate(checkpoint: str,
     from iap.checkpoint import read_checkpoint_meta
     from iap.data.manifest import load_manifest
     from iap.data.snapshot import open_snapshot
+    from iap.models.presets import resolve
+    from iap.storage import local_cache
     if (snapshot is None) == (manifest is None) or (manifest and not out):
         raise IapError("give --snapshot, or --manifest with --out")
+    base, untrained = resolve(base, untrained or "", local_cache("presets"))
+    untrained = untrained or None
     read_checkpoint_meta(checkpoint)  # missing inputs: one message, before any work
     if snapshot:
         open_snapshot(snapshot)
@@ -309,7 +315,7 @@ def _live_source(base_model, encoder, snapshot: str | None, n_train: int, seed: 
 
 @app.command("train-worker", hidden=True)
 def train_worker(
-    base: Annotated[str, typer.Option(help="base model: HF id or diffusers folder")],
+    base: Annotated[str, typer.Option(help="base model: HF id, diffusers folder or preset:NAME")],
     zh_encoder: Annotated[str, typer.Option(help="Chinese encoder: HF id or folder")],
     out: Annotated[str, typer.Option(help="run directory, local or s3:// (checkpoints; resumes if present)")],
     config: Annotated[Path | None, typer.Option(help="TrainConfig JSON file")] = None,
@@ -329,8 +335,10 @@ def train_worker(
     from iap.config import TrainConfig, load_config
     from iap.launch import inside_launch, run_launched
     from iap.models import load_chinese_encoder
+    from iap.models.presets import resolve
+    from iap.storage import local_cache
     from iap.train import train
-
+    base, zh_encoder = resolve(base, zh_encoder, local_cache("presets"))
     cfg = load_config(config, TrainConfig) if config else TrainConfig()
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "objective": objective,
                  "checkpoint_every": checkpoint_every, "num_processes": num_processes,
@@ -396,7 +404,8 @@ def export_cmd(checkpoint: Annotated[str, typer.Argument(help="checkpoint folder
                base: Annotated[str, typer.Option(help="the base model the checkpoint was trained for")]) -> None:
     """Write a standard diffusers Stable Diffusion folder whose text encoder is the Chinese one."""
     from iap.export import export_pipeline
-    console.print(f"exported: {export_pipeline(checkpoint, base, out)}")
+    from iap.models.presets import resolve_model
+    console.print(f"exported: {export_pipeline(checkpoint, resolve_model(base), out)}")
 
 
 @app.command()

@@ -292,3 +292,19 @@ def test_when_every_image_is_too_small_the_message_says_so(tmp_path):
     from iap.inputs import synthetic_manifest
     with synthetic_manifest(str(tmp_path), 8) as manifest, pytest.raises(IapError, match="min_image_size"):
         run_data(manifest, str(tmp_path / "data"), DownloadConfig(processes_count=1, thread_count=8), FILTER)
+
+
+def test_presets_resolve_in_precompute(local_run, monkeypatch, capsys, tmp_path):
+    """Finding 9: `iap precompute --base preset:tiny` said the folder does not exist."""
+    import sys
+
+    from iap import cli
+    monkeypatch.setenv("IAP_NO_REAPER", "1")
+    _, _, snapshot = local_run
+    monkeypatch.setattr(sys, "argv", ["iap", "precompute", "--snapshot", snapshot.url, "--base", "preset:tiny",
+                                      "--out", str(tmp_path / "cache"), "--dry-run"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out = capsys.readouterr()
+    assert exit_.value.code in (0, None), out.err
+    assert "nothing was written" in out.out and not (tmp_path / "cache").exists()

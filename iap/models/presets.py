@@ -23,6 +23,13 @@ SHAPES_TEACHER_XL = SHAPES_TEACHER.parent / "shapes-teacher-xl"
 SHAPES_LORA = SHAPES_TEACHER.parent / "shapes-lora"  # a LoRA of the teacher (iap.shapes.lora); not a base
 
 
+def resolve_model(name: str, workdir: str | Path | None = None) -> str:
+    """One model argument with a preset name replaced by its folder (a tiny preset is written under workdir,
+    else in the local cache: the same bytes wherever it is written)."""
+    from iap.storage import local_cache
+    return resolve(name, "", workdir if workdir is not None else local_cache("presets"))[0]
+
+
 def _tiny(workdir: str | Path, name: str = "tiny") -> Path:
     from iap.models.tiny import TINY_PRESETS, write_tiny
     from iap.storage import local_workdir

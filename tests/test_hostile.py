@@ -308,3 +308,31 @@ def test_presets_resolve_in_precompute(local_run, monkeypatch, capsys, tmp_path)
     out = capsys.readouterr()
     assert exit_.value.code in (0, None), out.err
     assert "nothing was written" in out.out and not (tmp_path / "cache").exists()
+
+
+def test_inputs_past_the_bounds_are_one_message_and_long_valid_lines_are_read(tmp_path):
+    """Finding 9: a CSV of 100k columns ran for 15 minutes at 3 GB; a valid JSONL line over 1 MiB failed with
+    'straddling object straddles two block boundaries'."""
+    import json
+
+    from iap.data.manifest import MAX_LINE_BYTES
+    from iap.errors import IapError
+    wide = tmp_path / "wide.csv"
+    wide.write_text(",".join(["url", "caption_zh", "caption_en", *(f"c{i}" for i in range(100_000))]) + "\n"
+                    + ",".join(["http://127.0.0.1/a.jpg", "红色的圆", "a red circle", *("x" * 100_000)]) + "\n")
+    with pytest.raises(IapError, match="100,003 columns"):
+        load_manifest(str(wide))
+    wide_parquet = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({f"c{i}": [1] for i in range(1500)}), wide_parquet)
+    with pytest.raises(IapError, match="1,500 columns"):
+        load_manifest(str(wide_parquet))
+
+    row = {"url": "http://127.0.0.1/a.jpg", "caption_zh": "红色的圆", "caption_en": "a red circle"}
+    long = tmp_path / "long.jsonl"
+    long.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in
+                              [row, {**row, "url": "http://127.0.0.1/b.jpg", "note": "x" * (3 << 20)}]) + "\n")
+    assert load_manifest(str(long)).table.num_rows == 2
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text(json.dumps(row) + "\n" + json.dumps({**row, "note": "x" * MAX_LINE_BYTES}) + "\n")
+    with pytest.raises(IapError, match="line 2 is"):
+        load_manifest(str(huge))

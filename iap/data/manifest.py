@@ -11,6 +11,7 @@ IapError naming the file (and the column, or the encoding to pass).
 from __future__ import annotations
 
 import codecs
+import csv
 import hashlib
 import io
 import json
@@ -31,6 +32,10 @@ from iap.config import StageConfig
 from iap.errors import IapError
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+# Bounds on what a manifest may make the worker parse: a caption row has a handful of columns and a few kB.
+# A file past them (100k columns, a gigabyte on one line: a wrong delimiter, or hostile) is one message.
+MAX_COLUMNS = 1000
+MAX_LINE_BYTES = 16 << 20
 GUESSES = ("gbk", "gb18030", "big5", "shift_jis", "euc-kr")  # tried, in order, on a file that is not UTF-8
 
 
@@ -123,10 +128,30 @@ def _decodes(raw: bytes, encoding: str) -> bool:
         return False
 
 
+def _longest_line(data: bytes, path: str) -> int:
+    """The longest line's length in bytes; one message, naming the line, when it is over MAX_LINE_BYTES."""
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
+    bounds = np.concatenate(([-1], ends, [len(data)]))
+    lengths = np.diff(bounds) - 1
+    longest = int(lengths.argmax()) if len(lengths) else 0
+    if len(lengths) and lengths[longest] > MAX_LINE_BYTES:
+        raise IapError(f"manifest {path}: line {longest + 1} is {lengths[longest]:,} bytes long; a manifest line "
+                       f"may be at most {MAX_LINE_BYTES:,} (one row of a URL and two captions)")
+    return int(lengths.max()) if len(lengths) else 0
+
+
+def _check_columns(n: int, path: str) -> None:
+    if n > MAX_COLUMNS:
+        raise IapError(f"manifest {path}: {n:,} columns; a manifest may have at most {MAX_COLUMNS:,} "
+                       "(for a CSV/TSV: is the delimiter right?)")
+
+
 def _read_jsonl(data: bytes, path: str, skips: _Skips) -> pa.Table:
-    """Whole-file parse; on a malformed line, keep the object lines and count the others by line number."""
+    """Whole-file parse; on a malformed line, keep the object lines and count the others by line number.
+    A block holds the longest line (arrow's default 1 MiB block rejects a valid longer one)."""
+    options = pajson.ReadOptions(block_size=max(1 << 20, _longest_line(data, path) + 2))
     try:
-        return pajson.read_json(io.BytesIO(data))
+        return pajson.read_json(io.BytesIO(data), read_options=options)
     except pa.ArrowInvalid:
         pass
     good, bad = [], []
@@ -139,7 +164,7 @@ def _read_jsonl(data: bytes, path: str, skips: _Skips) -> pa.Table:
             ok = False
         (good if ok else bad).append(line if ok else i)
     skips.add("malformed_line", len(bad), f"{path}:{bad[0]}" if bad else "")
-    return pajson.read_json(io.BytesIO(b"\n".join(good))) if good else pa.table({})
+    return pajson.read_json(io.BytesIO(b"\n".join(good)), read_options=options) if good else pa.table({})
 
 
 def _read_csv(data: bytes, path: str, delimiter: str, skips: _Skips) -> pa.Table:
@@ -149,6 +174,9 @@ def _read_csv(data: bytes, path: str, delimiter: str, skips: _Skips) -> pa.Table
         bad.append(row.text[:60])
         return "skip"
 
+    _longest_line(data, path)
+    header = data[:data.find(b"\n") if b"\n" in data else len(data)]
+    _check_columns(len(next(csv.reader([header.decode("utf-8", "replace")], delimiter=delimiter), [])), path)
     table = pacsv.read_csv(io.BytesIO(data),
                            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                                             invalid_row_handler=skip),
@@ -166,12 +194,15 @@ def _read_one(fs: fsspec.AbstractFileSystem, path: str, encoding: str, skips: _S
     try:
         with fs.open(path, "rb") as f:
             if fmt == "parquet":
+                _check_columns(len(pq.ParquetFile(f).schema_arrow), path)
+                f.seek(0)
                 return pq.read_table(f), 0
             data = _decode(f.read(), path, encoding, skips)
         if fmt == "jsonl":
             table = _read_jsonl(data, path, skips)
         else:
             table = _read_csv(data, path, "\t" if fmt == "tsv" else ",", skips)
+        _check_columns(table.num_columns, path)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise IapError(f"manifest {path}: cannot read it as {fmt}: {str(e).splitlines()[0]}") from e
     return table, sum(skips.counts.values()) - before

@@ -19,10 +19,13 @@ from tasks.evaluate import evaluate
 def iap_evaluate(checkpoint: str, snapshot: str | None, base: str, untrained: str | None = None,
                  split: str = "val", generation: EvalConfig = EvalConfig(), precision: str = "no",
                  manifest: str | None = None, out: str | None = None, download: DownloadConfig = DownloadConfig(),
-                 filter: FilterConfig = FilterConfig(), columns: ManifestColumns = ManifestColumns()) -> dict:  # noqa: A002
+                 filter: FilterConfig = FilterConfig(), columns: ManifestColumns = ManifestColumns(),  # noqa: A002
+                 report: str | None = None) -> dict:
     """`precision`: the run's (TrainConfig.mixed_precision); on a GPU the frozen base runs in it. With
-    `manifest` (and `out` for its data), the evaluation set replaces the snapshot split."""
+    `manifest` (and `out` for its data), the evaluation set replaces the snapshot split. `report`: the report's
+    folder in the run (iap-train's: report; by default one of its own under evaluations/)."""
     if manifest:
         snapshot = iap_data(manifest, f"{out}/eval-data", download, filter.model_copy(update=EVAL_SET), columns)["url"]
         split = "test"
-    return evaluate(evaluation_key(checkpoint, snapshot, split, generation), checkpoint, snapshot, base, untrained, split, generation, precision)
+    return evaluate(evaluation_key(checkpoint, snapshot, split, generation), checkpoint, snapshot, base, untrained,
+                    split, generation, precision, report)

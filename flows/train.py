@@ -49,7 +49,7 @@ def iap_train(
     trained = train_encoder.with_options(assets=[asset_url(run_dir)], asset_deps=[asset_url(info["url"])])(
         f"train-{key}-{train.steps}", info["url"], base, zh_encoder, run_dir, train, lineage)
     metrics, runs["iap-evaluate"] = subflow(iap_evaluate, trained["checkpoint"], snapshot, base, untrained=zh_encoder,
-                                            generation=evaluate, precision=train.mixed_precision)
+                                            generation=evaluate, precision=train.mixed_precision, report="report")
     pipeline_dir = f"{out}/pipelines/{trained['checkpoint_id']}"
     pipeline = export.with_options(assets=[asset_url(pipeline_dir)], asset_deps=[asset_url(run_dir)])(
         f"export-{trained['checkpoint_id']}", trained["checkpoint"], base, pipeline_dir)

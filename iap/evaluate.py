@@ -154,11 +154,13 @@ def encoder_metrics(base: BaseModel, encoder: ChineseEncoder, held: InMemorySour
 
 def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split: str = "val",
                         untrained: str | None = None, weights: dict[str, float] | None = None,
-                        generation: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None) -> dict:
+                        generation: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None,
+                        report: str = "report") -> dict:
     """Metrics of a checkpoint on (at most `generation.pairs` rows of) a snapshot split, next to the references
     computed in the same run: the untrained encoder (when given) and the mismatched-caption level; with
     samples > 0, zh-vs-en generation metrics on that many held-out prompts (the data world's choice, e.g.
-    one per combo in the shapes world, and its image scores), and report.html in the run folder. Runs on the base's device, in its precision."""
+    one per combo in the shapes world, and its image scores), and RUN/`report`/report.html. Runs on the base's
+    device, in its precision."""
     from iap.checkpoint import check_lineage, fetch_checkpoint, read_checkpoint_meta, run_of
     from iap.objective import make_objective
     local = fetch_checkpoint(checkpoint)
@@ -187,7 +189,7 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
         metrics |= generated
         run_dir = run_of(checkpoint)
         title = f"IAP evaluation: {run_dir.rsplit('/', 1)[-1]}/{local.name}"
-        metrics["report"] = write_report(f"{run_dir}/report", title, metrics, pairs, meta.get("losses"))
+        metrics["report"] = write_report(f"{run_dir}/{report}", title, metrics, pairs, meta.get("losses"))
     return metrics
 
 

@@ -49,7 +49,8 @@ def run_pipeline(
     run_dir = f"{out}/runs/{run_key(info['key'], zh_encoder, train)}"
     lineage = run_lineage(base, fingerprint, info, snapshot, zh_encoder, None)
     trained = train_stage(info["url"], base, zh_encoder, run_dir, train, lineage, log=log)
-    metrics = evaluate_stage(trained.checkpoint, snapshot, base, zh_encoder, "val", evaluate, train.mixed_precision)
+    metrics = evaluate_stage(trained.checkpoint, snapshot, base, zh_encoder, "val", evaluate, train.mixed_precision,
+                             report="report")
     pipeline = str(export_pipeline(trained.checkpoint, base, f"{out}/pipelines/{trained.checkpoint_id}"))
     registry = registry or f"{out}/registry"
     entry = asdict(Registry(registry).register(Entry(**registry_entry(trained, base, lineage, metrics, pipeline,

@@ -16,10 +16,11 @@ from tasks.data import PLACEHOLDER_ASSET
 
 @task(cache_key_fn=by_key, **PERSIST)
 def evaluate(key: str, checkpoint: str, snapshot_url: str, base: str, untrained: str | None,
-             split: str = "val", generation: EvalConfig = EvalConfig(), precision: str = "no") -> dict:
+             split: str = "val", generation: EvalConfig = EvalConfig(), precision: str = "no",
+             report: str | None = None) -> dict:
     """Held-out metrics next to the untrained and mismatched-caption references; `key`: checkpoint, snapshot
-    and generation config."""
-    metrics = evaluate_stage(checkpoint, snapshot_url, base, untrained, split, generation, precision)
+    and generation config. `report`: its folder in the run (iap.stages.evaluate_stage)."""
+    metrics = evaluate_stage(checkpoint, snapshot_url, base, untrained, split, generation, precision, report)
     artifacts.metrics(metrics, f"held-out metrics ({split} split of {snapshot_url})")
     return metrics
 

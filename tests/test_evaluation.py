@@ -102,3 +102,18 @@ def test_compare_puts_objectives_and_policies_in_one_table(grouped_snapshot_smal
     for r in rows:
         assert r["heldout_loss"] > 0 and 0 <= r["retrieval_top1"] <= 1 and r["consistency_pixel_l1"] >= 0
     assert (tmp_path / "compare.json").exists()
+
+
+def test_a_standalone_evaluation_writes_beside_the_run_s_report(demo_summary):
+    """Issue 30, finding 13: `iap evaluate` of a run's checkpoint overwrote the run's report (and the lineage
+    iap-train had filled in)."""
+    from iap.engines import LocalEngine
+    from iap.models.presets import SHAPES_TEACHER
+    report = Path(demo_summary["evaluation"]["report"])
+    before = report.read_text()
+    assert "Registry decision" in before
+    configs = {"evaluate": EvalConfig(samples=2, pairs=8, guidance_scale=3.0, steps=4)}
+    m = LocalEngine().evaluate(demo_summary["checkpoint"], demo_summary["snapshot"], str(SHAPES_TEACHER), None, "val",
+                               configs)
+    assert "/evaluations/eval-" in m["report"] and Path(m["report"]).exists()
+    assert report.read_text() == before

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from iap.config import SD15, ZH_768
-from iap.errors import IapError
+from iap.errors import IapError, StorageError
 from iap.options import with_stage_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -598,6 +598,9 @@ def run(typer_app: typer.Typer) -> None:
     except IapError as e:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {e}", highlight=False)
         sys.exit(2)
+    except StorageError as e:  # not the user's input: exit 1, still one message
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        sys.exit(1)
 
 
 def main() -> None:

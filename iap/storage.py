@@ -15,6 +15,7 @@ Every stage writes its outputs through these; no other module renames or fsyncs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import fsspec
 
-from iap.errors import IapError
+from iap.errors import IapError, StorageError
 
 
 def filesystem(url: str) -> fsspec.AbstractFileSystem:
@@ -42,14 +43,52 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
 def write_atomic(url: str, data: bytes, fs: fsspec.AbstractFileSystem | None = None) -> None:
     fs = fs or filesystem(url)
     if not is_local(fs):
-        fs.pipe_file(url, data)
+        with storage_faults(url):
+            fs.pipe_file(url, data)
         return
     tmp = f"{url}.tmp-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, url)
+    with storage_faults(url):
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, url)
+        except BaseException:  # a full disk: no temp file left behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+# What a failing disk or store raises under a write: the errors that say the storage, not the input, failed.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+@contextlib.contextmanager
+def storage_faults(url: str | os.PathLike) -> Iterator[None]:
+    """Turn a storage failure under the block into one StorageError naming `url`; any other error passes as it
+    is. Local: a full disk, a quota, a read-only or failing disk. Remote (wrap only writes to the store): any
+    error of the store (a refused or vanished bucket, a dropped endpoint)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - only storage failures are converted; the rest re-raised below
+        reason = _storage_reason(e, remote=is_remote(url))
+        if reason is None:
+            raise
+        raise StorageError(f"cannot write {url}: {reason}. Nothing partial is visible there; free space (or fix "
+                           "the storage) and run again: finished stages are reused, training resumes") from e
+
+
+def _storage_reason(e: Exception, remote: bool) -> str | None:
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+        return e.strerror or str(e)
+    if type(e).__name__ == "SafetensorError" and "I/O error" in str(e):  # safetensors' own write error
+        return str(e).split("I/O error:", 1)[1].strip()
+    if remote and isinstance(e, (OSError, ConnectionError)):
+        return (str(e).splitlines() or [type(e).__name__])[0]
+    return None
 
 
 def create_exclusive(url: str, data: bytes, fs: fsspec.AbstractFileSystem | None = None) -> bool:
@@ -79,25 +118,29 @@ def staged_folder(url: str | os.PathLike, marker: str) -> Iterator[Path]:
     if is_remote(url):
         url = str(url).rstrip("/")
         with tempfile.TemporaryDirectory(prefix="iap-stage-") as tmp:
-            yield Path(tmp)
-            fs = filesystem(url)
-            if fs.exists(url):  # an earlier or half-uploaded one: readers see no marker meanwhile
-                fs.rm(url, recursive=True)
-            put_tree(Path(tmp), url, last=marker)
+            with storage_faults(tmp):  # this machine's disk, where the output is built
+                yield Path(tmp)
+            with storage_faults(url):
+                fs = filesystem(url)
+                if fs.exists(url):  # an earlier or half-uploaded one: readers see no marker meanwhile
+                    fs.rm(url, recursive=True)
+                put_tree(Path(tmp), url, last=marker)
         return
     final = Path(url)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_stages(final.parent)
-    tmp = _owned_stage(final)
+    with storage_faults(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_stages(final.parent)
+        tmp = _owned_stage(final)
     try:
-        yield tmp
-        (tmp / OWNER_FILE).unlink()
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
+        with storage_faults(final):
+            yield tmp
+            (tmp / OWNER_FILE).unlink()
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -182,8 +225,9 @@ def put_tree(local: Path, url: str, last: str | None = None) -> None:
     """Upload every file under `local` to `url`, the file named `last` (the commit marker) after all others."""
     fs = filesystem(url)
     files = sorted(p for p in Path(local).rglob("*") if p.is_file())
-    for path in sorted(files, key=lambda p: p.relative_to(local).as_posix() == last):
-        fs.put_file(str(path), f"{url.rstrip('/')}/{path.relative_to(local).as_posix()}")
+    with storage_faults(url):
+        for path in sorted(files, key=lambda p: p.relative_to(local).as_posix() == last):
+            fs.put_file(str(path), f"{url.rstrip('/')}/{path.relative_to(local).as_posix()}")
 
 
 def get_tree(url: str, local: Path) -> Path:
@@ -191,10 +235,15 @@ def get_tree(url: str, local: Path) -> Path:
     fs = filesystem(url)
     tmp = _owned_stage(local)
     base = url.rstrip("/")
-    for remote in fs.find(base):
-        rel = remote[len(fs._strip_protocol(base)):].lstrip("/")
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(remote, str(tmp / rel))
+    try:
+        with storage_faults(local):
+            for remote in fs.find(base):
+                rel = remote[len(fs._strip_protocol(base)):].lstrip("/")
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(remote, str(tmp / rel))
+    except BaseException:  # a half download is never left behind either
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     (tmp / OWNER_FILE).unlink()
     try:
         os.rename(tmp, local)

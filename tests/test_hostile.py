@@ -336,3 +336,55 @@ def test_inputs_past_the_bounds_are_one_message_and_long_valid_lines_are_read(tm
     huge.write_text(json.dumps(row) + "\n" + json.dumps({**row, "note": "x" * MAX_LINE_BYTES}) + "\n")
     with pytest.raises(IapError, match="line 2 is"):
         load_manifest(str(huge))
+
+
+def _limited_file_size(limit: int):
+    """For a child process: files may grow to `limit` bytes, then writes fail with EFBIG (a full disk, in effect)."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_mid_training_is_one_message_and_leaves_nothing_partial(tiny_dir, tmp_path):
+    """Finding 13: a full disk ended in a 70-line traceback (safetensors' I/O error)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 2,
+                                  "warmup_steps": 1}))
+    run = tmp_path / "run"
+    r = subprocess.run([str(Path(sys.executable).parent / "iap"), "train-worker", "--base", str(tiny_dir / "base"),
+                        "--zh-encoder", str(tiny_dir / "zh_encoder"), "--out", str(run), "--config", str(config),
+                        "--n-train", "32"], capture_output=True, text=True, timeout=600,
+                       preexec_fn=_limited_file_size(200_000))
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr[-2000:]
+    assert len(errors) == 1 and f"cannot write {run}/checkpoints/step-000002" in errors[0], r.stderr
+    assert [p.name for p in run.rglob("*")] == ["checkpoints"]  # no staging folder, no temp file
+
+
+def test_storage_faults_name_the_url_and_leave_no_temp_file(tmp_path, monkeypatch, s3):
+    import errno
+    import os
+
+    from iap import storage
+    from iap.errors import StorageError
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(storage.os, "fsync", full)
+    target = tmp_path / "latest"
+    with pytest.raises(StorageError, match=f"cannot write {target}: No space left"):
+        storage.write_atomic(str(target), b"step-000002")
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    s3.rm("iap-test", recursive=True)  # the bucket is gone under a running job
+    with pytest.raises(StorageError, match="cannot write s3://iap-test/out"), \
+            storage.staged_folder("s3://iap-test/out", "done.json") as folder:
+        (folder / "done.json").write_text("{}")

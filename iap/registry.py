@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 
 from iap.config import StageConfig
 from iap.errors import IapError
-from iap.storage import create_exclusive, is_local, write_atomic
+from iap.storage import create_exclusive, is_local, remove_if_unchanged, write_atomic
 
 LOCK_WAIT_S = 120  # a promoter waits this long for another one's decision
 LOCK_STALE_S = 300  # a lock older than this was left by a killed promoter and is broken
@@ -145,8 +145,7 @@ class Registry:
         try:
             yield still_held
         finally:
-            if self._lock_token(path) == token:
-                self.fs.rm(path)
+            remove_if_unchanged(path, holder, self.fs)  # only this holder's lock, never a successor's
 
     def _lock_token(self, path: str) -> str | None:
         try:
@@ -163,8 +162,8 @@ class Registry:
                 at = float(json.loads(raw)["at"])
             except (ValueError, KeyError, TypeError):
                 at = self.fs.modified(path).timestamp()
-            if time.time() - at > LOCK_STALE_S and self.fs.cat_file(path) == raw:
-                self.fs.rm(path)
+            if time.time() - at > LOCK_STALE_S:
+                remove_if_unchanged(path, raw, self.fs)
         except FileNotFoundError:
             pass
 

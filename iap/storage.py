@@ -60,6 +60,36 @@ def write_atomic(url: str, data: bytes, fs: fsspec.AbstractFileSystem | None = N
             raise
 
 
+def remove_if_unchanged(url: str, data: bytes, fs: fsspec.AbstractFileSystem | None = None) -> bool:
+    """Delete the object at `url` only if it still holds exactly `data` (a lock released or broken by the one
+    that read it): True when this call removed it. Local: the file is claimed by a rename, checked, and put back
+    when another's. S3: a conditional DELETE (If-Match on the ETag, which is the MD5 of a single-PUT body)."""
+    fs = fs or filesystem(url)
+    if not is_local(fs):
+        bucket, key = fs.split_path(url)[:2]
+        try:
+            fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=f'"{hashlib.md5(data).hexdigest()}"')
+        except OSError as e:  # s3fs's translation of 412 PreconditionFailed (another's lock), or already gone
+            code = getattr(e.__cause__, "response", {}).get("Error", {}).get("Code")
+            if isinstance(e, FileNotFoundError) or code == "PreconditionFailed":
+                return False
+            raise
+        fs.invalidate_cache(url)
+        return True
+    claimed = f"{url}.claimed-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+    try:
+        os.rename(url, claimed)
+    except FileNotFoundError:
+        return False
+    with open(claimed, "rb") as f:
+        ours = f.read() == data
+    if not ours:
+        with contextlib.suppress(FileExistsError):  # a newer lock was taken meanwhile: that one stands
+            os.link(claimed, url)
+    os.unlink(claimed)
+    return ours
+
+
 # What a failing disk or store raises under a write: the errors that say the storage, not the input, failed.
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
 

@@ -201,6 +201,31 @@ def test_a_stale_lock_broken_under_its_holder_is_never_released_by_it(tmp_path):
     assert not lock.exists()
 
 
+def test_on_s3_a_lock_is_released_and_broken_only_by_a_conditional_delete(s3):
+    """The S3 form of finding 6: release and break delete the lock only while it holds what was read
+    (DELETE If-Match on its ETag), so a successor's lock is never removed."""
+    import json
+    import time
+
+    from iap.registry import LOCK_STALE_S, Registry
+    from iap.storage import remove_if_unchanged
+    reg = Registry("s3://iap-test/reg")
+    a = reg._decision("b")
+    a.__enter__()
+    lock = s3.glob("iap-test/reg/locks/*.lock")[0]
+    held = json.loads(s3.cat_file(lock))
+    s3.pipe_file(lock, json.dumps({**held, "at": time.time() - LOCK_STALE_S - 1}).encode())
+    b = reg._decision("b")
+    b.__enter__()  # breaks A's lock, takes its own
+    a.__exit__(None, None, None)
+    s3.invalidate_cache()
+    assert json.loads(s3.cat_file(lock))["token"] != held["token"]  # B's lock stays
+    assert not remove_if_unchanged(f"s3://{lock}", b"something else", s3)
+    b.__exit__(None, None, None)
+    s3.invalidate_cache()
+    assert not s3.exists(lock)
+
+
 def test_a_full_disk_leaves_no_lock_that_wedges_the_registry(tmp_path, monkeypatch):
     import errno
     import hashlib

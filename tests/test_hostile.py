@@ -413,3 +413,42 @@ def test_storage_faults_name_the_url_and_leave_no_temp_file(tmp_path, monkeypatc
     with pytest.raises(StorageError, match="cannot write s3://iap-test/out"), \
             storage.staged_folder("s3://iap-test/out", "done.json") as folder:
         (folder / "done.json").write_text("{}")
+
+
+def test_private_addresses_are_refused_when_asked(served, tmp_path):
+    """The cloud-metadata risk: with refuse_private_addresses a row whose server is on a private, loopback
+    or link-local address fails as private_address, checked on the connected socket (DNS rebinding cannot
+    pass it); off by default, so local servers keep working."""
+    from iap.data import fetch as fetching
+    rows = pq.read_table(served).to_pylist()[:3]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), manifest)
+    strict = DOWNLOAD.model_copy(update={"refuse_private_addresses": True})
+    with pytest.raises(Exception, match=r"no manifest row was downloaded \(private_address 3\)"):
+        run_data(str(manifest), str(tmp_path / "out"), strict, FILTER)
+    report, _ = run_data(str(manifest), str(tmp_path / "ok"), DOWNLOAD, FILTER)
+    assert report.downloaded == 3 and DOWNLOAD.identity() == DOWNLOAD.model_copy(
+        update={"refuse_private_addresses": False}).identity()
+    fetching._active = fetching.FetchLimits(5, 1 << 30, 1 << 30, public_only=True)  # as in a download worker
+    try:
+        _, body, error = fetching.fetch((1, rows[0]["url"]), 5, None, None)
+        https = rows[0]["url"].replace("http://", "https://")  # refused after TCP connect, before TLS
+        _, https_body, https_error = fetching.fetch((2, https), 5, None, None)
+    finally:
+        fetching._active = None
+    assert body is None and "private address refused: 127.0.0.1" in error
+    assert https_body is None and "private address refused: 127.0.0.1" in https_error
+
+    class Peer:
+        def __init__(self, ip):
+            self.ip = ip
+
+        def getpeername(self):
+            return (self.ip, 80)
+
+        def close(self):
+            pass
+    for ip in ("169.254.169.254", "10.1.2.3", "::1", "::ffff:192.168.0.1", "fe80::1%eth0"):
+        with pytest.raises(ConnectionRefusedError):
+            fetching._refuse_private_peer(Peer(ip), "h")
+    fetching._refuse_private_peer(Peer("93.184.216.34"), "example.org")  # a public address passes

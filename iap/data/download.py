@@ -29,13 +29,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from iap.config import StageConfig, launch_field
+from iap.config import StageConfig, added_field, launch_field
 from iap.data.manifest import Manifest, table_fingerprint
 from iap.errors import IapError
 from iap.quiet import output_to
 from iap.storage import local_workdir, write_atomic
 
-FAILURE_REASONS = ("http_error", "timeout", "corrupt_image", "too_small", "too_large", "network_error", "other")
+FAILURE_REASONS = ("http_error", "timeout", "corrupt_image", "too_small", "too_large", "private_address",
+                   "network_error", "other")
 
 
 class DownloadConfig(StageConfig):
@@ -55,6 +56,10 @@ class DownloadConfig(StageConfig):
     number_sample_per_shard: int = Field(1000, ge=1)
     retries: int = Field(0, ge=0)
     timeout: int = Field(10, ge=1, description="seconds for a whole request (a trickling server fails as timeout)")
+    refuse_private_addresses: bool = added_field(False, description="fail rows whose server is a private, "
+                                                 "loopback or link-local address (e.g. cloud metadata at "
+                                                 "169.254.169.254) as private_address; turn on when fetching "
+                                                 "from the open web")
     distributor: Literal["multiprocessing", "pyspark", "ray"] = launch_field(
         "multiprocessing", description="pyspark: the active SparkSession, else a local one; ray: the connected "
         "cluster (ray.init first). See infra/distributed/")
@@ -97,6 +102,8 @@ def failure_reason(message: str | None) -> str:
         return "too_small"
     if "too large" in m:
         return "too_large"
+    if "private address refused" in m:
+        return "private_address"
     if "decoding" in m or "cannot identify" in m or "truncated" in m:
         return "corrupt_image"
     if "urlopen error" in m or "connection" in m or "unknown url type" in m:
@@ -150,7 +157,8 @@ def _run_img2dataset(input_url: str, shards_url: str, extra_cols: list[str], cfg
     from iap.data.fetch import FetchLimits, limited
     # its banner, tqdm bars and per-worker status lines go to a log file beside the shards
     log = local_workdir(shards_url.rsplit("/", 1)[0]) / "img2dataset.log"
-    with limited(FetchLimits(cfg.timeout, cfg.max_bytes, cfg.max_pixels)), output_to(log):
+    limits = FetchLimits(cfg.timeout, cfg.max_bytes, cfg.max_pixels, cfg.refuse_private_addresses)
+    with limited(limits), output_to(log):
         img2dataset_download(
             url_list=input_url, input_format="parquet", url_col="url", caption_col="caption_en",
             save_additional_columns=["caption_zh", "iap_key", *extra_cols], output_folder=shards_url,

@@ -11,8 +11,10 @@ this module (which installs `fetch`) and carries the limits.
 
 from __future__ import annotations
 
+import http.client
 import importlib
 import io
+import ipaddress
 import time
 import urllib.error
 import urllib.parse
@@ -35,6 +37,7 @@ class FetchLimits:
     timeout: float  # seconds for the whole request (connect, headers, body)
     max_bytes: int
     max_pixels: int
+    public_only: bool = False  # refuse private, loopback, link-local (cloud metadata) and reserved peers
 
 
 _configured: FetchLimits | None = None  # set in the parent around an img2dataset call
@@ -51,7 +54,43 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+def _refuse_private_peer(sock, host: str) -> None:
+    """Checked on the connected socket, before a byte of the request is sent: a DNS answer that changes
+    between a check and the connect (rebinding) cannot slip past."""
+    address = ipaddress.ip_address(sock.getpeername()[0].split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if not address.is_global or address.is_multicast:
+        sock.close()
+        raise ConnectionRefusedError(f"private address refused: {host} is {address} "
+                                     "(download.refuse_private_addresses)")
+
+
+class _PublicHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _refuse_private_peer(self.sock, self.host)
+
+
+class _PublicHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:  # TCP first, checked, then TLS over the same socket
+        http.client.HTTPConnection.connect(self)
+        _refuse_private_peer(self.sock, self.host)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
+
+
+class _PublicHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_PublicHTTPConnection, req)
+
+
+class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_PublicHTTPSConnection, req, context=self._context)
+
+
 _OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+_PUBLIC_OPENER = urllib.request.build_opener(_HttpOnlyRedirects, _PublicHTTPHandler, _PublicHTTPSHandler)
 
 
 def fetch(row, timeout, user_agent_token, disallowed_header_directives):
@@ -63,7 +102,8 @@ def fetch(row, timeout, user_agent_token, disallowed_header_directives):
     try:
         deadline = time.monotonic() + limits.timeout
         request = urllib.request.Request(url, data=None, headers={"User-Agent": agent})
-        with _OPENER.open(request, timeout=limits.timeout) as r:
+        opener = _PUBLIC_OPENER if limits.public_only else _OPENER
+        with opener.open(request, timeout=limits.timeout) as r:
             if disallowed_header_directives and img2dataset_downloader.is_disallowed(
                     r.headers, user_agent_token, disallowed_header_directives):
                 return key, None, "Use of image disallowed by X-Robots-Tag directive"

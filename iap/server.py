@@ -17,18 +17,22 @@ from pathlib import Path
 import fsspec
 
 from iap.errors import IapError
+from iap.storage import is_remote
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def local_env(port: int, out: str, pool: str = "local-pool") -> dict[str, str]:
+    """The environment of the server, worker and deployments; `out` (the deployments' output root) is a
+    local folder, made absolute, or a URL kept as it is."""
+    out = str(out).rstrip("/") if is_remote(out) else str(Path(out).resolve())
     env = dict(os.environ)
     env.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
     env |= {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "2", "PWD": str(ROOT), "IAP_CHECKOUT": str(ROOT),
-            "IAP_OUT": str(Path(out).resolve()), "IAP_WORK_POOL": pool, "IAP_GPU_WORK_POOL": pool,
+            "IAP_OUT": out, "IAP_WORK_POOL": pool, "IAP_GPU_WORK_POOL": pool,
             "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
-    env.setdefault("IAP_MANIFEST", str(Path(out).resolve() / "manifest.parquet"))
+    env.setdefault("IAP_MANIFEST", f"{out}/manifest.parquet")
     return env
 
 

@@ -105,3 +105,12 @@ def test_a_remote_run_deleted_in_the_bucket_starts_afresh(s3, base, encoder, sma
         s3.invalidate_cache()
         assert s3.cat_file(f"{run}/checkpoints/latest") == b"step-000004" and result.state.step == 4
         s3.rm(run, recursive=True)
+
+
+def test_server_up_keeps_an_s3_output_root_a_url(tmp_path, monkeypatch):
+    from iap.server import local_env
+    monkeypatch.delenv("IAP_MANIFEST", raising=False)
+    env = local_env(4200, "s3://iap-test/prefect/")
+    assert env["IAP_OUT"] == "s3://iap-test/prefect" and env["IAP_MANIFEST"] == "s3://iap-test/prefect/manifest.parquet"
+    monkeypatch.chdir(tmp_path)
+    assert local_env(4200, "runs")["IAP_OUT"] == str(tmp_path / "runs")

@@ -20,11 +20,11 @@ from iap.config import SD15, ZH_768
 from iap.errors import IapError, StorageError
 from iap.options import with_stage_options
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Transfer an English Stable Diffusion model to Chinese prompts with IAP (images as pivots).")
-models_app = typer.Typer(no_args_is_help=True, help="Model presets.")
+models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Model presets.")
 app.add_typer(models_app, name="models")
-server_app = typer.Typer(no_args_is_help=True, help="A local Prefect server, pool, deployments and worker.")
+server_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="A local Prefect server, pool, deployments and worker.")
 app.add_typer(server_app, name="server")
 console = Console()
 
@@ -536,7 +536,7 @@ def compare(
     console.print(table)
 
 
-registry_app = typer.Typer(no_args_is_help=True, help="The checkpoint registry.")
+registry_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The checkpoint registry.")
 app.add_typer(registry_app, name="registry")
 REGISTRY_OPT = Annotated[str, typer.Option(help="registry URL (local or s3://)")]
 
@@ -583,6 +583,31 @@ def registry_promote(checkpoint_id: str, registry: REGISTRY_OPT) -> None:
     """Promote an entry by hand; the previously promoted one of its base becomes a candidate."""
     entry = _existing_registry(registry).promote(checkpoint_id)
     console.print(f"{entry.checkpoint_id}: {entry.status}")
+
+
+class SectionedHelp(typer.core.TyperCommand):
+    """Plain help (every option's full name at any width, unlike rich's table, which cuts them at 80 columns),
+    with the options grouped under their section (download options, train options, ...)."""
+
+    def format_options(self, ctx, formatter) -> None:
+        groups: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record:
+                groups.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
+        for name, records in groups.items():
+            with formatter.section(name[:1].upper() + name[1:]):
+                formatter.write_dl(records)
+
+
+def _sectioned(*apps: typer.Typer) -> None:
+    for a in apps:
+        for command in a.registered_commands:
+            if command.cls in (None, typer.core.TyperCommand):
+                command.cls = SectionedHelp
+
+
+_sectioned(app, models_app, server_app, registry_app)
 
 
 def run(typer_app: typer.Typer) -> None:

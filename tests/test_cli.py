@@ -105,3 +105,34 @@ def test_a_user_error_is_one_message_and_exit_2(case, run_iap, files):
     assert "Traceback" not in output, output
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 or "Usage:" in output, output  # one error line, or click's one usage message
+
+
+def _commands(group, path=()):
+    import click
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+        elif not command.hidden:
+            yield (*path, name), command
+
+
+def test_help_shows_every_option_name_whole_at_80_columns():
+    """Issue 27, finding 1: rich's help table cut option names at 80 columns (`--download-image…`)."""
+    import re
+
+    import typer
+    from typer.testing import CliRunner
+    group = typer.main.get_command(cli.app)
+    runner = CliRunner()
+    checked = 0
+    for path, command in _commands(group):
+        result = runner.invoke(cli.app, [*path, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+        assert result.exit_code == 0, (path, result.output)
+        assert max(map(len, result.output.splitlines())) <= 80, path
+        words = set(re.findall(r"--[a-z0-9-]+", result.output))
+        for param in command.params:
+            for name in (*param.opts, *param.secondary_opts):
+                if name.startswith("--"):
+                    assert name in words, (path, name)
+                    checked += 1
+    assert checked > 150  # every stage option of every command

@@ -136,3 +136,14 @@ def test_help_shows_every_option_name_whole_at_80_columns():
                     assert name in words, (path, name)
                     checked += 1
     assert checked > 150  # every stage option of every command
+
+
+def test_every_option_a_nothing_left_message_names_exists():
+    """Issue 27, finding 2: a message that says which option changes a rule must name a real one."""
+    import typer
+
+    from iap.data.snapshot import RULE_FIELDS, rule_options
+    data = typer.main.get_command(cli.app).commands["data"]
+    names = {name for p in data.params for name in (*p.opts, *p.secondary_opts)}
+    named = [o for rule in RULE_FIELDS for o in rule_options(rule)]
+    assert len(named) > 20 and set(named) <= names, set(named) - names

@@ -383,5 +383,5 @@ def test_a_user_error_inside_the_data_flow_is_one_message_without_traceback(tmp_
     assert r.returncode == 2, output[-3000:]
     assert "Traceback" not in output and "nanobind" not in output, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "no manifest row was downloaded (network_error 2)" in errors[0], output[-3000:]
+    assert len(errors) == 1 and "no manifest row was downloaded: network_error removed 2" in errors[0], output[-3000:]
     assert len(output.splitlines()) <= 12, output

@@ -162,7 +162,8 @@ def test_refresh_downloads_only_new_manifest_rows(tmp_path):
 def test_zero_surviving_rows_is_one_message_and_no_snapshot(local_run, tmp_path):
     from iap.errors import IapError
     _, report, _ = local_run
-    with pytest.raises(IapError, match=r"0 of 48 downloaded rows survived the filter \(removed: .*boilerplate 2; .*image_too_small 42"):
+    with pytest.raises(IapError, match=r"0 of 48 downloaded rows survived the filter: image_too_small removed 42 "
+                                       r"\(--filter-min-side\); .*boilerplate removed 2 \(--filter-boilerplate"):
         build_snapshot(report.shards_url, str(tmp_path), FILTER.model_copy(update={"min_side": 10_000}))
     assert not (tmp_path / "snapshots").exists() or not any((tmp_path / "snapshots").iterdir())
 

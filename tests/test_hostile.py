@@ -315,7 +315,7 @@ def test_when_every_image_is_too_small_the_message_says_so(tmp_path):
     from iap.data.download import DownloadConfig
     from iap.errors import IapError
     from iap.inputs import synthetic_manifest
-    with synthetic_manifest(str(tmp_path), 8) as manifest, pytest.raises(IapError, match="min_image_size"):
+    with synthetic_manifest(str(tmp_path), 8) as manifest, pytest.raises(IapError, match=r"too_small removed 8 \(--download-min-image-size\)\. Nothing"):
         run_data(manifest, str(tmp_path / "data"), DownloadConfig(processes_count=1, thread_count=8), FILTER)
 
 
@@ -424,7 +424,8 @@ def test_private_addresses_are_refused_when_asked(served, tmp_path):
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.Table.from_pylist(rows), manifest)
     strict = DOWNLOAD.model_copy(update={"refuse_private_addresses": True})
-    with pytest.raises(Exception, match=r"no manifest row was downloaded \(private_address 3\)"):
+    with pytest.raises(Exception, match=r"no manifest row was downloaded: private_address removed 3 "
+                       r"\(--download-refuse-private-addresses\)"):
         run_data(str(manifest), str(tmp_path / "out"), strict, FILTER)
     report, _ = run_data(str(manifest), str(tmp_path / "ok"), DOWNLOAD, FILTER)
     assert report.downloaded == 3 and DOWNLOAD.identity() == DOWNLOAD.model_copy(

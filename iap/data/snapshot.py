@@ -452,14 +452,39 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
     return snap
 
 
+# The fields (options --filter-FIELD / --download-FIELD / --columns-FIELD) that change what each rule removes.
+RULE_FIELDS = {
+    "boilerplate": ("filter", ["boilerplate", "strip_patterns"]), "file_name": ("filter", ["reject_file_names"]),
+    "spam": ("filter", ["reject_spam"]), "mojibake": ("filter", ["reject_mojibake"]),
+    "zh_length": ("filter", ["zh_min_chars", "zh_max_chars"]), "en_length": ("filter", ["en_min_words", "en_max_words"]),
+    "zh_kana_hangul": ("filter", ["zh_reject_kana_hangul", "zh_max_hiragana_share", "zh_max_kana_hangul_share"]),
+    "zh_not_chinese": ("filter", ["zh_han_ratio", "zh_latin_allowance"]), "en_not_latin": ("filter", ["en_latin_ratio"]),
+    "image_too_small": ("filter", ["min_side"]), "aspect_ratio": ("filter", ["max_aspect"]),
+    "duplicate_image": ("filter", ["dedup_image"]), "duplicate_captions": ("filter", ["dedup_captions"]),
+    "caption_repeated": ("filter", ["max_images_per_caption"]), "where": ("filter", ["where"]),
+    "too_small": ("download", ["min_image_size"]), "too_large": ("download", ["max_pixels", "max_bytes"]),
+    "timeout": ("download", ["timeout"]), "private_address": ("download", ["refuse_private_addresses"]),
+    "bad_url": ("columns", ["url_schemes"]),
+}
+UNREACHABLE = ("http_error", "network_error", "other")
+
+
+def rule_options(rule: str) -> list[str]:
+    """The command-line options that change what `rule` removes (none for rules about the data alone)."""
+    section, fields = RULE_FIELDS.get(rule, ("", []))
+    return [f"--{section}-{f.replace('_', '-')}" for f in fields]
+
+
 def _nothing_survived(funnel: list[dict], start: int) -> str:
-    steps = "; ".join(f"{f['rule']} {f['removed']}" for f in funnel if f.get("removed"))
+    """Why nothing is left: each rule that removed rows, its count and the options that change it."""
+    removed = sorted((f for f in funnel if f.get("removed")), key=lambda f: -f["removed"])
+    steps = "; ".join(f"{f['rule']} removed {f['removed']}" + (f" ({', '.join(rule_options(f['rule']))})"
+                                                                 if rule_options(f["rule"]) else "")
+                      for f in removed) or "no rule removed any"
     if start == 0:
-        worst = max((f for f in funnel if f.get("removed")), key=lambda f: f["removed"], default={"rule": ""})
-        hint = ("most originals are smaller than the download's min_image_size (--download-min-image-size); "
-                "lower it, or use larger images" if worst["rule"] == "too_small" else
-                "check that the manifest's URLs are reachable from this machine (the download's failure "
-                "examples name the errors)")
-        return f"no manifest row was downloaded ({steps}). Nothing was written; {hint}."
-    return (f"0 of {start} downloaded rows survived the filter (removed: {steps or 'none'}). Nothing was written; "
-            "loosen the rules (e.g. min_image_size, caption lengths) or check the data.")
+        unreachable = any(f["rule"] in UNREACHABLE for f in removed)
+        hint = (" Check that the manifest's URLs are reachable from this machine (the download's failure "
+                "examples name the errors)." if unreachable else "")
+        return f"no manifest row was downloaded: {steps}. Nothing was written.{hint}"
+    return (f"0 of {start} downloaded rows survived the filter: {steps}. Nothing was written; loosen those "
+            "rules or check the data (iap data ... --explain 5 lists removed rows).")

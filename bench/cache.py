@@ -13,7 +13,7 @@ real Chinese side is its two CLIP towers (817M parameters), which do not fit bes
 machine: here the 110M BERT stands in for them, so the SDXL step times compare policies (the UNet side), and
 train_step.py measures the towers themselves.
 
-    python bench/cache.py [--skip-sd15] [--skip-sd2] [--skip-sdxl] [--reps N]
+    python bench/cache.py [--skip-sd15] [--skip-sd2] [--skip-sdxl] [--reps N] [--quick]
 """
 
 from __future__ import annotations
@@ -23,7 +23,16 @@ import tempfile
 from types import SimpleNamespace
 
 import torch
-from train_step import BERT_768, SD15_UNET, SD21_UNET, SDXL_UNET, _time
+from train_step import (
+    BERT_768,
+    QUICK_BERT,
+    QUICK_SDXL_UNET,
+    QUICK_UNET,
+    SD15_UNET,
+    SD21_UNET,
+    SDXL_UNET,
+    _time,
+)
 from transformers import BertConfig, BertModel
 
 from iap.cache import CacheConfig, projected_bytes_per_sample
@@ -70,7 +79,8 @@ def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int,
         return run
 
     def with_empty_rows(objective, b):
-        empty = EmptyPrompt(zh_ids=b.zh_ids[0], en_states=b.en_states[0], layers=teacher.layers)
+        pooled = b.added_cond["text_embeds"][0] if b.added_cond else None  # SDXL pairs "" with its pooled embedding
+        empty = EmptyPrompt(zh_ids=b.zh_ids[0], en_states=b.en_states[0], layers=teacher.layers, en_pooled=pooled)
         mask = torch.ones(batch_size, dtype=torch.bool)
         return lambda: step(objective, empty.apply(b, mask.nonzero().flatten().tolist()))()
 
@@ -101,7 +111,7 @@ def measure(base, encoder: ChineseEncoder, batch_size: int, reps: int,
     return out
 
 
-def _real_base(unet_config: dict):
+def _real_base(unet_config: dict, bert: dict = BERT_768):
     """A real UNet config (random weights) and a 768-wide BERT, projected when the UNet is wider."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     torch.manual_seed(0)
@@ -110,7 +120,7 @@ def _real_base(unet_config: dict):
     dim = int(unet.config.cross_attention_dim)
     base = SimpleNamespace(unet=unet, noise_scheduler=scheduler, max_length=77, cross_attention_dim=dim,
                            device=torch.device("cpu"))
-    model = BertModel(BertConfig(**BERT_768), add_pooling_layer=False)
+    model = BertModel(BertConfig(**bert), add_pooling_layer=False)
     if dim != model.config.hidden_size:
         model = with_projection(model, dim)
     return base, ChineseEncoder(model, SimpleNamespace(pad_token_id=0, model_max_length=77), 77)
@@ -146,7 +156,13 @@ def main() -> None:
     parser.add_argument("--skip-sd2", action="store_true")
     parser.add_argument("--skip-sdxl", action="store_true")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="every row at toy widths, in seconds (the test suite)")
     args = parser.parse_args()
+    if args.quick:
+        report("tiny preset (batch 32)", measure(*_tiny_base(), batch_size=32, reps=1))
+        report("SD-shaped, toy widths", measure(*_real_base(QUICK_UNET, QUICK_BERT), batch_size=2, reps=1))
+        report("SDXL-shaped, toy widths", measure(*_real_base(QUICK_SDXL_UNET, QUICK_BERT), batch_size=2, reps=1))
+        return
     report("tiny preset (batch 32)", measure(*_tiny_base(), batch_size=32, reps=args.reps * 5))
     if not args.skip_sd15:
         report("SD-1.5 shapes (batch 1)", measure(*_real_base(SD15_UNET), batch_size=1, reps=args.reps))

@@ -12,7 +12,7 @@ the rules before issue 26 (re-stated below in Python, as the SQL they were) on t
 Also: MT throughput of the tiny MarianMT preset, and the projected cost per 1M captions of a real
 opus-mt-zh-en (its config) from FLOPs.
 
-    python bench/corpora.py [--rows 1000] [--mt-rows 2000]
+    python bench/corpora.py [--rows 1000] [--mt-rows 2000] [--quick]
 """
 
 from __future__ import annotations
@@ -190,7 +190,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--mt-rows", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="200 rows, 50 translations (seconds: the test suite)")
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.mt_rows = 200, 50
     with tempfile.TemporaryDirectory() as tmp:
         tmp, port = Path(tmp), free_port()
         manifest, kinds = mixed_manifest(tmp / "web", args.rows, port)

@@ -5,7 +5,7 @@
 2. DuckDB filter throughput (rows/s) on a synthetic shard set in img2dataset's parquet schema
    (captions + small fake image bytes), next to the same rules as a plain Python/pyarrow loop.
 
-    python bench/data.py [--rows 1000000] [--images 400] [--naive-rows 200000]
+    python bench/data.py [--rows 1000000] [--images 400] [--naive-rows 200000] [--quick]
 """
 
 from __future__ import annotations
@@ -121,7 +121,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--naive-rows", type=int, default=200_000)
+    parser.add_argument("--quick", action="store_true", help="20,000 rows and 20 images (seconds: the test suite)")
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.images, args.naive_rows = 20_000, 20, 5_000
     cfg = FilterConfig()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

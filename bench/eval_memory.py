@@ -5,7 +5,7 @@ Uses the rehearsal's random-weight SD-1.5-shaped base, RoBERTa-shaped encoder an
 process per N, so each peak is its own. No image generation (samples=0): the losses, the mismatched
 level and retrieval are what grew with the split.
 
-    python bench/eval_memory.py [--rows 8,64] [--rehearsal DIR]
+    python bench/eval_memory.py [--rows 8,64] [--rehearsal DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 REHEARSAL = Path(tempfile.gettempdir()) / "iap-rehearsal"
 
 
-def snapshot_of(rows: int, work: Path) -> str:
-    """A snapshot whose train split holds the shapes world's first `rows` distinct triples at 512 px."""
+def snapshot_of(rows: int, work: Path, px: int = 512) -> str:
+    """A snapshot whose train split holds the shapes world's first `rows` distinct triples at `px` pixels."""
     from iap.data.download import DownloadConfig
     from iap.data.pipeline import run_data
     from iap.data.snapshot import FilterConfig
@@ -35,10 +35,11 @@ def snapshot_of(rows: int, work: Path) -> str:
     from tests.conftest import free_port
     port = free_port()
     folder = work / f"synth-{rows}"
-    manifest = write_synth(folder, rows, seed=1, base_url=f"http://127.0.0.1:{port}", image_px=512)
+    manifest = write_synth(folder, rows, seed=1, base_url=f"http://127.0.0.1:{port}", image_px=px)
     server = serve(folder, port)
     try:
-        _, snapshot = run_data(str(manifest), str(work / f"data-{rows}"), DownloadConfig(image_size=512),
+        _, snapshot = run_data(str(manifest), str(work / f"data-{rows}"),
+                               DownloadConfig(image_size=px, min_image_size=min(128, px // 2)),
                                FilterConfig(val_fraction=0.0, test_fraction=0.0))
     finally:
         server.shutdown()
@@ -63,14 +64,17 @@ def child(snapshot_url: str, checkpoint: str, base: str) -> None:
 
 def measure(rows: list[int], rehearsal: Path = REHEARSAL, python_path: str | None = None) -> list[dict]:
     """One child process per row count; `python_path` runs another checkout's code (the 'before' figures)."""
-    base = rehearsal / "models" / "sd15"
+    used = rehearsal / "models" / "used.json"  # which models the rehearsal trained (--quick: the tiny preset)
+    models = json.loads(used.read_text()) if used.exists() else {"base": str(rehearsal / "models" / "sd15"),
+                                                                   "image_px": 512}
+    base, px = Path(models["base"]), models["image_px"]
     checkpoint = next((rehearsal / "run" / "runs").glob("*/checkpoints/step-*"), None)
     if checkpoint is None:
         raise SystemExit(f"no rehearsal checkpoint under {rehearsal}: run python bench/rehearsal.py first")
     env = os.environ | ({"PYTHONPATH": python_path} if python_path else {})
     out = []
     for n in rows:
-        url = snapshot_of(n, rehearsal / "eval-memory")
+        url = snapshot_of(n, rehearsal / "eval-memory", px)
         # ROOT is appended (and the child runs elsewhere), so PYTHONPATH's `iap` wins when --code is given
         code = (f"import sys; sys.path.append({str(ROOT)!r}); from bench.eval_memory import child; "
                 f"child({url!r}, {str(checkpoint)!r}, {str(base)!r})")
@@ -88,7 +92,10 @@ def main() -> None:
     parser.add_argument("--rows", default="8,64", help="held-out row counts, comma-separated")
     parser.add_argument("--rehearsal", default=str(REHEARSAL), help="bench/rehearsal.py's work folder")
     parser.add_argument("--code", help="PYTHONPATH of another checkout (e.g. a git worktree of the old code)")
+    parser.add_argument("--quick", action="store_true", help="4 and 8 rows (after bench/rehearsal.py --quick)")
     args = parser.parse_args()
+    if args.quick:
+        args.rows = "4,8"
     results = measure([int(n) for n in args.rows.split(",")], Path(args.rehearsal), args.code)
     print(f"{'rows':>6}{'eval s':>9}{'RSS after load GB':>19}{'peak RSS GB':>13}{'peak - load GB':>16}")
     for r in results:

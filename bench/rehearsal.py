@@ -8,7 +8,7 @@ model_max_length, as hfl/chinese-roberta-wwm-ext is published. Data: shapes-worl
 on 127.0.0.1. Overridden for a CPU: steps, rows, the train batch (the rows are fewer than full's 64), the
 held-out fraction and the evaluation size; everything else is full's.
 
-    python bench/rehearsal.py [--rows 24] [--steps 2] [--out DIR]
+    python bench/rehearsal.py [--rows 24] [--steps 2] [--out DIR] [--quick]
     python bench/rehearsal.py --gpu-check     # on a CUDA machine: the same on the GPU, with GPU memory
 
 Prints per stage: wall time, samples/s, peak RSS of this process (img2dataset workers are separate
@@ -108,12 +108,20 @@ def run(args) -> dict:
     from tests.conftest import free_port
     out = Path(args.out)
     shutil.rmtree(out / "run", ignore_errors=True)  # the models are kept; the run starts from the manifest
-    base, zh = write_sd15(out / "models" / "sd15"), write_roberta(out / "models" / "roberta-zh")
+    if args.quick:  # the same flow and parameters on the tiny preset at 64 px: seconds, for the test suite
+        from iap.models.tiny import write_tiny
+        tiny, px = write_tiny(out / "models" / "tiny"), 64
+        base, zh = tiny / "base", tiny / "zh_encoder"
+    else:
+        base, zh, px = write_sd15(out / "models" / "sd15"), write_roberta(out / "models" / "roberta-zh"), 512
+    (out / "models" / "used.json").write_text(json.dumps({"base": str(base), "zh_encoder": str(zh), "image_px": px}))
     port = free_port()
-    manifest = write_synth(out / "synth", args.rows, seed=0, base_url=f"http://127.0.0.1:{port}", image_px=512)
+    manifest = write_synth(out / "synth", args.rows, seed=0, base_url=f"http://127.0.0.1:{port}", image_px=px)
     server = serve(out / "synth", port)
     params = full_parameters()
     params.update(out=str(out / "run"), base=str(base), zh_encoder=str(zh), manifest=str(manifest))
+    if args.quick:
+        params["download"] |= {"image_size": px, "min_image_size": px // 2, "processes_count": 1, "thread_count": 8}
     params["train"] |= {"steps": args.steps, "batch_size": args.batch_size, "checkpoint_every": args.steps,
                         "warmup_steps": 1, "log_every": 1}
     params["filter"] = {"val_fraction": 0.25, "test_fraction": 0.0}
@@ -126,13 +134,14 @@ def run(args) -> dict:
     cache = json.loads(Path(result["cache"], "cache.json").read_text())
     samples = sum(s["rows"] for v in cache["shards"].values() for s in v)
     return {"device": str(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"),
+            "shapes": "tiny-preset shapes (--quick)" if args.quick else "SD-1.5 shapes",
             "overrides": {k: params[k] for k in ("train", "filter", "evaluate")}, "rows": args.rows,
             "seconds_total": round(time.perf_counter() - started, 1), "stages": profile.summary(),
             "cache_bytes_per_sample": cache["bytes"] / max(samples, 1), "status": result["status"]}
 
 
 def print_table(report: dict) -> None:
-    print(f"\nrehearsal of iap-train/full at SD-1.5 shapes on {report['device']}, {report['rows']} rows "
+    print(f"\nrehearsal of iap-train/full at {report['shapes']} on {report['device']}, {report['rows']} rows "
           f"({report['seconds_total']} s in all; overrides {json.dumps(report['overrides'])})")
     print(f"{'stage':<12}{'wall s':>9}{'samples/s':>11}{'peak RSS GB':>13}{'peak GPU GB':>13}")
     for s in report["stages"]:
@@ -150,6 +159,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "iap-rehearsal"), help="work folder")
     parser.add_argument("--gpu-check", action="store_true", help="the GPU self-check: requires CUDA")
     parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--quick", action="store_true", help="the tiny preset at 64 px instead of SD-1.5 shapes "
+                                                              "(seconds: the test suite)")
     args = parser.parse_args()
     import torch
     if args.gpu_check and not torch.cuda.is_available():

@@ -12,7 +12,7 @@ in fp32 with AdamW holds 13 GB beside the 10 GB fp32 UNet, so this row does what
 English pass first, then only the cross-attention layers stay. A step = encoder forward + loss + backward +
 (fused) AdamW step, as in iap.train.
 
-    python bench/train_step.py [--skip-sd15] [--skip-sd2] [--skip-sdxl] [--reps N]
+    python bench/train_step.py [--skip-sd15] [--skip-sd2] [--skip-sdxl] [--reps N] [--quick]
 """
 
 from __future__ import annotations
@@ -52,6 +52,18 @@ SDXL_TOWERS = (dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=1
                     hidden_act="gelu", projection_dim=1280))
 BERT_768 = dict(vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                 intermediate_size=3072, max_position_embeddings=512)
+# --quick: the same code paths at toy widths (seconds), so the suite runs every bench and none rots
+QUICK_UNET = {**SD15_UNET, "sample_size": 16, "block_out_channels": (32, 64, 64, 64), "layers_per_block": 1,
+              "cross_attention_dim": 64}
+QUICK_SDXL_UNET = {**SDXL_UNET, "sample_size": 16, "block_out_channels": (32, 64, 64), "layers_per_block": 1,
+                   "attention_head_dim": (2, 4, 4), "transformer_layers_per_block": (1, 1, 2), "cross_attention_dim": 64,
+                   "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 32 + 6 * 8}
+QUICK_TOWERS = (dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     hidden_act="quick_gelu", projection_dim=32),
+                dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     hidden_act="gelu", projection_dim=32))
+QUICK_BERT = dict(vocab_size=21128, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=128, max_position_embeddings=512)
 
 
 def _time(fn, reps: int) -> float:
@@ -116,39 +128,40 @@ def tiny(reps: int) -> dict[str, float]:
     return measure(base.unet, encoder, batch_size=32, reps=reps)
 
 
-def real_shapes(unet_config: dict, reps: int, separate: bool = True) -> dict[str, float]:
+def real_shapes(unet_config: dict, reps: int, separate: bool = True, bert: dict = BERT_768) -> dict[str, float]:
     """A real UNet config (random weights) and a 768-wide BERT, projected when the UNet is wider."""
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**unet_config).eval().requires_grad_(False)
     tokenizer = SimpleNamespace(pad_token_id=0, model_max_length=77)
-    model = BertModel(BertConfig(**BERT_768), add_pooling_layer=False)
+    model = BertModel(BertConfig(**bert), add_pooling_layer=False)
     if unet.config.cross_attention_dim != model.config.hidden_size:
         model = with_projection(model, unet.config.cross_attention_dim)
     return measure(unet, ChineseEncoder(model, tokenizer, 77), batch_size=1, reps=reps, separate=separate)
 
 
-def _sdxl_english(reps: int) -> tuple[float, FrozenBatch, dict]:
+def _sdxl_english(reps: int, unet_config: dict = SDXL_UNET) -> tuple[float, FrozenBatch, dict]:
     """SDXL's UNet (random weights): the English pass's time, a batch carrying its queries and targets, and
     the cross-attention layers; the rest of the UNet is freed on return."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SDXL_UNET).eval().requires_grad_(False)
+    unet = UNet2DConditionModel(**unet_config).eval().requires_grad_(False)
     teacher = Teacher(SimpleNamespace(unet=unet, noise_scheduler=DDPMScheduler(beta_schedule="scaled_linear")))
     g = torch.Generator().manual_seed(0)
-    batch = FrozenBatch(zh_ids=torch.randint(104, 21128, (1, 77), generator=g), en_states=torch.randn(1, 77, 2048),
-                        latents=torch.randn(1, 4, 128, 128, generator=g), noise=torch.randn(1, 4, 128, 128, generator=g),
+    side, width = unet.config.sample_size, unet.config.cross_attention_dim
+    batch = FrozenBatch(zh_ids=torch.randint(104, 21128, (1, 77), generator=g), en_states=torch.randn(1, 77, width),
+                        latents=torch.randn(1, 4, side, side, generator=g), noise=torch.randn(1, 4, side, side, generator=g),
                         timesteps=torch.randint(0, 1000, (1,), generator=g), added_cond=placeholder_added_cond(unet, 1))
     english = _time(lambda: teacher.english_pass(batch), reps)
     queries, targets, _ = teacher.english_pass(batch)
     return english, FrozenBatch(**{**vars(batch), "queries": queries, "targets": targets}), dict(teacher.layers)
 
 
-def sdxl(reps: int) -> dict[str, float]:
+def sdxl(reps: int, unet_config: dict = SDXL_UNET, tower_configs: tuple = SDXL_TOWERS) -> dict[str, float]:
     """The English pass, then SDXL's real Chinese side (two CLIP towers) trained with pivot + the pooled term
     over the recorded queries and targets: a store-cache run never holds the UNet, only its attention layers."""
-    english, batch, layers = _sdxl_english(reps)
+    english, batch, layers = _sdxl_english(reps, unet_config)
     ids = {"bos_token_id": 101, "eos_token_id": 102, "pad_token_id": 0}  # hfl's [CLS], [SEP], [PAD]
     towers = DualTower(*(cls(CLIPTextConfig(vocab_size=21128, max_position_embeddings=77, **ids, **c))
-                         for cls, c in zip((CLIPTextModel, CLIPTextModelWithProjection), SDXL_TOWERS, strict=True)))
+                         for cls, c in zip((CLIPTextModel, CLIPTextModelWithProjection), tower_configs, strict=True)))
     encoder = ChineseEncoder(towers, SimpleNamespace(pad_token_id=0, model_max_length=77), 77)
     optimizer = make_optimizer([p for p in encoder.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.01)
     pivot = make_objective("pivot", None, layers=layers)
@@ -183,10 +196,16 @@ def main() -> None:
     parser.add_argument("--skip-sd2", action="store_true")
     parser.add_argument("--skip-sdxl", action="store_true")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="every row at toy widths, in seconds (the test suite)")
     args = parser.parse_args()
     print(f"per-sample training step time, CPU, {torch.get_num_threads()} threads (median)")
     print(f"{'model':26} {'separate':>12} {'pivot (given q)':>16} {'encoder floor':>14} {'english pass':>14} "
           f"{'separate/pivot':>15} {'peak RSS':>13}")
+    if args.quick:
+        report("tiny preset (batch 32)", tiny(1))
+        report("SD-shaped, toy widths", real_shapes(QUICK_UNET, 1, bert=QUICK_BERT))
+        report("SDXL-shaped, toy widths", sdxl(1, QUICK_SDXL_UNET, QUICK_TOWERS))
+        return
     report("tiny preset (batch 32)", tiny(args.reps * 5))
     if not args.skip_sd15:
         report("SD-1.5 shapes (batch 1)", real_shapes(SD15_UNET, args.reps))

@@ -49,7 +49,8 @@ class EvalConfig(StageConfig):
     probe_positions: int = Field(16, ge=1, description="retrieval: probe query positions per layer and probe")
     batch_size: int | None = Field(None, ge=1, description="samples per UNet pass (losses, features, generation); "
                                                           "None: 8 at SD-1.5's 64x64 latents, more for smaller ones")
-    inception: str | None = Field(None, description="FID: torchmetrics Inception weights file (else no FID)")
+    inception: str | None = Field(None, description="KID (and FID above 2048 samples): torchmetrics Inception "
+                                  "weights file (else neither)")
     clip_model: str | None = Field(None, description="CLIP score: a CLIP HF id or folder (else no CLIP score)")
 
 
@@ -248,7 +249,10 @@ def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], row
         zh = generate(_pipeline(base, encoder), [r["caption_zh"] for r in rows], **sample)
         out[f"{name}consistency_pixel_l1"] = im.consistency(zh, en)
         if feature is not None or inception:
-            out[f"{name}fid_zh_vs_en"] = im.fid(im.to_tensor(en), im.to_tensor(zh), feature, inception)
+            real, fake = im.to_tensor(en), im.to_tensor(zh)
+            out[f"{name}kid_zh_vs_en"] = im.kid(real, fake, feature, inception)
+            if im.fid_is_meaningful(len(rows), feature, real):
+                out[f"{name}fid_zh_vs_en"] = im.fid(real, fake, feature, inception)
         if clip_model:
             out[f"{name}clip_score"] = im.clip_score(im.to_tensor(zh), [r["caption_en"] for r in rows], clip_model)
         if world:

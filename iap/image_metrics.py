@@ -2,9 +2,13 @@
 
 consistency      mean absolute pixel difference (0..1) between the image generated from the
                  Chinese prompt and the one from the English prompt, same seed and sampler.
-fid              Frechet distance between two image sets' features (torchmetrics); the feature
-                 extractor is injectable (an Inception v3 weights file for the standard FID, or
-                 any nn.Module mapping images in [0, 1] to feature vectors).
+kid              Kernel Inception Distance (torchmetrics): unbiased at small sample counts, so it is the
+                 set-level score an evaluation of tens of prompts reports.
+fid              Frechet distance between two image sets' features (torchmetrics); biased and noisy
+                 below thousands of images (its covariance of 2048-d features is not even full rank
+                 under 2048), so it is reported only for more images than feature dimensions.
+                 For both the feature extractor is injectable (an Inception v3 weights file for the
+                 standard scores, or any nn.Module mapping images in [0, 1] to feature vectors).
 clip_score       torchmetrics CLIPScore of images against texts with a CLIP model id or folder.
 
 What an image should show for its prompt is a data world's business (iap.worlds; the shapes world scores
@@ -40,6 +44,30 @@ def fid(real: torch.Tensor, fake: torch.Tensor, feature: torch.nn.Module | None 
     metric.update(real, real=True)
     metric.update(fake, real=False)
     return metric.compute().item()
+
+
+def kid(real: torch.Tensor, fake: torch.Tensor, feature: torch.nn.Module | None = None,
+        inception_weights: str | None = None, subsets: int = 100) -> float:
+    """KID (mean over `subsets` random subsets of up to 1000 images each) of two (N, 3, H, W) [0, 1] sets."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+    if feature is None and inception_weights is None:
+        raise ValueError("kid needs a feature extractor module or an Inception weights path")
+    kwargs = {"feature": feature} if feature is not None else {
+        "feature": 2048, "feature_extractor_weights_path": inception_weights}
+    torch.manual_seed(0)  # the subsets are drawn at random: the same sets give the same score
+    metric = KernelInceptionDistance(normalize=True, subsets=subsets, subset_size=min(len(real), len(fake), 1000),
+                                     **kwargs)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    return metric.compute()[0].item()
+
+
+def fid_is_meaningful(n: int, feature: torch.nn.Module | None, image: torch.Tensor) -> bool:
+    """More images than feature dimensions (2048 for Inception): below that FID's covariance is rank-deficient."""
+    if feature is None:
+        return n > 2048
+    with torch.no_grad():
+        return n > feature(image[:1]).shape[-1]
 
 
 class _TensorFeatures(torch.nn.Module):

@@ -38,7 +38,8 @@ DEFINITIONS = {  # metric name (without the untrained_/teacher_en_ prefix) -> on
     "generated_prompts": "held-out prompts drawn (the data world's choice, e.g. one per combination)",
     "consistency_pixel_l1": "mean absolute pixel difference (0..1) to the English prompt's image, same seed; lower is "
                             "closer",
-    "fid_zh_vs_en": "FID between the Chinese-prompt and English-prompt image sets",
+    "kid_zh_vs_en": "KID (unbiased at small N) between the Chinese-prompt and English-prompt image sets",
+    "fid_zh_vs_en": "FID between the two image sets (only above as many images as feature dimensions)",
     "clip_score": "CLIP score of the Chinese-prompt images against the English captions",
 }  # and each data world's own (iap.worlds.definitions)
 NOT_METRICS = {"report"}

@@ -31,6 +31,18 @@ def test_fid_is_zero_for_identical_sets_and_grows_with_a_shift():
     assert shifted > 100 * max(abs(same), 1e-6)
 
 
+def test_kid_is_the_set_score_at_small_n_and_fid_needs_more_images_than_dimensions():
+    """Issue 27, finding 9: FID of 64 images in 2048-d features is meaningless; KID is unbiased at small N."""
+    torch.manual_seed(1)
+    images = torch.rand(16, 3, 32, 32)
+    feature = tiny_extractor()  # 8-d features
+    same, shifted = im.kid(images, images.clone(), feature), im.kid(images, images * 0.5 + 0.5, feature)
+    assert abs(same) < 1e-3 and shifted > 10 * max(abs(same), 1e-6)
+    assert im.kid(images, images * 0.5 + 0.5, feature) == shifted  # its random subsets are seeded
+    assert im.fid_is_meaningful(16, feature, images) and not im.fid_is_meaningful(8, feature, images)
+    assert not im.fid_is_meaningful(64, None, images)  # Inception: 2048 dimensions
+
+
 def test_shapes_check_reads_colours_from_pixels():
     samples = [shapes.Sample(c, 0, 3) for c in shapes.all_combos()[::7]]
     acc = shapes_accuracy([shapes.render(s, 64) for s in samples], [s.combo.color for s in samples],
@@ -117,3 +129,15 @@ def test_a_standalone_evaluation_writes_beside_the_run_s_report(demo_summary):
                                configs)
     assert "/evaluations/eval-" in m["report"] and Path(m["report"]).exists()
     assert report.read_text() == before
+
+
+def test_an_evaluation_with_image_features_reports_kid_and_no_fid_at_small_n(demo_summary):
+    from iap.data.snapshot import open_snapshot
+    from iap.evaluate import evaluate_checkpoint
+    from iap.models import load_base
+    from iap.models.presets import SHAPES_TEACHER
+    m = evaluate_checkpoint(load_base(str(SHAPES_TEACHER)), demo_summary["checkpoint"],
+                            open_snapshot(demo_summary["snapshot"]), feature=tiny_extractor(),
+                            generation=EvalConfig(samples=4, pairs=8, steps=4, guidance_scale=3.0), report="kid-test")
+    assert m["generated_prompts"] == 4 and "kid_zh_vs_en" in m and "fid_zh_vs_en" not in m
+    assert "/kid-test/report.html" in m["report"]

@@ -15,6 +15,7 @@ from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
 from iap.evaluate import EvalConfig
+from iap.export import card_dataset
 from iap.inputs import synthetic_manifest
 from iap.registry import GateConfig
 from iap.stages import Trained, pipeline_result, registry_entry, run_key, run_lineage
@@ -52,7 +53,7 @@ def iap_train(
                                             generation=evaluate, precision=train.mixed_precision, report="report")
     pipeline_dir = f"{out}/pipelines/{trained['checkpoint_id']}"
     pipeline = export.with_options(assets=[asset_url(pipeline_dir)], asset_deps=[asset_url(run_dir)])(
-        f"export-{trained['checkpoint_id']}", trained["checkpoint"], base, pipeline_dir)
+        f"export-{trained['checkpoint_id']}", trained["checkpoint"], base, pipeline_dir, metrics, card_dataset(snapshot))
     registry = registry or f"{out}/registry"
     entry = register.with_options(assets=[asset_url(f"{registry}/entries/{trained['checkpoint_id']}.json")],
                                   asset_deps=[asset_url(pipeline_dir)])(

@@ -401,11 +401,19 @@ def _dry_run(snap, base_model, cfg) -> None:
 @app.command("export")
 def export_cmd(checkpoint: Annotated[str, typer.Argument(help="checkpoint folder or URL (RUN/checkpoints/step-N)")],
                out: Annotated[str, typer.Argument(help="pipeline folder to write, local or s3://")],
-               base: Annotated[str, typer.Option(help="the base model the checkpoint was trained for")]) -> None:
-    """Write a standard diffusers Stable Diffusion folder whose text encoder is the Chinese one."""
+               base: Annotated[str, typer.Option(help="the base model the checkpoint was trained for")],
+               push_to_hub: Annotated[str | None, typer.Option(
+                   help="then upload it to this Hub model repo (user/name; created private if missing; "
+                        "credentials: HF_TOKEN or `hf auth login`)")] = None) -> None:
+    """Write a standard diffusers Stable Diffusion folder whose text encoder is the Chinese one, with a
+    Hub-ready model card."""
     from iap.export import export_pipeline
+    from iap.export import push_to_hub as push
     from iap.models.presets import resolve_model
-    console.print(f"exported: {export_pipeline(checkpoint, resolve_model(base), out)}")
+    folder = export_pipeline(checkpoint, resolve_model(base), out)
+    console.print(f"exported: {folder}")
+    if push_to_hub:
+        console.print(f"pushed: {push(folder, push_to_hub)}")
 
 
 @app.command()

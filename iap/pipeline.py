@@ -15,7 +15,7 @@ from iap.data.manifest import ManifestColumns
 from iap.data.pipeline import run_data
 from iap.data.snapshot import FilterConfig, open_snapshot
 from iap.evaluate import EvalConfig
-from iap.export import export_pipeline
+from iap.export import card_dataset, export_pipeline
 from iap.inputs import check_inputs, synthetic_manifest
 from iap.models.shared import shared_base
 from iap.registry import Entry, GateConfig, Registry
@@ -51,7 +51,8 @@ def run_pipeline(
     trained = train_stage(info["url"], base, zh_encoder, run_dir, train, lineage, log=log)
     metrics = evaluate_stage(trained.checkpoint, snapshot, base, zh_encoder, "val", evaluate, train.mixed_precision,
                              report="report")
-    pipeline = str(export_pipeline(trained.checkpoint, base, f"{out}/pipelines/{trained.checkpoint_id}"))
+    pipeline = str(export_pipeline(trained.checkpoint, base, f"{out}/pipelines/{trained.checkpoint_id}", metrics,
+                                   card_dataset(snapshot)))
     registry = registry or f"{out}/registry"
     entry = asdict(Registry(registry).register(Entry(**registry_entry(trained, base, lineage, metrics, pipeline,
                                                                       train)), gate))

@@ -26,10 +26,12 @@ def evaluate(key: str, checkpoint: str, snapshot_url: str, base: str, untrained:
 
 
 @materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, **retrying(1), **PERSIST)
-def export(key: str, checkpoint: str, base: str, out: str) -> str:
-    """A plain diffusers pipeline with the Chinese encoder; `key` is the checkpoint id."""
+def export(key: str, checkpoint: str, base: str, out: str, metrics: dict | None = None,
+           dataset: str | None = None) -> str:
+    """A plain diffusers pipeline with the Chinese encoder (its card carries `metrics` on `dataset`); `key` is
+    the checkpoint id."""
     with stage("export"):
-        return str(export_pipeline(checkpoint, base, out))
+        return str(export_pipeline(checkpoint, base, out, metrics, dataset))
 
 
 @materialize(PLACEHOLDER_ASSET, **retrying(2, 2))

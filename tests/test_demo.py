@@ -185,3 +185,31 @@ def test_the_report_renders_in_headless_chromium(demo_summary, tmp_path):
     assert saturated.mean() > 0.02, saturated.mean()
     fonts = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True).stdout
     assert fonts.strip(), "no font with Chinese glyphs: the prompts would render as boxes"
+
+
+def test_the_export_card_is_hub_ready_and_push_sends_that_folder(demo_summary, tmp_path, monkeypatch):
+    """Issue 27, finding 5: the card lacked base_model, license and the evaluation results, and nothing
+    could publish an export. The Hub cannot be reached here: its two API calls are replaced, and the test
+    checks what they would have been sent."""
+    from huggingface_hub import HfApi, ModelCard
+
+    from iap.export import push_to_hub
+    folder = Path(demo_summary["pipeline_dir"])
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.language == ["zh"] and card.data.pipeline_tag == "text-to-image"
+    assert card.data.library_name == "diffusers" and "iap" in card.data.tags
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["retrieval_top5"] == pytest.approx(demo_summary["evaluation"]["retrieval_top5"])
+    from iap.export import base_license
+    from iap.models.presets import SHAPES_TEACHER
+    assert card.data.license == base_license(SHAPES_TEACHER)  # the base's own, or none (and the text says so)
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+
+    def upload(self, repo_id, folder_path, **kw):
+        calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+        return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/1"})()
+    monkeypatch.setattr(HfApi, "upload_folder", upload)
+    assert push_to_hub(folder, "someone/iap-zh") == "https://huggingface.co/someone/iap-zh/commit/1"
+    assert calls[0][:2] == ("create", "someone/iap-zh") and calls[0][2]["private"] is True
+    assert calls[1][0] == "upload" and {"README.md", "model_index.json", "text_encoder", "unet"} <= set(calls[1][2])

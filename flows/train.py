@@ -19,6 +19,7 @@ from iap.export import card_dataset
 from iap.inputs import synthetic_manifest
 from iap.registry import GateConfig
 from iap.stages import Trained, pipeline_result, registry_entry, run_key, run_lineage
+from iap.tracking import log_evaluation
 from tasks import asset_url
 from tasks.artifacts import publish_run
 from tasks.evaluate import export, register
@@ -51,6 +52,7 @@ def iap_train(
         f"train-{key}-{train.steps}", info["url"], base, zh_encoder, run_dir, train, lineage)
     metrics, runs["iap-evaluate"] = subflow(iap_evaluate, trained["checkpoint"], snapshot, base, untrained=zh_encoder,
                                             generation=evaluate, precision=train.mixed_precision, report="report")
+    log_evaluation(train.report_to, run_dir, metrics, trained["steps"])
     pipeline_dir = f"{out}/pipelines/{trained['checkpoint_id']}"
     pipeline = export.with_options(assets=[asset_url(pipeline_dir)], asset_deps=[asset_url(run_dir)])(
         f"export-{trained['checkpoint_id']}", trained["checkpoint"], base, pipeline_dir, metrics, card_dataset(snapshot))

@@ -1,7 +1,5 @@
 """iap: transfer an English Stable Diffusion model to Chinese prompts with IAP (images as pivots)."""
 
-from iap.quiet import quiet_libraries
+from importlib.metadata import version as _version
 
-quiet_libraries()  # before transformers/diffusers are first imported: they read these once
-
-__version__ = "0.1.0"
+__version__ = _version("iap")  # single source: pyproject.toml

@@ -1,3 +1,3 @@
-from iap.cli import main
+from iap.entry import main
 
 main()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import PydanticUndefined
+from pydantic.fields import PydanticUndefined
 
 from iap.errors import IapError
 
@@ -64,6 +64,9 @@ class TrainConfig(StageConfig):
     checkpoint_every: int = launch_field(200, ge=1)
     keep_checkpoints: int = launch_field(2, ge=1)
     log_every: int = launch_field(50, ge=1)
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = launch_field(
+        "none", description="experiment tracker for loss, lr, samples/s and the held-out metrics (accelerate's; "
+        "files under RUN/trackers)")
     empty_prompt_fraction: float = Field(
         0.1, ge=0, lt=1, description="share of samples trained as the empty prompt on both sides (zh '' -> en ''), "
         "so the encoder also serves classifier-free guidance's unconditional branch")

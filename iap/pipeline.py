@@ -28,6 +28,7 @@ from iap.stages import (
     run_lineage,
     train_stage,
 )
+from iap.tracking import log_evaluation
 
 
 def run_pipeline(
@@ -51,6 +52,7 @@ def run_pipeline(
     trained = train_stage(info["url"], base, zh_encoder, run_dir, train, lineage, log=log)
     metrics = evaluate_stage(trained.checkpoint, snapshot, base, zh_encoder, "val", evaluate, train.mixed_precision,
                              report="report")
+    log_evaluation(train.report_to, run_dir, metrics, trained.steps)
     pipeline = str(export_pipeline(trained.checkpoint, base, f"{out}/pipelines/{trained.checkpoint_id}", metrics,
                                    card_dataset(snapshot)))
     registry = registry or f"{out}/registry"

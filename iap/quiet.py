@@ -14,8 +14,7 @@ QUIET_ENV = {
     "DIFFUSERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # "Loading weights", "Writing model shards" bars
     "NO_ALBUMENTATIONS_UPDATE": "1",
-    "WANDB_MODE": "disabled",
-}
+}  # not WANDB_MODE: --train-report-to wandb must work, and a user's own script keeps its wandb
 
 
 def verbose() -> bool:
@@ -23,7 +22,8 @@ def verbose() -> bool:
 
 
 def quiet_libraries() -> None:
-    """Environment defaults the libraries read when first imported (a user's own setting wins)."""
+    """Environment defaults the libraries read when first imported (a user's own setting wins); set by the
+    program (iap.entry, the flows), never by `import iap`."""
     if not verbose():
         for name, value in QUIET_ENV.items():
             os.environ.setdefault(name, value)

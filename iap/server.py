@@ -31,7 +31,7 @@ def local_env(port: int, out: str, pool: str = "local-pool") -> dict[str, str]:
     env |= {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "2", "PWD": str(ROOT), "IAP_CHECKOUT": str(ROOT),
             "IAP_OUT": out, "IAP_WORK_POOL": pool, "IAP_GPU_WORK_POOL": pool,
-            "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
+            "NO_ALBUMENTATIONS_UPDATE": "1"}
     env.setdefault("IAP_MANIFEST", f"{out}/manifest.parquet")
     return env
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 
+from iap import tracking
 from iap.checkpoint import (
     TrainState,
     checkpoint_url,
@@ -134,8 +134,10 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
     if cfg.empty_prompt_fraction > 0 and empty is None:
         raise IapError(f"empty_prompt_fraction={cfg.empty_prompt_fraction} needs the empty prompt's states "
                        "(pass empty=...), or set it to 0")
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     run_url = str(run_dir)
+    trackers = tracking.folder(run_url)
+    accelerator = tracking.tracked_accelerator(cfg.report_to, trackers, mixed_precision=cfg.mixed_precision,
+                                      cpu=not torch.cuda.is_available())
     with accelerator.local_main_process_first():  # one pull of a remote run's latest checkpoint per machine
         run_dir = local_run(run_dir)  # a remote run trains in a local staging folder
     encoder.train()
@@ -151,6 +153,7 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
         log(f"data parallel on {world} processes ({accelerator.distributed_type.value}): {per_rank} samples per rank "
             f"of each global batch of {cfg.batch_size}")
     model, optimizer = accelerator.prepare(encoder, optimizer)
+    tracking.start(accelerator, cfg.report_to, run_url, cfg.model_dump(mode="json"))
     order = DataOrder(source, cfg.batch_size, cfg.seed)
     config = cfg.model_dump(mode="json")
     ckpt = checkpoint_url(run_url, state.step) if latest_checkpoint(run_dir) else None
@@ -186,6 +189,8 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
         if log_step:
             elapsed = time.perf_counter() - start
             rate = (state.step - start_step) / max(elapsed, 1e-9)
+            accelerator.log({"train/loss": state.losses[-1][1], "train/lr": lr_at(state.step - 1, cfg),
+                             "train/samples_per_second": rate * cfg.batch_size * cfg.grad_accum}, step=state.step)
             log(f"step {state.step}/{cfg.steps} loss {state.losses[-1][1]:.5f} lr {lr_at(state.step - 1, cfg):.2e} "
                 f"{rate:.2f} steps/s {rate * cfg.batch_size * cfg.grad_accum:.1f} samples/s, "
                 f"{(cfg.steps - state.step) / max(rate, 1e-9):.0f} s to go")
@@ -201,6 +206,9 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
                 push_checkpoint(ckpt, run_url, cfg.keep_checkpoints)
             accelerator.wait_for_everyone()
             ckpt = checkpoint_url(run_url, state.step)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        tracking.upload(cfg.report_to, run_url)
     elapsed = time.perf_counter() - start
     done = state.step - start_step
     return TrainResult(checkpoint=ckpt, state=state, seconds=elapsed,

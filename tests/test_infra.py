@@ -97,3 +97,41 @@ def test_compose_team_setup():
     assert "postgresql+asyncpg://" in server["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert services["worker"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     assert services["worker"]["build"]["dockerfile"] == "infra/Dockerfile"
+
+
+def test_the_install_is_locked_and_every_dependency_is_declared_and_pinned():
+    """Issue 27, finding 6: five pins, untested floors, and imported packages nobody declared."""
+    import ast
+    import sys
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {canonicalize_name(Requirement(r).name): Requirement(r) for r in project["dependencies"]}
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    for name, req in declared.items():
+        if name == "torch":
+            continue  # pinned by install.sh itself, by build
+        assert name in pins, f"{name} is declared but not locked"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}: lock {pins[name]} vs {req}"
+    imported = set()
+    for folder in ("iap", "flows", "tasks"):
+        for f in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    distribution = {"PIL": "pillow", "yaml": "pyyaml"}
+    optional = {"prefect_dask", "prefect_ray"}  # the dask and ray engines, installed with their engine
+    third_party = {m for m in imported - set(sys.stdlib_module_names) - {"iap", "flows", "tasks"} - optional}
+    assert {canonicalize_name(distribution.get(m, m)) for m in third_party} <= set(declared)
+    install = (ROOT / "install.sh").read_text()
+    assert "-c constraints.txt" in install and "torch==2.13.0" in install
+    assert "bash install.sh dev" in (ROOT / ".ci" / "run").read_text()
+    assert "RUN bash install.sh" in (INFRA / "Dockerfile").read_text()

@@ -19,4 +19,22 @@ def _quiet() -> None:
     quiet_libraries()
 
 
+def _library_logs_to_prefect() -> None:
+    """The library logs to `logging.getLogger("iap...")`; inside a flow or task run those records also go to
+    the run's logs in the Prefect API (what the UI shows), as PREFECT_LOGGING_EXTRA_LOGGERS=iap would do, but
+    without a warning for every record logged outside a run."""
+    import logging
+
+    from prefect.context import FlowRunContext, TaskRunContext
+    from prefect.logging.handlers import APILogHandler
+    library = logging.getLogger("iap")
+    if not any(isinstance(h, APILogHandler) for h in library.handlers):
+        handler = APILogHandler()
+        handler.addFilter(lambda _record: FlowRunContext.get() is not None or TaskRunContext.get() is not None)
+        library.addHandler(handler)
+    if library.level == logging.NOTSET or library.level > logging.INFO:
+        library.setLevel(logging.INFO)
+
+
 _quiet()
+_library_logs_to_prefect()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -261,7 +262,7 @@ def commit_cache(plan: CachePlan, shards: list[dict], base: BaseModel | None, se
 
 
 def precompute(snapshot: Snapshot, load_base_model: Callable[[], BaseModel], base_fingerprint: str, out_url: str,
-               cfg: CacheConfig | None = None, log: Callable[[str], None] = print) -> CacheInfo:
+               cfg: CacheConfig | None = None, log: Callable[[str], None] = logging.getLogger(__name__).info) -> CacheInfo:
     """Fill OUT/cache-<key>, skipping committed shards; loads the base only if there is work to do."""
     plan = plan_cache(snapshot, base_fingerprint, out_url, cfg or CacheConfig())
     if _fs(plan.url).exists(f"{plan.url}/cache.json"):

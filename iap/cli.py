@@ -618,6 +618,21 @@ def _sectioned(*apps: typer.Typer) -> None:
 _sectioned(app, models_app, server_app, registry_app)
 
 
+def _library_logs_to_console() -> None:
+    """The library's log lines (logging.getLogger("iap...")) at INFO, printed as the commands print."""
+    import logging
+
+    from rich.logging import RichHandler
+    library = logging.getLogger("iap")
+    if not any(getattr(h, "iap_console", False) for h in library.handlers):
+        handler = RichHandler(console=console, show_time=False, show_level=False, show_path=False,
+                              markup=False, highlighter=None)
+        handler.iap_console = True
+        library.addHandler(handler)
+    library.setLevel(logging.INFO)
+    library.propagate = False  # printed once, here, not again by a root handler (Prefect's console)
+
+
 def run(typer_app: typer.Typer) -> None:
     """Run a CLI app; a user error (IapError) is one line on stderr and exit code 2. What the command
     starts ends with it, however it ends (iap.reaper)."""
@@ -625,6 +640,7 @@ def run(typer_app: typer.Typer) -> None:
 
     from iap.reaper import start_reaper
     start_reaper()
+    _library_logs_to_console()
     diffusers_logging.disable_progress_bar()
     try:
         typer_app()

@@ -4,6 +4,7 @@ on the same snapshot with the same config, evaluate each the same way, one table
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ def compare(base: BaseModel, zh_encoder: str, snapshot, out: str | Path, cfg: Tr
             objectives: tuple[str, ...] = ("pivot", "separate", "embedding-mse", "eps-distill"),
             policies: tuple[str, ...] = ("recompute", "store", "store-sampled"),
             generation: EvalConfig = EvalConfig(),
-            log: Callable[[str], None] = print) -> list[dict]:
+            log: Callable[[str], None] = logging.getLogger(__name__).info) -> list[dict]:
     out = str(out).rstrip("/")  # a local folder or a URL: every output below is named from it
     fresh = lambda: load_chinese_encoder(zh_encoder, base.cross_attention_dim, base.max_length,  # noqa: E731
                                          base=base.source)

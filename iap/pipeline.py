@@ -4,6 +4,7 @@ data -> precompute -> train -> evaluate -> export -> register."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -37,7 +38,7 @@ def run_pipeline(
     download: DownloadConfig = DownloadConfig(), filter: FilterConfig = FilterConfig(),  # noqa: A002
     cache: CacheConfig = CacheConfig(), train: TrainConfig = TrainConfig(), gate: GateConfig = GateConfig(),
     columns: ManifestColumns = ManifestColumns(), evaluate: EvalConfig = EvalConfig(),
-    english: EnglishConfig = EnglishConfig(), log: Callable[[str], None] = print,
+    english: EnglishConfig = EnglishConfig(), log: Callable[[str], None] = logging.getLogger(__name__).info,
 ) -> dict:
     """Must run in the main thread of a `__main__`-guarded program (img2dataset spawns processes)."""
     base, zh_encoder, fingerprint = check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -65,7 +66,7 @@ def registry_entry(trained: Trained | dict, base: str, lineage: dict, metrics: d
 
 
 def train_stage(cache_url: str, base: str, zh_encoder: str, run_dir: str, cfg: TrainConfig, lineage: dict,
-                log: Callable[[str], None] = print, on_step: Callable | None = None) -> Trained:
+                log: Callable[[str], None] = logging.getLogger(__name__).info, on_step: Callable | None = None) -> Trained:
     """Train the Chinese encoder from a cache into `run_dir` (resumes there), in this process or, for a
     distributed config, under torchrun / accelerate launch."""
     if cfg.distributed:

@@ -15,6 +15,7 @@ Rank 0 writes the checkpoints.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -125,7 +126,7 @@ def batch_loss(model: torch.nn.Module, objective: Callable, batch: FrozenBatch, 
 
 
 def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source: FrozenSource,
-          run_dir: str | Path, log: Callable[[str], None] = print,
+          run_dir: str | Path, log: Callable[[str], None] = logging.getLogger(__name__).info,
           on_step: Callable[[TrainState], None] | None = None, lineage: dict | None = None,
           empty: EmptyPrompt | None = None) -> TrainResult:
     """Train `encoder` to minimise `objective(encoder(batch.zh_ids), batch)`; checkpoints in run_dir.

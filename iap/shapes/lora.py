@@ -12,6 +12,7 @@ the attention projections of the frozen UNet, epsilon loss, English captions) an
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -66,7 +67,7 @@ def training_pool(cfg: LoraTrainConfig, image_size: int) -> tuple[torch.Tensor, 
 
 
 def train_lora(teacher: str | Path, out: str | Path, cfg: LoraTrainConfig = LoraTrainConfig(),
-               log: Callable[[str], None] = print) -> Path:
+               log: Callable[[str], None] = logging.getLogger(__name__).info) -> Path:
     """Train the LoRA on the teacher's frozen UNet and save it (diffusers LoRA format) under `out`."""
     from diffusers import DDPMScheduler
     from diffusers.utils import convert_state_dict_to_diffusers

@@ -16,6 +16,7 @@ measures composition, not memory.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import tempfile
 import time
@@ -196,7 +197,7 @@ def _train_denoiser(unet: UNet2DConditionModel, text: TextSide, ids: torch.Tenso
 
 
 def train_shapes_teacher(folder: str | Path, cfg: TeacherConfig = TeacherConfig(),
-                         log: Callable[[str], None] = print) -> Path:
+                         log: Callable[[str], None] = logging.getLogger(__name__).info) -> Path:
     """Train the teacher from cfg.seed and save it to folder as a StableDiffusionPipeline folder."""
     folder = Path(folder)
     started = time.perf_counter()

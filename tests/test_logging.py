@@ -1,0 +1,48 @@
+"""The library logs through logging.getLogger("iap...") (issue 27, finding 8): a user sets its level, the CLI
+prints it, and inside a Prefect run its records reach the run's logs in the API."""
+
+from __future__ import annotations
+
+import logging
+
+from iap.config import TrainConfig
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+def test_training_logs_to_the_iap_logger_and_its_level_silences_it(base, encoder, small_source, tmp_path):
+    from iap.objective import Teacher, make_objective
+    from iap.train import train
+    records, library = Records(), logging.getLogger("iap")
+    library.addHandler(records)
+    before = library.level
+    cfg = TrainConfig(steps=4, batch_size=4, checkpoint_every=4, log_every=2, warmup_steps=1, empty_prompt_fraction=0)
+    try:
+        library.setLevel(logging.INFO)
+        train(cfg, encoder, make_objective("pivot", Teacher(base)), small_source, tmp_path / "a")
+        assert any(line.startswith("iap.train: step 2/4 loss") for line in records.lines), records.lines
+        records.lines.clear()
+        library.setLevel(logging.WARNING)
+        train(cfg.model_copy(update={"steps": 6}), encoder, make_objective("pivot", Teacher(base)), small_source,
+              tmp_path / "a")
+        assert records.lines == []
+    finally:
+        library.removeHandler(records)
+        library.setLevel(before)
+
+
+def test_inside_a_flow_run_library_records_go_to_the_api_handler():
+    from prefect.logging.handlers import APILogHandler
+
+    import flows  # noqa: F401 - wires the library's logger into Prefect
+    handlers = [h for h in logging.getLogger("iap").handlers if isinstance(h, APILogHandler)]
+    assert len(handlers) == 1 and logging.getLogger("iap").getEffectiveLevel() <= logging.INFO
+    outside = logging.LogRecord("iap.train", logging.INFO, __file__, 1, "step 1/1", None, None)
+    assert not handlers[0].filter(outside)  # outside a run: not sent (and no warning per record)

@@ -29,7 +29,8 @@ class PrefectEngine:
 
     def train(self, **pipeline) -> dict:
         from flows.train import iap_train
-        pipeline.pop("log", None)  # the flow logs through Prefect
+        pipeline.pop("log", None)  # the flow logs through Prefect, and the UI shows its progress
+        pipeline.pop("progress", None)
         return iap_train(**pipeline)
 
     def evaluate(self, checkpoint: str, snapshot: str | None, base: str, untrained: str | None, split: str,

@@ -262,8 +262,10 @@ def commit_cache(plan: CachePlan, shards: list[dict], base: BaseModel | None, se
 
 
 def precompute(snapshot: Snapshot, load_base_model: Callable[[], BaseModel], base_fingerprint: str, out_url: str,
-               cfg: CacheConfig | None = None, log: Callable[[str], None] = logging.getLogger(__name__).info) -> CacheInfo:
-    """Fill OUT/cache-<key>, skipping committed shards; loads the base only if there is work to do."""
+               cfg: CacheConfig | None = None, log: Callable[[str], None] = logging.getLogger(__name__).info,
+               on_progress: Callable[[int, int], None] | None = None) -> CacheInfo:
+    """Fill OUT/cache-<key>, skipping committed shards; loads the base only if there is work to do.
+    `on_progress(shards done, shards)` after each shard."""
     plan = plan_cache(snapshot, base_fingerprint, out_url, cfg or CacheConfig())
     if _fs(plan.url).exists(f"{plan.url}/cache.json"):
         return open_cache(plan.url)
@@ -276,6 +278,8 @@ def precompute(snapshot: Snapshot, load_base_model: Callable[[], BaseModel], bas
             base = load_base_model()
         shards.append(precompute_shard(plan, split, rel, base))
         log(f"cached {shards[-1]['name']}: {shards[-1]['rows']} samples")
+        if on_progress:
+            on_progress(len(shards), len(plan.shards))
     return commit_cache(plan, shards, base, time.perf_counter() - started)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
@@ -127,10 +128,27 @@ def train(out: Annotated[str, typer.Option(help="output root of the whole pipeli
     if engine != "local":  # one message before a flow starts (the local pipeline checks first thing itself;
         from iap.inputs import check_inputs  # checking twice would hash a local base's weights twice)
         check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
-    result = engines.load(engine).train(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest,
-                                        snapshot=snapshot, synthetic=synthetic, registry=registry, **configs,
-                                        log=console.print)
+    with stage_progress() as progress:
+        result = engines.load(engine).train(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest,
+                                            snapshot=snapshot, synthetic=synthetic, registry=registry, **configs,
+                                            log=console.print, progress=progress)
     _finish(result, engine)
+
+
+@contextmanager
+def stage_progress():
+    """A progress bar per stage (precompute shards, training steps, evaluation image sets) on stderr, gone when
+    the command ends; the local engine reports into it (under Prefect, the run page shows progress)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+        yield update
 
 
 def _finish(result: dict, engine: str) -> None:

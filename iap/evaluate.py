@@ -19,6 +19,7 @@ retrieval features of 4 probe images x 3 timesteps x `probe_positions` per layer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -156,7 +157,7 @@ def encoder_metrics(base: BaseModel, encoder: ChineseEncoder, held: InMemorySour
 def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split: str = "val",
                         untrained: str | None = None, weights: dict[str, float] | None = None,
                         generation: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None,
-                        report: str = "report") -> dict:
+                        report: str = "report", on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Metrics of a checkpoint on (at most `generation.pairs` rows of) a snapshot split, next to the references
     computed in the same run: the untrained encoder (when given) and the mismatched-caption level; with
     samples > 0, zh-vs-en generation metrics on that many held-out prompts (the data world's choice, e.g.
@@ -186,7 +187,7 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
         from iap.report import write_report
         world = world_of(rows)
         prompts = (world.prompts(rows) if world else rows)[:cfg.samples]
-        generated, pairs = generation_metrics(base, encoders, prompts, cfg, feature=feature)
+        generated, pairs = generation_metrics(base, encoders, prompts, cfg, feature=feature, on_progress=on_progress)
         metrics |= generated
         run_dir = run_of(checkpoint)
         title = f"IAP evaluation: {run_dir.rsplit('/', 1)[-1]}/{local.name}"
@@ -229,24 +230,31 @@ def _pipeline(base: BaseModel, encoder: ChineseEncoder | None):
 
 def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], rows: list[dict],
                        cfg: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None,
-                       grid: int | None = None) -> tuple[dict[str, float], list[dict]]:
+                       grid: int | None = None, on_progress: Callable[[int, int], None] | None = None,
+                       ) -> tuple[dict[str, float], list[dict]]:
     """zh-vs-en generation metrics per encoder on held-out rows; returns (metrics, every row's images (or the
-    first `grid` rows'): zh of each encoder and en of the base, same seed)."""
+    first `grid` rows'): zh of each encoder and en of the base, same seed). `on_progress(image sets drawn,
+    image sets)`: the base's English set, then one per encoder."""
     from iap import image_metrics as im
     from iap.generate import generate
     world = world_of(rows)
     sample = {"seed": cfg.seed, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
               "batch_size": cfg.batch_size or eval_batch_size(base)}
     inception, clip_model = cfg.inception, cfg.clip_model
+    sets = 1 + len(encoders)
     en = generate(_pipeline(base, None), [r["caption_en"] for r in rows], **sample)
+    if on_progress:
+        on_progress(1, sets)
     out: dict[str, float] = {"generated_prompts": len(rows)}
     if world:  # the base's own (English) scores: the level a transfer can reach
         out |= {f"teacher_en_{k}": v for k, v in world.score(en, rows).items()}
     pairs = [{"caption_zh": r["caption_zh"], "caption_en": r["caption_en"], "en": e}
              for r, e in zip(rows[:grid], en, strict=False)]
-    for name, encoder in encoders.items():
+    for done, (name, encoder) in enumerate(encoders.items(), start=2):
         encoder.eval()
         zh = generate(_pipeline(base, encoder), [r["caption_zh"] for r in rows], **sample)
+        if on_progress:
+            on_progress(done, sets)
         out[f"{name}consistency_pixel_l1"] = im.consistency(zh, en)
         if feature is not None or inception:
             real, fake = im.to_tensor(en), im.to_tensor(zh)

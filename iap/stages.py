@@ -117,7 +117,8 @@ def _loss_curve(losses: list, run_dir: str) -> str:
 
 
 def evaluate_stage(checkpoint: str, snapshot_url: str, base: str, untrained: str | None, split: str = "val",
-                   generation: EvalConfig | None = None, precision: str = "no", report: str | None = None) -> dict:
+                   generation: EvalConfig | None = None, precision: str = "no", report: str | None = None,
+                   on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Held-out metrics next to the untrained and mismatched-caption references, and report.html in the run
     folder: RUN/`report` (the pipeline's: RUN/report), by default RUN/evaluations/<evaluation key>, so an
     evaluation run on its own lands beside the pipeline's report, never over it."""
@@ -125,7 +126,7 @@ def evaluate_stage(checkpoint: str, snapshot_url: str, base: str, untrained: str
     report = report or f"evaluations/{evaluation_key(checkpoint, snapshot_url, split, generation)}"
     with stage("evaluate") as record:
         metrics = evaluate_checkpoint(shared_base(base, precision), checkpoint, open_snapshot(snapshot_url), split,
-                                      untrained, generation=generation, report=report)
+                                      untrained, generation=generation, report=report, on_progress=on_progress)
         record["samples"] = metrics["heldout_pairs"]
     return metrics
 

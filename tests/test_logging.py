@@ -46,3 +46,20 @@ def test_inside_a_flow_run_library_records_go_to_the_api_handler():
     assert len(handlers) == 1 and logging.getLogger("iap").getEffectiveLevel() <= logging.INFO
     outside = logging.LogRecord("iap.train", logging.INFO, __file__, 1, "step 1/1", None, None)
     assert not handlers[0].filter(outside)  # outside a run: not sent (and no warning per record)
+
+
+def test_the_local_pipeline_reports_progress_of_each_long_stage(grouped_snapshot_small, tiny_dir, tmp_path):
+    """Issue 27, finding 8: the local engine showed progress only for downloads."""
+    from iap.cache import CacheConfig
+    from iap.evaluate import EvalConfig
+    from iap.pipeline import run_pipeline
+    seen: dict[str, list[tuple[int, int]]] = {}
+    run_pipeline(out=str(tmp_path / "out"), base=str(tiny_dir / "base"), zh_encoder=str(tiny_dir / "zh_encoder"),
+                 snapshot=grouped_snapshot_small.url, cache=CacheConfig(draws=1),
+                 train=TrainConfig(steps=4, batch_size=8, checkpoint_every=4, log_every=2, warmup_steps=1),
+                 evaluate=EvalConfig(samples=2, steps=2, pairs=8), log=lambda _: None,
+                 progress=lambda stage, done, total: seen.setdefault(stage, []).append((done, total)))
+    assert seen["train"] == [(2, 4), (4, 4)]
+    shards = seen["precompute"][-1][1]
+    assert seen["precompute"] == [(i, shards) for i in range(1, shards + 1)]
+    assert seen["evaluate"] == [(1, 3), (2, 3), (3, 3)]  # English, trained, untrained image sets

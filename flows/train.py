@@ -22,7 +22,7 @@ from iap.stages import Trained, pipeline_result, registry_entry, run_key, run_li
 from iap.tracking import log_evaluation
 from tasks import asset_url
 from tasks.artifacts import publish_run
-from tasks.evaluate import export, register
+from tasks.evaluate import export, push, register
 from tasks.inputs import check_inputs
 from tasks.train import train_encoder
 
@@ -34,7 +34,7 @@ def iap_train(
     download: DownloadConfig = DownloadConfig(), filter: FilterConfig = FilterConfig(),  # noqa: A002
     cache: CacheConfig = CacheConfig(), train: TrainConfig = TrainConfig(), gate: GateConfig = GateConfig(),
     columns: ManifestColumns = ManifestColumns(), evaluate: EvalConfig = EvalConfig(),
-    english: EnglishConfig = EnglishConfig(),
+    english: EnglishConfig = EnglishConfig(), push_to_hub: str | None = None,
 ) -> dict:
     base, zh_encoder, fingerprint = check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
     runs = {"iap-train": str(runtime.flow_run.id), "iap-data": None}
@@ -63,6 +63,8 @@ def iap_train(
     result = pipeline_result(base=base, manifest=manifest, synthetic=synthetic, snapshot=snapshot,
                              cache_url=info["url"], run_dir=run_dir, trained=Trained(**trained), metrics=metrics,
                              pipeline_dir=pipeline, registry=registry, entry=entry, runs=runs, train_cfg=train)
+    if push_to_hub:
+        result["hub"] = push(push_to_hub, pipeline, entry["status"])
     return result | publish_run(result, info["key"])
 
 

@@ -122,6 +122,8 @@ def train(out: Annotated[str, typer.Option(help="output root of the whole pipeli
           snapshot: Annotated[str | None, typer.Option(help="data source: an existing snapshot URL")] = None,
           synthetic: Annotated[int, typer.Option(help="data source: this many shapes-world rows (smoke runs)")] = 0,
           registry: Annotated[str | None, typer.Option(help="registry URL (default OUT/registry)")] = None,
+          push_to_hub: Annotated[str | None, typer.Option(
+              help="upload the exported pipeline to this Hub repo (user/name) if the registry promotes it")] = None,
           engine: ENGINE = "prefect", *, configs: dict) -> None:
     """The full pipeline (iap-train): data -> precompute -> train -> evaluate -> export -> register."""
     from iap import engines
@@ -130,8 +132,8 @@ def train(out: Annotated[str, typer.Option(help="output root of the whole pipeli
         check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
     with stage_progress() as progress:
         result = engines.load(engine).train(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest,
-                                            snapshot=snapshot, synthetic=synthetic, registry=registry, **configs,
-                                            log=console.print, progress=progress)
+                                            snapshot=snapshot, synthetic=synthetic, registry=registry,
+                                            push_to_hub=push_to_hub, **configs, log=console.print, progress=progress)
     _finish(result, engine)
 
 
@@ -158,7 +160,8 @@ def _finish(result: dict, engine: str) -> None:
         console.print(describe(result), highlight=False, soft_wrap=True)
         return
     console.print(f"checkpoint {result['checkpoint_id']}: {result['status']} ({result['reason']}); flow run "
-                  f"{result['flow_run_id']}", highlight=False, soft_wrap=True)
+                  f"{result['flow_run_id']}" + (f"\n{result['hub']}" if "hub" in result else ""),
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

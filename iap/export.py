@@ -106,6 +106,14 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str:
     return str(getattr(commit, "commit_url", f"https://huggingface.co/{repo_id}"))
 
 
+def publish(pipeline_dir: str | Path, repo_id: str, status: str) -> str:
+    """The pipeline's push to the Hub after registration (iap-train's `push_to_hub`): only a promoted checkpoint
+    is published; the line that says what happened."""
+    if status != "promoted":
+        return f"not pushed to {repo_id}: the registry did not promote this checkpoint ({status})"
+    return f"pushed to {push_to_hub(pipeline_dir, repo_id)}"
+
+
 def base_license(base: Path) -> str | None:
     """The license in the base's own model card (README.md front matter), if it has one."""
     from huggingface_hub import ModelCard

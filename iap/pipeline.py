@@ -16,7 +16,7 @@ from iap.data.manifest import ManifestColumns
 from iap.data.pipeline import run_data
 from iap.data.snapshot import FilterConfig, open_snapshot
 from iap.evaluate import EvalConfig
-from iap.export import card_dataset, export_pipeline
+from iap.export import card_dataset, export_pipeline, publish
 from iap.inputs import check_inputs, synthetic_manifest
 from iap.models.shared import shared_base
 from iap.registry import Entry, GateConfig, Registry
@@ -39,10 +39,11 @@ def run_pipeline(
     cache: CacheConfig = CacheConfig(), train: TrainConfig = TrainConfig(), gate: GateConfig = GateConfig(),
     columns: ManifestColumns = ManifestColumns(), evaluate: EvalConfig = EvalConfig(),
     english: EnglishConfig = EnglishConfig(), log: Callable[[str], None] = logging.getLogger(__name__).info,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None, push_to_hub: str | None = None,
 ) -> dict:
     """Must run in the main thread of a `__main__`-guarded program (img2dataset spawns processes).
-    `progress(stage, done, total)`: precompute shards, training steps and evaluation image sets as they go."""
+    `progress(stage, done, total)`: precompute shards, training steps and evaluation image sets as they go.
+    `push_to_hub`: a Hub repo the exported pipeline is uploaded to when the registry promotes it."""
     stage_progress = (lambda name: (lambda done, total: progress(name, done, total))) if progress else \
         (lambda name: None)
     base, zh_encoder, fingerprint = check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
@@ -67,4 +68,6 @@ def run_pipeline(
     result = pipeline_result(base=base, manifest=manifest, synthetic=synthetic, snapshot=snapshot,
                              cache_url=info["url"], run_dir=run_dir, trained=trained, metrics=metrics,
                              pipeline_dir=pipeline, registry=registry, entry=entry, runs=runs, train_cfg=train)
+    if push_to_hub:
+        result["hub"] = publish(pipeline, push_to_hub, entry["status"])
     return result | lineage_stages(result, info["key"])[1]

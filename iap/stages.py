@@ -172,4 +172,4 @@ def describe(result: dict) -> str:
     """The lines that end a pipeline run: the registry decision, then where every output went."""
     decision = f"{result['status']} ({result['reason']})"
     return f"checkpoint {result['checkpoint_id']}: {decision}\n" + "\n".join(
-        f"  {s['stage']:15} {s['value']}" for s in result["lineage"])
+        f"  {s['stage']:15} {s['value']}" for s in result["lineage"]) + (f"\n  {result['hub']}" if "hub" in result else "")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.assets import materialize
 
 from iap.evaluate import EvalConfig
-from iap.export import export_pipeline
+from iap.export import export_pipeline, publish
 from iap.profile import stage
 from iap.registry import Entry, GateConfig, Registry
 from iap.stages import evaluate_stage
@@ -32,6 +32,14 @@ def export(key: str, checkpoint: str, base: str, out: str, metrics: dict | None 
     the checkpoint id."""
     with stage("export"):
         return str(export_pipeline(checkpoint, base, out, metrics, dataset))
+
+
+@task(**retrying(2, 5))
+def push(repo_id: str, pipeline_dir: str, status: str) -> str:
+    """Upload the exported pipeline to a Hub repo when the registry promoted it (a bad token is not retried)."""
+    line = publish(pipeline_dir, repo_id, status)
+    get_run_logger().info(line)
+    return line
 
 
 @materialize(PLACEHOLDER_ASSET, **retrying(2, 2))

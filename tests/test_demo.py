@@ -213,3 +213,19 @@ def test_the_export_card_is_hub_ready_and_push_sends_that_folder(demo_summary, t
     assert push_to_hub(folder, "someone/iap-zh") == "https://huggingface.co/someone/iap-zh/commit/1"
     assert calls[0][:2] == ("create", "someone/iap-zh") and calls[0][2]["private"] is True
     assert calls[1][0] == "upload" and {"README.md", "model_index.json", "text_encoder", "unet"} <= set(calls[1][2])
+
+
+def test_the_pipeline_publishes_only_a_promoted_checkpoint(demo_summary, monkeypatch):
+    """iap-train's push_to_hub (the deployment parameter): the export goes to the Hub once the registry
+    promotes it, and a candidate stays home, said so."""
+    from huggingface_hub import HfApi
+
+    from iap.export import publish
+    sent = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, repo_id, folder_path, **kw: sent.append(repo_id)
+                        or type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/2"})())
+    folder = demo_summary["pipeline_dir"]
+    assert publish(folder, "someone/zh", "candidate").startswith("not pushed to someone/zh") and sent == []
+    assert publish(folder, "someone/zh", "promoted") == "pushed to https://huggingface.co/someone/zh/commit/2"
+    assert sent == ["someone/zh"]

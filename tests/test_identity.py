@@ -27,7 +27,8 @@ def test_ids_of_given_inputs_are_those_of_earlier_versions():
 
 LAUNCH = {
     CacheConfig: {"batch_size", "task_runner", "workers", "runner_address", "max_gb"},
-    TrainConfig: {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_processes", "accelerate_config"},
+    TrainConfig: {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_processes", "accelerate_config",
+                  "report_to"},
     DownloadConfig: {"distributor", "processes_count", "thread_count", "subjob_size", "max_shard_retry"},
     FilterConfig: set(),
     EvalConfig: set(),

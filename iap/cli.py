@@ -181,10 +181,9 @@ def evaluate(checkpoint: str,
     from iap.data.manifest import load_manifest
     from iap.data.snapshot import open_snapshot
     from iap.models.presets import resolve
-    from iap.storage import local_cache
     if (snapshot is None) == (manifest is None) or (manifest and not out):
         raise IapError("give --snapshot, or --manifest with --out")
-    base, untrained = resolve(base, untrained or "", local_cache("presets"))
+    base, untrained = resolve(base, untrained or "")
     untrained = untrained or None
     read_checkpoint_meta(checkpoint)  # missing inputs: one message, before any work
     if snapshot:
@@ -357,9 +356,8 @@ def train_worker(
     from iap.launch import inside_launch, run_launched
     from iap.models import load_chinese_encoder
     from iap.models.presets import resolve
-    from iap.storage import local_cache
     from iap.train import train
-    base, zh_encoder = resolve(base, zh_encoder, local_cache("presets"))
+    base, zh_encoder = resolve(base, zh_encoder)
     cfg = load_config(config, TrainConfig) if config else TrainConfig()
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "objective": objective,
                  "checkpoint_every": checkpoint_every, "num_processes": num_processes,

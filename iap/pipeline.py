@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 
 from iap.cache import CacheConfig, precompute
 from iap.config import SD15, ZH_768, TrainConfig
@@ -44,21 +45,19 @@ def run_pipeline(
     """Must run in the main thread of a `__main__`-guarded program (img2dataset spawns processes).
     `progress(stage, done, total)`: precompute shards, training steps and evaluation image sets as they go.
     `push_to_hub`: a Hub repo the exported pipeline is uploaded to when the registry promotes it."""
-    stage_progress = (lambda name: (lambda done, total: progress(name, done, total))) if progress else \
-        (lambda name: None)
     base, zh_encoder, fingerprint = check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
     runs: dict = {"iap-train": None, "iap-data": None, "iap-precompute": None, "iap-evaluate": None}
     if snapshot is None:
         with synthetic_manifest(out, synthetic, download.min_image_size) as synth:
             snapshot = run_data(synth or manifest, f"{out}/data", download, filter, columns, english=english)[1].url
     info = asdict(precompute(open_snapshot(snapshot), lambda: shared_base(base, train.mixed_precision), fingerprint,
-                             f"{out}/cache", cache, log=log, on_progress=stage_progress("precompute")))
+                             f"{out}/cache", cache, log=log, on_progress=progress and partial(progress, "precompute")))
     run_dir = f"{out}/runs/{run_key(info['key'], zh_encoder, train)}"
     lineage = run_lineage(base, fingerprint, info, snapshot, zh_encoder, None)
     on_step = (lambda state: progress("train", state.step, train.steps)) if progress else None
     trained = train_stage(info["url"], base, zh_encoder, run_dir, train, lineage, log=log, on_step=on_step)
     metrics = evaluate_stage(trained.checkpoint, snapshot, base, zh_encoder, "val", evaluate, train.mixed_precision,
-                             report="report", on_progress=stage_progress("evaluate"))
+                             report="report", on_progress=progress and partial(progress, "evaluate"))
     log_evaluation(train.report_to, run_dir, metrics, trained.steps)
     pipeline = str(export_pipeline(trained.checkpoint, base, f"{out}/pipelines/{trained.checkpoint_id}", metrics,
                                    card_dataset(snapshot)))

@@ -109,9 +109,9 @@ def _stop_recorded(path: Path) -> None:
     state = json.loads(path.read_text())
     for name in ("worker", "server"):
         pid = state[name]
-        recorded = state.get("started", {}).get(str(pid))
-        if _started(pid) is None or (recorded is not None and abs(_started(pid) - recorded) > 1e-3):
-            continue
+        recorded, started = state.get("started", {}).get(str(pid)), _started(pid)
+        if started is None or (recorded is not None and abs(started - recorded) > 1e-3):
+            continue  # gone, or the pid is another process's now
         for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):  # a worker needs two SIGINTs
             try:
                 os.killpg(pid, sig)

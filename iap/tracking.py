@@ -16,8 +16,6 @@ from accelerate import Accelerator
 
 from iap.storage import is_remote, local_workdir, put_tree
 
-TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
-
 
 def tracked_accelerator(report_to: str, files: Path, **kwargs) -> Accelerator:
     """An Accelerator that logs to `report_to` (none: to nothing) with its files under `files`."""

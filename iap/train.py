@@ -138,7 +138,7 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
     run_url = str(run_dir)
     trackers = tracking.folder(run_url)
     accelerator = tracking.tracked_accelerator(cfg.report_to, trackers, mixed_precision=cfg.mixed_precision,
-                                      cpu=not torch.cuda.is_available())
+                                               cpu=not torch.cuda.is_available())
     with accelerator.local_main_process_first():  # one pull of a remote run's latest checkpoint per machine
         run_dir = local_run(run_dir)  # a remote run trains in a local staging folder
     encoder.train()
@@ -154,9 +154,9 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
         log(f"data parallel on {world} processes ({accelerator.distributed_type.value}): {per_rank} samples per rank "
             f"of each global batch of {cfg.batch_size}")
     model, optimizer = accelerator.prepare(encoder, optimizer)
-    tracking.start(accelerator, cfg.report_to, run_url, cfg.model_dump(mode="json"))
     order = DataOrder(source, cfg.batch_size, cfg.seed)
     config = cfg.model_dump(mode="json")
+    tracking.start(accelerator, cfg.report_to, run_url, config)
     ckpt = checkpoint_url(run_url, state.step) if latest_checkpoint(run_dir) else None
     window: list[torch.Tensor] = []
     start, start_step = time.perf_counter(), state.step

@@ -132,12 +132,12 @@ def _longest_line(data: bytes, path: str) -> int:
     """The longest line's length in bytes; one message, naming the line, when it is over MAX_LINE_BYTES."""
     ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
     bounds = np.concatenate(([-1], ends, [len(data)]))
-    lengths = np.diff(bounds) - 1
-    longest = int(lengths.argmax()) if len(lengths) else 0
-    if len(lengths) and lengths[longest] > MAX_LINE_BYTES:
+    lengths = np.diff(bounds) - 1  # never empty: a file without a newline is one line
+    longest = int(lengths.argmax())
+    if lengths[longest] > MAX_LINE_BYTES:
         raise IapError(f"manifest {path}: line {longest + 1} is {lengths[longest]:,} bytes long; a manifest line "
                        f"may be at most {MAX_LINE_BYTES:,} (one row of a URL and two captions)")
-    return int(lengths.max()) if len(lengths) else 0
+    return int(lengths[longest])
 
 
 def _check_columns(n: int, path: str) -> None:

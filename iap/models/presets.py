@@ -23,11 +23,9 @@ SHAPES_TEACHER_XL = SHAPES_TEACHER.parent / "shapes-teacher-xl"
 SHAPES_LORA = SHAPES_TEACHER.parent / "shapes-lora"  # a LoRA of the teacher (iap.shapes.lora); not a base
 
 
-def resolve_model(name: str, workdir: str | Path | None = None) -> str:
-    """One model argument with a preset name replaced by its folder (a tiny preset is written under workdir,
-    else in the local cache: the same bytes wherever it is written)."""
-    from iap.storage import local_cache
-    return resolve(name, "", workdir if workdir is not None else local_cache("presets"))[0]
+def resolve_model(name: str) -> str:
+    """One base-model argument with a preset name replaced by its folder (see resolve)."""
+    return resolve(name, "")[0]
 
 
 def _tiny(workdir: str | Path, name: str = "tiny") -> Path:
@@ -39,8 +37,12 @@ def _tiny(workdir: str | Path, name: str = "tiny") -> Path:
     return folder
 
 
-def resolve(base: str, zh_encoder: str, workdir: str | Path) -> tuple[str, str]:
-    """Replace preset names by folders."""
+def resolve(base: str, zh_encoder: str, workdir: str | Path | None = None) -> tuple[str, str]:
+    """Replace preset names by folders. A tiny preset is written under workdir, else in the local cache: the
+    same bytes wherever it is written."""
+    if workdir is None:
+        from iap.storage import local_cache
+        workdir = local_cache("presets")
     unknown = {b for b in (base, zh_encoder) if b.startswith("preset:") and b not in PRESETS}
     if unknown:
         raise IapError(f"unknown preset {', '.join(sorted(unknown))}; known: {', '.join(sorted(PRESETS))}")

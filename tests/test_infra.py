@@ -166,3 +166,22 @@ def test_the_team_stack_pins_its_images_and_starts_what_it_installs():
         r = subprocess.run(["docker", "compose", "-f", str(INFRA / "compose.yaml"), "config", "-q"],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
+
+
+def test_install_lock_rewrites_the_constraints_from_the_venv(tmp_path):
+    """`bash install.sh lock`, the README's command that makes constraints.txt, run on a copy of the
+    repository's install script against this venv."""
+    import shutil
+    import subprocess
+    import sys
+    for name in ("install.sh", "constraints.txt"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    r = subprocess.run(["bash", "install.sh", "lock"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "constraints.txt").read_text().splitlines()
+    assert lines[:2] == (ROOT / "constraints.txt").read_text().splitlines()[:2]  # the header stays
+    pins = [line for line in lines[2:] if line]
+    assert pins and all("==" in line for line in pins)
+    assert not any(line.startswith(("torch==", "dataclasses==", "iap")) for line in pins)
+    assert any(line.startswith("prefect==3.8.8") for line in pins)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# Prefect reads its settings once, when first imported (here, by the log handler below): defaults set later
+# are ignored. Its 20 s for the ephemeral API to start is too short on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def subflow(flow_fn, *args, **kwargs) -> tuple[Any, str]:

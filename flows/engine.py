@@ -4,15 +4,10 @@ deployment behave the same."""
 
 from __future__ import annotations
 
-import os
+import logging
+from collections.abc import Callable
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # before Prefect is imported
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-
-import logging  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-from iap.errors import IapError  # noqa: E402
+from iap.errors import IapError
 
 
 class PrefectEngine:

@@ -35,11 +35,12 @@ from train_step import (
 )
 from transformers import BertConfig, BertModel
 
-from iap.cache import CacheConfig, projected_bytes_per_sample
+from iap.cache.budget import projected_bytes_per_sample
+from iap.cache.info import CacheConfig
 from iap.models.chinese import ChineseEncoder
 from iap.models.projection import with_projection
 from iap.objective import EmptyPrompt, FrozenBatch, Teacher, make_objective, placeholder_added_cond
-from iap.train import make_optimizer
+from iap.training.loop import make_optimizer
 
 
 def _sampled(q: dict, o: dict, positions: int, g: torch.Generator) -> tuple[dict, dict]:
@@ -128,7 +129,7 @@ def _real_base(unet_config: dict, bert: dict = BERT_768):
 
 def _tiny_base():
     from iap.models import load_base, load_chinese_encoder
-    from iap.models.tiny import write_tiny
+    from iap.presets.tiny import write_tiny
     with tempfile.TemporaryDirectory() as d:
         write_tiny(d)
         base = load_base(f"{d}/base")

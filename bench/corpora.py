@@ -162,10 +162,11 @@ def old_zh_rule(zh: str) -> bool:
 
 
 def bench_mt(rows: int) -> tuple[float, float]:
-    from iap.models.translator import TINY_MT, Translator
-    from iap.runtime import CPU
+    from iap.models.translator import Translator
+    from iap.presets.names import TINY_MT, resolve_translator
+    from iap.system.runtime import CPU
     texts = [s.caption_zh for s in shapes.samples(rows, 5)]
-    t = Translator(TINY_MT, CPU)
+    t = Translator(TINY_MT, CPU, folder=resolve_translator(TINY_MT))
     t.translate(texts[:64])
     start = time.perf_counter()
     t.translate(texts, batch_size=64)

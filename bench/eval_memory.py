@@ -50,7 +50,7 @@ def child(snapshot_url: str, checkpoint: str, base: str) -> None:
     """Run one evaluation and print its figures as JSON (the process's own peak RSS)."""
     import iap
     from iap.data.snapshot import open_snapshot
-    from iap.evaluate import EvalConfig, evaluate_checkpoint
+    from iap.evaluation.heldout import EvalConfig, evaluate_checkpoint
     from iap.models import load_base
     print(f"iap from {iap.__file__}", file=sys.stderr)
     model = load_base(base)

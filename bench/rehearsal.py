@@ -103,13 +103,13 @@ def run(args) -> dict:
     import torch
 
     from flows.train import iap_train
-    from iap import profile
     from iap.shapes.synth import serve, write_synth
+    from iap.system import profile
     from tests.conftest import free_port
     out = Path(args.out)
     shutil.rmtree(out / "run", ignore_errors=True)  # the models are kept; the run starts from the manifest
     if args.quick:  # the same flow and parameters on the tiny preset at 64 px: seconds, for the test suite
-        from iap.models.tiny import write_tiny
+        from iap.presets.tiny import write_tiny
         tiny, px = write_tiny(out / "models" / "tiny"), 64
         base, zh = tiny / "base", tiny / "zh_encoder"
     else:

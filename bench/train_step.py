@@ -10,7 +10,7 @@ in its added time embedding) with its real Chinese side: SDXL's two CLIP towers 
 1280, 817M parameters with a 21128-token Chinese vocabulary), trained with the pooled term. Training them
 in fp32 with AdamW holds 13 GB beside the 10 GB fp32 UNet, so this row does what a `store` cache run does: the
 English pass first, then only the cross-attention layers stay. A step = encoder forward + loss + backward +
-(fused) AdamW step, as in iap.train.
+(fused) AdamW step, as in iap.training.loop.
 
     python bench/train_step.py [--skip-sd15] [--skip-sd2] [--skip-sdxl] [--reps N] [--quick]
 """
@@ -31,7 +31,7 @@ from iap.models.chinese import ChineseEncoder
 from iap.models.projection import with_projection
 from iap.models.xl import DualTower
 from iap.objective import FrozenBatch, Teacher, make_objective, placeholder_added_cond
-from iap.train import make_optimizer
+from iap.training.loop import make_optimizer
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
@@ -120,7 +120,7 @@ def measure(unet, encoder: ChineseEncoder, batch_size: int, reps: int, separate:
 
 def tiny(reps: int) -> dict[str, float]:
     from iap.models import load_base, load_chinese_encoder
-    from iap.models.tiny import write_tiny
+    from iap.presets.tiny import write_tiny
     with tempfile.TemporaryDirectory() as d:
         write_tiny(d)
         base = load_base(f"{d}/base")

@@ -21,7 +21,7 @@ def subflow(flow_fn, *args, **kwargs) -> tuple[Any, str]:
 def _quiet() -> None:
     """A deployment's flow run is the program here, as `iap` is on the command line: the same quiet defaults,
     before the flows' modules load transformers and diffusers."""
-    from iap.quiet import quiet_libraries
+    from iap.system.quiet import quiet_libraries
     quiet_libraries()
 
 

@@ -9,9 +9,9 @@ from flows.data import iap_data
 from iap.data.download import DownloadConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
-from iap.engines import EVAL_SET
-from iap.evaluate import EvalConfig
-from iap.stages import evaluation_key
+from iap.evaluation.heldout import EvalConfig
+from iap.pipeline.engines import EVAL_SET
+from iap.pipeline.stages import evaluation_key
 from tasks.evaluate import evaluate
 
 

@@ -8,7 +8,8 @@ from dataclasses import asdict
 from prefect import flow, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from iap.cache import CacheConfig, CachePlan, open_cache, plan_cache
+from iap.cache.info import CacheConfig, open_cache
+from iap.cache.writer import CachePlan, plan_cache
 from iap.data.snapshot import open_snapshot
 from iap.errors import IapError
 from iap.models.base import weights_fingerprint

@@ -8,18 +8,18 @@ from flows import subflow
 from flows.data import iap_data
 from flows.evaluate import iap_evaluate
 from flows.precompute import iap_precompute
-from iap.cache import CacheConfig
+from iap.cache.info import CacheConfig
 from iap.config import SD15, ZH_768, TrainConfig
 from iap.data.download import DownloadConfig
 from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
-from iap.evaluate import EvalConfig
-from iap.export import card_dataset
-from iap.inputs import synthetic_manifest
-from iap.registry import GateConfig
-from iap.stages import Trained, pipeline_result, registry_entry, run_key, run_lineage
-from iap.tracking import log_evaluation
+from iap.evaluation.heldout import EvalConfig
+from iap.pipeline.stages import Trained, pipeline_result, registry_entry, run_key, run_lineage
+from iap.presets.synthetic import synthetic_manifest
+from iap.release.export import card_dataset
+from iap.release.registry import GateConfig
+from iap.training.tracking import log_evaluation
 from tasks import asset_url
 from tasks.artifacts import publish_run
 from tasks.evaluate import export, push, register

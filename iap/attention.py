@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from iap.errors import IapError
-from iap.models.hub import SUPPORTED
+from iap.models.compat import SUPPORTED
 
 
 @dataclass

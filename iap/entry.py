@@ -1,4 +1,4 @@
-"""The `iap` program (console script and `python -m iap`). Its quiet defaults (iap.quiet) are the program's,
+"""The `iap` program (console script and `python -m iap`). Its quiet defaults (iap.system.quiet) are the program's,
 set before transformers and diffusers are first imported, which read them once; `import iap` alone, in a
 user's own script, changes no environment."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 def main() -> None:
-    from iap.quiet import quiet_libraries
+    from iap.system.quiet import quiet_libraries
     quiet_libraries()
-    from iap.cli import main as cli_main
+    from iap.cli.commands import main as cli_main
     cli_main()

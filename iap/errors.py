@@ -8,4 +8,4 @@ class IapError(Exception):
 class StorageError(Exception):
     """The storage behind a URL failed under a write (a full disk, a quota, a read-only or vanished bucket):
     not the user's input, so a task may retry it; the CLI prints it as one message naming the URL. Nothing
-    partial is visible at the URL (iap.storage)."""
+    partial is visible at the URL (iap.system.storage)."""

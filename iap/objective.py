@@ -32,7 +32,7 @@ OBJECTIVES = ("pivot", "separate", "embedding-mse", "eps-distill")
 
 @dataclass
 class FrozenBatch:
-    """The frozen-side tensors of one batch: from memory (iap.source) or, later, from the cache."""
+    """The frozen-side tensors of one batch: from memory (iap.cache.live) or, later, from the cache."""
 
     zh_ids: torch.Tensor  # (B, L) Chinese token ids
     en_states: torch.Tensor  # (B, L, D) English encoder hidden states

@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.utilities.urls import url_for
 
 from iap.data.snapshot import funnel_table
-from iap.stages import describe, lineage_stages
-from iap.storage import filesystem
+from iap.pipeline.stages import describe, lineage_stages
+from iap.system.storage import filesystem
 
 
 def funnel(rows: list[dict], snapshot_id: str) -> None:
@@ -52,7 +52,7 @@ def loss_curve(url: str, summary: str) -> None:
 def publish_run(result: dict, cache_key: str) -> dict:
     """On the iap-train run itself (the run a user opens): the funnel, the held-out metrics and the lineage,
     each stage linked to the flow run that produced it; the same as the run's last log lines (shown by
-    `--watch`). Returns the summary fields of iap.stages.lineage_stages."""
+    `--watch`). Returns the summary fields of iap.pipeline.stages.lineage_stages."""
     stages, summary = lineage_stages(result, cache_key)
     funnel(summary["funnel"], summary["snapshot_id"])
     metrics({k: v for k, v in result["metrics"].items() if isinstance(v, int | float)},

@@ -7,9 +7,10 @@ from dataclasses import asdict
 from prefect import task
 from prefect.assets import materialize
 
-from iap.cache import CachePlan, check_budget, commit_cache, precompute_shard
+from iap.cache.budget import check_budget
+from iap.cache.writer import CachePlan, commit_cache, precompute_shard
 from iap.models.shared import shared_base
-from iap.profile import stage
+from iap.system.profile import stage
 from tasks import PERSIST, by_key, retrying
 from tasks.data import PLACEHOLDER_ASSET
 
@@ -19,7 +20,7 @@ def budget_check(plan: CachePlan, base: str, precision: str = "no") -> float:
     """The projected cache size; fails (not retried: a user error) when it exceeds the config's max_gb."""
     with stage("load base"):
         model = shared_base(base, precision)
-    return check_budget(plan, model)
+    return check_budget(plan.config, plan.rows, model)
 
 
 @task(cache_key_fn=by_key, **retrying(2, 5), **PERSIST)

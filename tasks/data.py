@@ -13,7 +13,7 @@ from iap.data.english import EnglishConfig, load_triples
 from iap.data.manifest import ManifestColumns
 from iap.data.pipeline import download_funnel, manifest_lineage
 from iap.data.snapshot import FilterConfig, build_snapshot, plan_snapshot
-from iap.profile import stage
+from iap.system.profile import stage
 from tasks import PERSIST, by_key, retrying
 
 PLACEHOLDER_ASSET = "file:///iap/placeholder"  # replaced per call by with_options(assets=[...])

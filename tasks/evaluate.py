@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.assets import materialize
 
-from iap.evaluate import EvalConfig
-from iap.export import export_pipeline, publish
-from iap.profile import stage
-from iap.registry import Entry, GateConfig, Registry
-from iap.stages import evaluate_stage
+from iap.evaluation.heldout import EvalConfig
+from iap.pipeline.stages import evaluate_stage
+from iap.release.export import export_pipeline, publish
+from iap.release.registry import Entry, GateConfig, Registry
+from iap.system.profile import stage
 from tasks import PERSIST, artifacts, by_key, retrying
 from tasks.data import PLACEHOLDER_ASSET
 
@@ -19,7 +19,7 @@ def evaluate(key: str, checkpoint: str, snapshot_url: str, base: str, untrained:
              split: str = "val", generation: EvalConfig = EvalConfig(), precision: str = "no",
              report: str | None = None) -> dict:
     """Held-out metrics next to the untrained and mismatched-caption references; `key`: checkpoint, snapshot
-    and generation config. `report`: its folder in the run (iap.stages.evaluate_stage)."""
+    and generation config. `report`: its folder in the run (iap.pipeline.stages.evaluate_stage)."""
     metrics = evaluate_stage(checkpoint, snapshot_url, base, untrained, split, generation, precision, report)
     artifacts.metrics(metrics, f"held-out metrics ({split} split of {snapshot_url})")
     return metrics

@@ -23,13 +23,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from iap import shapes  # noqa: E402
+from iap.cache.live import build_in_memory_source, image_size  # noqa: E402
 from iap.data.download import DownloadConfig  # noqa: E402
 from iap.data.pipeline import run_data  # noqa: E402
 from iap.data.snapshot import FilterConfig  # noqa: E402
 from iap.models import load_base, load_chinese_encoder  # noqa: E402
-from iap.models.tiny import TINY_SD2, TINY_SDXL, write_tiny  # noqa: E402
+from iap.presets.tiny import TINY_SD2, TINY_SDXL, write_tiny  # noqa: E402
 from iap.shapes.synth import serve, write_synth  # noqa: E402
-from iap.source import build_in_memory_source, image_size  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -207,7 +207,7 @@ def kill_after_checkpoint(args: list[str], run: Path, at_least: int, env: dict |
 
     import psutil
 
-    from iap.checkpoint import latest_checkpoint, read_checkpoint_meta
+    from iap.training.checkpoint import latest_checkpoint, read_checkpoint_meta
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     pointer, deadline = run / "checkpoints" / "latest", time.time() + 300
     while time.time() < deadline and proc.poll() is None:

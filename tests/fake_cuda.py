@@ -21,7 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from iap.runtime import Runtime
+from iap.system.runtime import Runtime
 
 CUDA = torch.device("cuda", 0)
 CPU = torch.device("cpu")

@@ -16,13 +16,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertModel
 
-from iap.checkpoint import latest_checkpoint
 from iap.config import TrainConfig
 from iap.errors import IapError
 from iap.models import load_base, load_chinese_encoder
-from iap.models.hub import check_pair
+from iap.models.compat import check_pair
 from iap.objective import EmptyPrompt, Teacher, make_objective
-from iap.train import train
+from iap.training.checkpoint import latest_checkpoint
+from iap.training.loop import train
 from tests.conftest import assert_pivot_equals_live, shapes_source
 from tests.test_engines import IAP, OPTIONS
 

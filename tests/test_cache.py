@@ -8,20 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iap.cache import (
-    CacheConfig,
-    CacheSource,
-    _teacher_targets,
-    cache_key,
-    load_cached_layers,
-    open_cache,
-    precompute,
-)
+from iap.cache.info import CacheConfig, cache_key, open_cache
+from iap.cache.live import image_size, to_pixels
+from iap.cache.reader import CacheSource, load_cached_layers
+from iap.cache.writer import _teacher_targets, precompute
 from iap.data.reader import decode, read_shard
 from iap.errors import IapError
 from iap.models.base import noise_from_seeds
 from iap.objective import FrozenBatch, Teacher, make_objective
-from iap.source import image_size, to_pixels
 from tests.conftest import PRESETS, kill_at_marker, preset_models
 
 POLICIES = ["recompute", "store", "store-sampled"]
@@ -130,7 +124,7 @@ def test_a_cache_for_another_snapshot_or_base_is_refused(local_run, base, tmp_pa
 
 KILL_SCRIPT = """
 import sys, time
-import iap.cache as cache
+import iap.cache.writer as cache
 from iap.data.snapshot import open_snapshot
 from iap.models import load_base
 original = cache._index

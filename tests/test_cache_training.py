@@ -5,16 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iap.cache import CacheConfig, CacheSource, load_cached_layers, precompute
+from iap.cache.info import CacheConfig
+from iap.cache.live import snapshot_source
+from iap.cache.reader import CacheSource, load_cached_layers
+from iap.cache.writer import precompute
 from iap.config import TrainConfig
 from iap.data.pipeline import run_data
 from iap.data.snapshot import FilterConfig
-from iap.evaluate import AttentionFeatures, heldout_loss, retrieval
+from iap.evaluation.heldout import AttentionFeatures, heldout_loss, retrieval
 from iap.models import load_chinese_encoder
 from iap.objective import EmptyPrompt, Teacher, make_objective
 from iap.shapes.synth import serve, write_synth
-from iap.source import snapshot_source
-from iap.train import train
+from iap.training.loop import train
 from tests.conftest import DOWNLOAD, free_port
 
 TRAIN = TrainConfig(steps=250, batch_size=16, lr=2e-3, warmup_steps=20, checkpoint_every=1000, log_every=1000)

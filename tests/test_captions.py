@@ -173,7 +173,7 @@ def test_strip_patterns_are_checked_and_extendable():
     assert normalise("【限时特价】纯棉T恤 包邮", cfg.strip_patterns, cfg.boilerplate) == "纯棉T恤"
     assert FilterConfig.model_fields["where"].description.startswith("extra predicate a row must satisfy, "
                                                                      "in DuckDB SQL")
-    from iap.options import build_configs
+    from iap.cli.options import build_configs
     configs = build_configs(("filter",), None, {"filter__strip_patterns": '["a{1,8}", "b"]',
                                                 "filter__boilerplate": "包邮,秒杀"})
     assert configs["filter"].strip_patterns == ["a{1,8}", "b"] and configs["filter"].boilerplate == ["包邮", "秒杀"]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from iap import cli
+from iap.cli import commands as cli
 
 
 @pytest.fixture

@@ -291,7 +291,7 @@ def test_a_killed_iap_data_leaves_no_child_process(served, tmp_path):
         for c in command.children(recursive=True):
             children.setdefault(c.pid, c)
         running = [" ".join(c.cmdline()) for c in children.values() if c.is_running()]
-        if any("multiprocessing" in c for c in running) and any("iap.reaper" in c for c in running):
+        if any("multiprocessing" in c for c in running) and any("iap.system.reaper" in c for c in running):
             break
         time.sleep(0.2)
     time.sleep(1.0)  # the watchdog polls twice a second: let it see the workers (not an assertion on time)
@@ -299,7 +299,7 @@ def test_a_killed_iap_data_leaves_no_child_process(served, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     gone, alive = psutil.wait_procs([c for c in children.values() if c.is_running()], timeout=60)
-    alive = [c for c in alive if c.status() != psutil.STATUS_ZOMBIE and "iap.reaper" not in " ".join(c.cmdline())]
+    alive = [c for c in alive if c.status() != psutil.STATUS_ZOMBIE and "iap.system.reaper" not in " ".join(c.cmdline())]
     assert not alive, [" ".join(c.cmdline())[:120] for c in alive]
 
 
@@ -354,7 +354,7 @@ def test_iap_evaluate_on_an_evaluation_manifest(demo_summary, served, tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps({"download": {"image_size": 32, "min_image_size": 16, "timeout": 2},
                                                     "evaluate": {"samples": 0, "pairs": 16}}))
     iap = str(Path(sys.executable).with_name("iap"))
-    from iap.models.presets import SHAPES_TEACHER
+    from iap.presets.names import SHAPES_TEACHER
     r = subprocess.run([iap, "evaluate", demo_summary["checkpoint"], "--base", str(SHAPES_TEACHER),
                         "--manifest", str(served), "--out", str(tmp_path / "out"), "--config", str(tmp_path / "eval.json")],
                        capture_output=True, text=True, timeout=600, env=dict(os.environ))

@@ -11,7 +11,7 @@ import pytest
 
 from iap.data.snapshot import funnel_table
 from iap.errors import IapError
-from iap.generate import generate, load_pipeline
+from iap.models.generate import generate, load_pipeline
 from tests.conftest import assert_chinese_draws_like_english
 
 
@@ -40,7 +40,7 @@ def test_the_report_shows_every_held_out_prompt_every_definition_and_the_lineage
     with its definition, the loss curves, and the lineage down to the registry decision."""
     import html
 
-    from iap.report import COLUMNS, base_name, definitions
+    from iap.evaluation.report import COLUMNS, base_name, definitions
     evaluation = demo_summary["evaluation"]
     page = Path(evaluation["report"]).read_text()
     folder = Path(evaluation["report"]).parent
@@ -127,8 +127,8 @@ def test_export_loads_in_vanilla_diffusers(demo_summary, tmp_path):
 
 
 def test_export_refuses_another_base(demo_summary, tmp_path):
-    from iap.export import export_pipeline
-    from iap.models.tiny import TinyConfig, write_tiny
+    from iap.presets.tiny import TinyConfig, write_tiny
+    from iap.release.export import export_pipeline
     other = write_tiny(tmp_path / "other", TinyConfig(seed=1))
     with pytest.raises(IapError, match="trained for base model"):
         export_pipeline(demo_summary["checkpoint"], str(other / "base"), tmp_path / "out")
@@ -142,7 +142,7 @@ def test_generate_rejects_empty_prompt_list(demo_summary):
 def test_export_copies_the_frozen_base_file_for_file(demo_summary):
     """UNet, VAE and scheduler are the base's files, never re-saved (no second base in memory, no lossy
     re-cast on a bf16 run); only the text encoder and tokenizer are new."""
-    from iap.models.presets import SHAPES_TEACHER
+    from iap.presets.names import SHAPES_TEACHER
     out = Path(demo_summary["pipeline_dir"])
     for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
                  "unet/config.json", "scheduler/scheduler_config.json"):
@@ -193,15 +193,15 @@ def test_the_export_card_is_hub_ready_and_push_sends_that_folder(demo_summary, t
     checks what they would have been sent."""
     from huggingface_hub import HfApi, ModelCard
 
-    from iap.export import push_to_hub
+    from iap.release.export import push_to_hub
     folder = Path(demo_summary["pipeline_dir"])
     card = ModelCard.load(folder / "README.md")
     assert card.data.language == ["zh"] and card.data.pipeline_tag == "text-to-image"
     assert card.data.library_name == "diffusers" and "iap" in card.data.tags
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results["retrieval_top5"] == pytest.approx(demo_summary["evaluation"]["retrieval_top5"])
-    from iap.export import base_license
-    from iap.models.presets import SHAPES_TEACHER
+    from iap.presets.names import SHAPES_TEACHER
+    from iap.release.export import base_license
     assert card.data.license == base_license(SHAPES_TEACHER)  # the base's own, or none (and the text says so)
     calls = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
@@ -220,7 +220,7 @@ def test_the_pipeline_publishes_only_a_promoted_checkpoint(demo_summary, monkeyp
     promotes it, and a candidate stays home, said so."""
     from huggingface_hub import HfApi
 
-    from iap.export import publish
+    from iap.release.export import publish
     sent = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, repo_id, folder_path, **kw: sent.append(repo_id)

@@ -24,7 +24,7 @@ def server(tmp_path_factory):
     """`iap server up` (server, pool, every deployment, worker) with this session's state folders."""
     from unittest import mock
 
-    from iap.server import down, local_env, up
+    from iap.cli.server import down, local_env, up
     home, out = tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("iap-out")
     port = free_port()
     own = {"PREFECT_HOME": str(home), "IAP_RESULTS_DIR": str(home / "results"), "HF_HUB_OFFLINE": "1",
@@ -141,7 +141,7 @@ def test_server_up_after_a_crash_replaces_the_old_worker(server):
 
     import psutil
 
-    from iap.server import up
+    from iap.cli.server import up
 
     def gone(pid: int) -> bool:
         try:

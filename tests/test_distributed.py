@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from iap.checkpoint import latest_checkpoint, read_checkpoint_meta
+from iap.training.checkpoint import latest_checkpoint, read_checkpoint_meta
 from tests.conftest import kill_after_checkpoint
 
 STEPS = 40

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from iap import image_metrics as im
 from iap import shapes
-from iap.evaluate import EvalConfig
+from iap.evaluation import image_metrics as im
+from iap.evaluation.heldout import EvalConfig
 from iap.shapes.metrics import shapes_accuracy
 
 
@@ -94,17 +94,17 @@ def test_trained_encoder_beats_untrained_and_report_renders(demo_summary, tmp_pa
 def test_evaluating_against_another_base_is_refused(demo_summary, tmp_path):
     from iap.data.snapshot import open_snapshot
     from iap.errors import IapError
-    from iap.evaluate import evaluate_checkpoint
+    from iap.evaluation.heldout import evaluate_checkpoint
     from iap.models import load_base
-    from iap.models.tiny import TinyConfig, write_tiny
+    from iap.presets.tiny import TinyConfig, write_tiny
     other = load_base(write_tiny(tmp_path / "other", TinyConfig(seed=5)) / "base")
     with pytest.raises(IapError, match="trained for base model"):
         evaluate_checkpoint(other, demo_summary["checkpoint"], open_snapshot(demo_summary["snapshot"]))
 
 
 def test_compare_puts_objectives_and_policies_in_one_table(grouped_snapshot_small, tiny_dir, base, tmp_path):
-    from iap.compare import compare
     from iap.config import TrainConfig
+    from iap.pipeline.compare import compare
     cfg = TrainConfig(steps=12, batch_size=8, lr=2e-3, warmup_steps=2, checkpoint_every=12, log_every=6)
     rows = compare(base, str(tiny_dir / "zh_encoder"), grouped_snapshot_small, tmp_path, cfg,
                    policies=("store-sampled",), generation=EvalConfig(samples=2), log=lambda _: None)
@@ -119,8 +119,8 @@ def test_compare_puts_objectives_and_policies_in_one_table(grouped_snapshot_smal
 def test_a_standalone_evaluation_writes_beside_the_run_s_report(demo_summary):
     """Issue 30, finding 13: `iap evaluate` of a run's checkpoint overwrote the run's report (and the lineage
     iap-train had filled in)."""
-    from iap.engines import LocalEngine
-    from iap.models.presets import SHAPES_TEACHER
+    from iap.pipeline.engines import LocalEngine
+    from iap.presets.names import SHAPES_TEACHER
     report = Path(demo_summary["evaluation"]["report"])
     before = report.read_text()
     assert "Registry decision" in before
@@ -133,9 +133,9 @@ def test_a_standalone_evaluation_writes_beside_the_run_s_report(demo_summary):
 
 def test_an_evaluation_with_image_features_reports_kid_and_no_fid_at_small_n(demo_summary):
     from iap.data.snapshot import open_snapshot
-    from iap.evaluate import evaluate_checkpoint
+    from iap.evaluation.heldout import evaluate_checkpoint
     from iap.models import load_base
-    from iap.models.presets import SHAPES_TEACHER
+    from iap.presets.names import SHAPES_TEACHER
     m = evaluate_checkpoint(load_base(str(SHAPES_TEACHER)), demo_summary["checkpoint"],
                             open_snapshot(demo_summary["snapshot"]), feature=tiny_extractor(),
                             generation=EvalConfig(samples=4, pairs=8, steps=4, guidance_scale=3.0), report="kid-test")

@@ -101,7 +101,7 @@ def test_a_deleted_cache_is_committed_again_not_served_from_the_task_cache(harne
     import shutil
 
     from flows.precompute import iap_precompute
-    from iap.cache import CacheConfig, open_cache
+    from iap.cache.info import CacheConfig, open_cache
     cfg = CacheConfig(draws=1, splits=["val"])
     first = iap_precompute(grouped_snapshot_small.url, str(tiny_dir / "base"), str(tmp_path / "cache"), cfg)
     shutil.rmtree(tmp_path / "cache")
@@ -122,8 +122,8 @@ def test_precompute_shards_are_byte_identical_on_threads_processes_and_in_sequen
     """Cache shards mapped over 2 threads or 2 worker processes: same key and the same bytes as one shard after
     the other. With store policies, concurrent UNet passes must not see each other's captured tensors."""
     from flows.precompute import iap_precompute
-    from iap.cache import CacheConfig
-    from iap.cache import precompute as sequential
+    from iap.cache.info import CacheConfig
+    from iap.cache.writer import precompute as sequential
     from iap.data.snapshot import open_snapshot
     from iap.models import load_base
     from iap.models.base import weights_fingerprint

@@ -60,8 +60,8 @@ def test_iap_serve_serves_only_its_folder(tmp_path):
 
 
 def test_an_infinite_learning_rate_is_refused_where_it_is_typed():
+    from iap.cli.options import build_configs
     from iap.errors import IapError
-    from iap.options import build_configs
     with pytest.raises(IapError, match="lr"):
         build_configs(("train",), None, {"train__lr": "inf"})
     with pytest.raises(IapError, match="guidance"):
@@ -69,11 +69,11 @@ def test_an_infinite_learning_rate_is_refused_where_it_is_typed():
 
 
 def test_a_diverging_run_stops_with_one_message_and_no_nan_checkpoint(base, encoder, small_source, tmp_path):
-    from iap.checkpoint import latest_checkpoint
     from iap.config import TrainConfig
     from iap.errors import IapError
     from iap.objective import Teacher, make_objective
-    from iap.train import train
+    from iap.training.checkpoint import latest_checkpoint
+    from iap.training.loop import train
     cfg = TrainConfig(steps=6, batch_size=4, checkpoint_every=2, log_every=5, lr=1e30, warmup_steps=0,
                       empty_prompt_fraction=0)
     with pytest.raises(IapError, match=r"training loss became (nan|inf) by step \d: .*learning rate \(1e\+30\)"):
@@ -82,7 +82,7 @@ def test_a_diverging_run_stops_with_one_message_and_no_nan_checkpoint(base, enco
 
 
 def test_a_nan_metric_is_rejected_and_blocks_nothing(tmp_path):
-    from iap.registry import Entry, Registry
+    from iap.release.registry import Entry, Registry
 
     def entry(cid: str, loss: float) -> Entry:
         return Entry(checkpoint_id=cid, checkpoint_url=f"/runs/{cid}", base="base", base_fingerprint="b",
@@ -171,7 +171,7 @@ def test_column_names_never_become_sql(tmp_path):
 
 
 def _entry(cid: str, loss: float, status: str = "", base: str = "b"):
-    from iap.registry import Entry
+    from iap.release.registry import Entry
     return Entry(checkpoint_id=cid, checkpoint_url=f"/runs/{cid}", base="base", base_fingerprint=base,
                  metrics={"heldout_loss": loss, "retrieval_top1": 0.9}, **({"status": status} if status else {}))
 
@@ -183,7 +183,7 @@ def test_a_stale_lock_broken_under_its_holder_is_never_released_by_it(tmp_path):
     import time
 
     from iap.errors import IapError
-    from iap.registry import LOCK_STALE_S, Registry
+    from iap.release.registry import LOCK_STALE_S, Registry
     reg = Registry(str(tmp_path / "reg"))
     a = reg._decision("b")
     a_still_held = a.__enter__()
@@ -207,8 +207,8 @@ def test_on_s3_a_lock_is_released_and_broken_only_by_a_conditional_delete(s3):
     import json
     import time
 
-    from iap.registry import LOCK_STALE_S, Registry
-    from iap.storage import remove_if_unchanged
+    from iap.release.registry import LOCK_STALE_S, Registry
+    from iap.system.storage import remove_if_unchanged
     reg = Registry("s3://iap-test/reg")
     a = reg._decision("b")
     a.__enter__()
@@ -232,8 +232,8 @@ def test_a_full_disk_leaves_no_lock_that_wedges_the_registry(tmp_path, monkeypat
     import os
     import time
 
-    from iap import storage
-    from iap.registry import LOCK_STALE_S, Registry
+    from iap.release.registry import LOCK_STALE_S, Registry
+    from iap.system import storage
     reg = Registry(str(tmp_path / "reg"))
     real_fdopen = os.fdopen
 
@@ -255,7 +255,7 @@ def test_a_full_disk_leaves_no_lock_that_wedges_the_registry(tmp_path, monkeypat
 
 
 def test_two_promoted_entries_left_by_a_crash_are_repaired_by_the_next_decision(tmp_path):
-    from iap.registry import Registry
+    from iap.release.registry import Registry
     reg = Registry(str(tmp_path / "reg"))
     reg.register(_entry("a", 0.3))
     import time
@@ -272,7 +272,7 @@ def test_pruning_never_orphans_a_run(encoder, tmp_path, s3):
     keep=1 delete the checkpoint `latest` names."""
     import torch
 
-    from iap.checkpoint import (
+    from iap.training.checkpoint import (
         TrainState,
         latest_checkpoint,
         push_checkpoint,
@@ -304,7 +304,7 @@ def test_a_synthetic_manifest_passes_the_default_rules(tmp_path):
     """Finding 13: `iap train --synthetic N` with default options failed: the synthetic images (64 px) were
     below the default 128 px minimum, and the message blamed unreachable URLs."""
     from iap.data.download import DownloadConfig
-    from iap.inputs import synthetic_manifest
+    from iap.presets.synthetic import synthetic_manifest
     download = DownloadConfig(processes_count=1, thread_count=8)
     with synthetic_manifest(str(tmp_path), 24, download.min_image_size) as manifest:
         report, _ = run_data(manifest, str(tmp_path / "data"), download, FILTER)
@@ -314,7 +314,7 @@ def test_a_synthetic_manifest_passes_the_default_rules(tmp_path):
 def test_when_every_image_is_too_small_the_message_says_so(tmp_path):
     from iap.data.download import DownloadConfig
     from iap.errors import IapError
-    from iap.inputs import synthetic_manifest
+    from iap.presets.synthetic import synthetic_manifest
     with synthetic_manifest(str(tmp_path), 8) as manifest, pytest.raises(IapError, match=r"too_small removed 8 \(--download-min-image-size\)\. Nothing"):
         run_data(manifest, str(tmp_path / "data"), DownloadConfig(processes_count=1, thread_count=8), FILTER)
 
@@ -323,7 +323,7 @@ def test_presets_resolve_in_precompute(local_run, monkeypatch, capsys, tmp_path)
     """Finding 9: `iap precompute --base preset:tiny` said the folder does not exist."""
     import sys
 
-    from iap import cli
+    from iap.cli import commands as cli
     monkeypatch.setenv("IAP_NO_REAPER", "1")
     _, _, snapshot = local_run
     monkeypatch.setattr(sys, "argv", ["iap", "precompute", "--snapshot", snapshot.url, "--base", "preset:tiny",
@@ -398,8 +398,8 @@ def test_storage_faults_name_the_url_and_leave_no_temp_file(tmp_path, monkeypatc
     import errno
     import os
 
-    from iap import storage
     from iap.errors import StorageError
+    from iap.system import storage
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")

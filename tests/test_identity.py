@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from iap.cache import CacheConfig, cache_key
+from iap.cache.info import CacheConfig, cache_key
 from iap.config import StageConfig, TrainConfig
 from iap.data.download import DownloadConfig, download_id
 from iap.data.snapshot import FilterConfig
-from iap.evaluate import EvalConfig
+from iap.evaluation.heldout import EvalConfig
 
 
 def test_ids_of_given_inputs_are_those_of_earlier_versions():

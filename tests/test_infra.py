@@ -70,7 +70,7 @@ def test_accelerate_configs_load_in_accelerate(name):
     config = ClusterConfig.from_yaml_file(str(INFRA / "accelerate" / f"{name}.yaml"))  # unknown keys raise
     assert config.num_processes % config.num_machines == 0
     assert config.num_processes == {"1gpu": 1, "8gpu": 8, "2nodes": 16}[name]
-    from iap.launch import launch_command
+    from iap.system.launch import launch_command
     cmd = launch_command(["train", "--out", "x"], accelerate_config=str(INFRA / "accelerate" / f"{name}.yaml"))
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"] and cmd[-3:] == ["train", "--out", "x"]
 

@@ -19,7 +19,7 @@ class Records(logging.Handler):
 
 def test_training_logs_to_the_iap_logger_and_its_level_silences_it(base, encoder, small_source, tmp_path):
     from iap.objective import Teacher, make_objective
-    from iap.train import train
+    from iap.training.loop import train
     records, library = Records(), logging.getLogger("iap")
     library.addHandler(records)
     before = library.level
@@ -27,7 +27,7 @@ def test_training_logs_to_the_iap_logger_and_its_level_silences_it(base, encoder
     try:
         library.setLevel(logging.INFO)
         train(cfg, encoder, make_objective("pivot", Teacher(base)), small_source, tmp_path / "a")
-        assert any(line.startswith("iap.train: step 2/4 loss") for line in records.lines), records.lines
+        assert any(line.startswith("iap.training.loop: step 2/4 loss") for line in records.lines), records.lines
         records.lines.clear()
         library.setLevel(logging.WARNING)
         train(cfg.model_copy(update={"steps": 6}), encoder, make_objective("pivot", Teacher(base)), small_source,
@@ -44,15 +44,15 @@ def test_inside_a_flow_run_library_records_go_to_the_api_handler():
     import flows  # noqa: F401 - wires the library's logger into Prefect
     handlers = [h for h in logging.getLogger("iap").handlers if isinstance(h, APILogHandler)]
     assert len(handlers) == 1 and logging.getLogger("iap").getEffectiveLevel() <= logging.INFO
-    outside = logging.LogRecord("iap.train", logging.INFO, __file__, 1, "step 1/1", None, None)
+    outside = logging.LogRecord("iap.training.loop", logging.INFO, __file__, 1, "step 1/1", None, None)
     assert not handlers[0].filter(outside)  # outside a run: not sent (and no warning per record)
 
 
 def test_the_local_pipeline_reports_progress_of_each_long_stage(grouped_snapshot_small, tiny_dir, tmp_path):
     """Issue 27, finding 8: the local engine showed progress only for downloads."""
-    from iap.cache import CacheConfig
-    from iap.evaluate import EvalConfig
-    from iap.pipeline import run_pipeline
+    from iap.cache.info import CacheConfig
+    from iap.evaluation.heldout import EvalConfig
+    from iap.pipeline.local import run_pipeline
     seen: dict[str, list[tuple[int, int]]] = {}
     run_pipeline(out=str(tmp_path / "out"), base=str(tiny_dir / "base"), zh_encoder=str(tiny_dir / "zh_encoder"),
                  snapshot=grouped_snapshot_small.url, cache=CacheConfig(draws=1),

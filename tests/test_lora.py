@@ -5,7 +5,7 @@ when its cross-attention layers read "红色" in the Chinese states as they read
 
 from __future__ import annotations
 
-from iap.models.presets import SHAPES_LORA, SHAPES_TEACHER
+from iap.presets.names import SHAPES_LORA, SHAPES_TEACHER
 from iap.shapes.lora import LORA_FILE, effect_prompts, lora_effect
 from iap.shapes.teacher import verify
 

@@ -8,7 +8,7 @@ from iap.config import TrainConfig, load_config
 from iap.errors import IapError
 from iap.models import load_base, load_chinese_encoder
 from iap.models.base import weights_fingerprint
-from iap.models.tiny import write_tiny
+from iap.presets.tiny import write_tiny
 
 
 def test_tiny_preset_is_deterministic(tiny_dir, tmp_path):

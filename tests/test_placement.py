@@ -7,13 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iap.cache import CacheConfig, CacheSource, compute_batch, precompute
+from iap.cache.info import CacheConfig
+from iap.cache.reader import CacheSource
+from iap.cache.writer import compute_batch, precompute
 from iap.config import TrainConfig
-from iap.evaluate import AttentionFeatures, _pipeline
+from iap.evaluation.heldout import AttentionFeatures, _pipeline
 from iap.objective import EmptyPrompt, Teacher, make_objective
-from iap.runtime import place
-from iap.train import batch_loss
-from iap.wiring import assemble, load
+from iap.system.runtime import place
+from iap.training.assembly import assemble, load
+from iap.training.loop import batch_loss
 from tests.fake_cuda import fake_cuda, on_cuda
 
 OBJECTIVES = ["pivot", "separate", "embedding-mse", "eps-distill"]

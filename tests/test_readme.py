@@ -64,8 +64,8 @@ def test_each_readme_command_exists_with_its_options(command):
     words = shlex.split(command)
     program, args = _program(words)
     if program in ("iap", "python -m iap"):
-        from iap.cli import app  # `python -m iap` is the same app
-        from iap.options import SEP, build_configs
+        from iap.cli.commands import app  # `python -m iap` is the same app
+        from iap.cli.options import SEP, build_configs
         leaf, rest = _leaf(app, args)
         assert not hasattr(leaf, "commands"), f"{command}: no such command"
         ctx = leaf.make_context(leaf.name, list(rest))  # raises on an unknown option, a missing one or a bad value

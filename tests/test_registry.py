@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from iap.registry import Entry, GateConfig, Registry
+from iap.release.registry import Entry, GateConfig, Registry
 
 
 def entry(cid: str, loss: float, top1: float = 0.9, base: str = "b1") -> Entry:
@@ -38,7 +38,7 @@ def test_concurrent_registrations_all_land(tmp_path):
     url = str(tmp_path / "reg")
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: Registry(url).register(entry(f"c{i}", 0.1 + i)), range(16)))
-    script = ("import sys; from iap.registry import Registry, Entry; Registry(sys.argv[1]).register(Entry("
+    script = ("import sys; from iap.release.registry import Registry, Entry; Registry(sys.argv[1]).register(Entry("
               "checkpoint_id=sys.argv[2], checkpoint_url='x', base='b', base_fingerprint='b1', metrics={}))")
     procs = [subprocess.Popen([sys.executable, "-c", script, url, f"p{i}"]) for i in range(4)]
     assert all(p.wait(60) == 0 for p in procs)

@@ -16,11 +16,11 @@ from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
 from transformers import BertTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-from iap.checkpoint import latest_checkpoint
 from iap.errors import IapError
 from iap.models import load_chinese_encoder
 from iap.models.xl import chinese_towers
 from iap.objective import EmptyPrompt, Teacher, make_objective
+from iap.training.checkpoint import latest_checkpoint
 from tests.conftest import assert_chinese_draws_like_english, shapes_source
 from tests.test_bases import Stop, _train
 from tests.test_engines import IAP, OPTIONS

@@ -1,4 +1,4 @@
-"""iap.storage.staged_folder: a folder output appears whole or not at all."""
+"""iap.system.storage.staged_folder: a folder output appears whole or not at all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from iap.storage import staged_folder
+from iap.system.storage import staged_folder
 
 
 def test_a_failed_build_leaves_the_previous_output_untouched(tmp_path):
@@ -24,7 +24,7 @@ def test_a_failed_build_leaves_the_previous_output_untouched(tmp_path):
 
 def _stage_in_child(out, then: str) -> subprocess.Popen:
     """A process that opens a staging folder for `out` and then runs `then` (exit hard, or wait for stdin)."""
-    code = (f"import os, sys\nfrom iap.storage import staged_folder\n"
+    code = (f"import os, sys\nfrom iap.system.storage import staged_folder\n"
             f"with staged_folder({str(out)!r}, 'state.json') as tmp:\n"
             f"    (tmp / 'state.json').write_text('{{}}')\n    print('staged', flush=True)\n    {then}\n")
     child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -46,7 +46,7 @@ def test_a_killed_process_s_staging_folder_is_removed_by_the_next_build(tmp_path
 def test_a_reader_never_removes_a_live_writer_s_checkpoint(tmp_path):
     """Issue 30 finding 8: a reader deleted a save in progress; now neither a reader nor another writer
     touches a stage whose owner is alive."""
-    from iap.checkpoint import latest_checkpoint
+    from iap.training.checkpoint import latest_checkpoint
     run = tmp_path / "run"
     writer = _stage_in_child(run / "checkpoints" / "step-000002", "sys.stdin.readline()")
     try:
@@ -66,7 +66,7 @@ def test_a_stage_owned_elsewhere_is_kept_until_it_is_older_than_any_build(tmp_pa
     import os
     import time
 
-    from iap.storage import ABANDONED_AFTER_S, OWNER_FILE, remove_abandoned_stages
+    from iap.system.storage import ABANDONED_AFTER_S, OWNER_FILE, remove_abandoned_stages
     foreign, ownerless = tmp_path / ".a.tmp-1-1", tmp_path / ".b.tmp-2-2"
     foreign.mkdir()
     (foreign / OWNER_FILE).write_text(json.dumps({"host": "another-node", "boot": "x", "pid": 1, "started": 0}))

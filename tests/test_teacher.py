@@ -9,7 +9,7 @@ import pytest
 
 from iap import shapes
 from iap.models import load_base
-from iap.models.presets import SHAPES_TEACHER, SHAPES_TEACHER_XL
+from iap.presets.names import SHAPES_TEACHER, SHAPES_TEACHER_XL
 from iap.shapes.metrics import shape_class, shapes_accuracy
 from iap.shapes.teacher import (
     GUIDANCE,
@@ -68,7 +68,7 @@ def test_trainer_is_deterministic_and_writes_a_diffusers_folder(xl, tmp_path):
                "text_encoder/model.safetensors"] + (["text_encoder_2/model.safetensors"] if xl else [])
     for sub in weights:
         assert (a / sub).read_bytes() == (b / sub).read_bytes(), sub
-    from iap.generate import load_pipeline
+    from iap.models.generate import load_pipeline
     pipe = load_pipeline(a)
     assert type(pipe).__name__ == ("StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline")
     assert type(pipe.unet).__name__ == "UNet2DConditionModel" and type(pipe.vae).__name__ == "AutoencoderKL"

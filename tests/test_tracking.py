@@ -16,8 +16,8 @@ CFG = dict(steps=4, batch_size=4, checkpoint_every=4, log_every=2, warmup_steps=
 
 def _train(base, encoder, source, run, report_to: str):
     from iap.objective import Teacher, make_objective
-    from iap.tracking import log_evaluation
-    from iap.train import train
+    from iap.training.loop import train
+    from iap.training.tracking import log_evaluation
     cfg = TrainConfig(**CFG, report_to=report_to)
     train(cfg, encoder, make_objective("pivot", Teacher(base)), source, run, log=lambda _: None)
     log_evaluation(report_to, str(run), {"heldout_loss": 0.25, "retrieval_top1": 0.5, "report": "x"}, 4)

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from iap.checkpoint import latest_checkpoint, read_checkpoint_meta
 from iap.config import TrainConfig
 from iap.errors import IapError
 from iap.objective import Teacher, make_objective
-from iap.train import lr_at, train
+from iap.training.checkpoint import latest_checkpoint, read_checkpoint_meta
+from iap.training.loop import lr_at, train
 from tests.conftest import kill_after_checkpoint
 
 TRAIN_ARGS = ["--steps", "60", "--batch-size", "8", "--lr", "1e-3", "--checkpoint-every", "10", "--n-train", "64"]

@@ -26,7 +26,7 @@ def no_local_s3_folder(cwd: Path) -> None:
 def test_distributed_train_export_and_generate_write_to_the_bucket(s3, tiny_dir, tmp_path):
     from PIL import Image
 
-    from iap.checkpoint import read_checkpoint_meta
+    from iap.training.checkpoint import read_checkpoint_meta
     config = tmp_path / "train.json"
     config.write_text(json.dumps(TRAIN))
     run, base = "s3://iap-test/runs/two", str(tiny_dir / "base")
@@ -53,9 +53,9 @@ def test_distributed_train_export_and_generate_write_to_the_bucket(s3, tiny_dir,
 
 def test_compare_writes_its_runs_and_table_to_the_bucket(s3, grouped_snapshot_small, tiny_dir, base, tmp_path,
                                                          monkeypatch):
-    from iap.compare import compare
     from iap.config import TrainConfig
-    from iap.evaluate import EvalConfig
+    from iap.evaluation.heldout import EvalConfig
+    from iap.pipeline.compare import compare
     monkeypatch.chdir(tmp_path)
     out = "s3://iap-test/compare"
     rows = compare(base, str(tiny_dir / "zh_encoder"), grouped_snapshot_small, out,
@@ -69,8 +69,8 @@ def test_compare_writes_its_runs_and_table_to_the_bucket(s3, grouped_snapshot_sm
 
 def test_the_demo_writes_everything_to_the_bucket(s3, tmp_path, monkeypatch):
     from iap.config import TrainConfig
-    from iap.engines import load
-    from iap.shapes.demo import run_demo
+    from iap.pipeline.demo import run_demo
+    from iap.pipeline.engines import load
     monkeypatch.chdir(tmp_path)
     workdir = "s3://iap-test/demo"
     summary = run_demo(workdir, load("local"), TrainConfig(**TRAIN), rows=200, prompts=4)
@@ -97,7 +97,7 @@ def test_a_remote_run_deleted_in_the_bucket_starts_afresh(s3, base, encoder, sma
     deleted there, training again must train and upload again, not 'resume' from the stale local copy."""
     from iap.config import TrainConfig
     from iap.objective import Teacher, make_objective
-    from iap.train import train
+    from iap.training.loop import train
     run = "s3://iap-test/runs/again"
     cfg = TrainConfig(**TRAIN, empty_prompt_fraction=0)
     for _ in range(2):
@@ -108,7 +108,7 @@ def test_a_remote_run_deleted_in_the_bucket_starts_afresh(s3, base, encoder, sma
 
 
 def test_server_up_keeps_an_s3_output_root_a_url(tmp_path, monkeypatch):
-    from iap.server import local_env
+    from iap.cli.server import local_env
     monkeypatch.delenv("IAP_MANIFEST", raising=False)
     env = local_env(4200, "s3://iap-test/prefect/")
     assert env["IAP_OUT"] == "s3://iap-test/prefect" and env["IAP_MANIFEST"] == "s3://iap-test/prefect/manifest.parquet"

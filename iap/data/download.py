@@ -32,8 +32,8 @@ from pydantic import Field
 from iap.config import StageConfig, added_field, launch_field
 from iap.data.manifest import Manifest, table_fingerprint
 from iap.errors import IapError
-from iap.quiet import output_to
-from iap.storage import local_workdir, write_atomic
+from iap.system.quiet import output_to
+from iap.system.storage import local_workdir, write_atomic
 
 FAILURE_REASONS = ("http_error", "timeout", "corrupt_image", "too_small", "too_large", "private_address",
                    "network_error", "other")

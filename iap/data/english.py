@@ -20,7 +20,7 @@ from pydantic import Field
 from iap.config import StageConfig
 from iap.data.manifest import Manifest, ManifestColumns, load_manifest, read_table
 from iap.errors import IapError
-from iap.storage import filesystem, write_atomic
+from iap.system.storage import filesystem, write_atomic
 
 
 class EnglishConfig(StageConfig):
@@ -109,8 +109,10 @@ def _translations(texts: list[str], cfg: EnglishConfig, out_url: str | None) -> 
     if url and filesystem(url).exists(url):
         cached = pq.read_table(io.BytesIO(filesystem(url).cat_file(url)))
         return dict(zip(cached["zh"].to_pylist(), cached["en"].to_pylist(), strict=True))
-    from iap.runtime import detect
-    english = Translator(cfg.translate, detect("bf16")).translate(texts, cfg.batch_size)
+    from iap.presets.names import resolve_translator
+    from iap.system.runtime import detect
+    translator = Translator(cfg.translate, detect("bf16"), folder=resolve_translator(cfg.translate))
+    english = translator.translate(texts, cfg.batch_size)
     if url:
         filesystem(url).makedirs(url.rsplit("/", 1)[0], exist_ok=True)
         buf = io.BytesIO()

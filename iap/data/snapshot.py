@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 from iap.config import StageConfig
 from iap.data import junk, normalise, script
 from iap.errors import IapError
-from iap.storage import staged_folder
+from iap.system.storage import staged_folder
 
 SPLITS = ("train", "val", "test")
 CORE_COLUMNS = ["key", "url", "caption_zh", "caption_en", "caption_zh_raw", "caption_en_raw", "image", "width",

@@ -16,9 +16,10 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from iap.errors import IapError
-from iap.models.hub import check_base, is_local, revision
+from iap.models.compat import check_base
+from iap.models.hub import is_local, revision
 from iap.models.xl import is_xl, read_towers
-from iap.runtime import CPU, Runtime, place
+from iap.system.runtime import CPU, Runtime, place
 
 
 @dataclass

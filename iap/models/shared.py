@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from iap.models.base import BaseModel, load_base
-from iap.runtime import detect
+from iap.system.runtime import detect
 
 _lock = threading.Lock()
 _loaded: dict[tuple, BaseModel] = {}

@@ -1,12 +1,14 @@
 """The shapes world, the demo's data world: coloured shapes on coloured backgrounds with paired
-English/Chinese captions. Apart from the core, plugged into evaluation through iap.worlds:
+English/Chinese captions. Apart from the core, plugged into evaluation through iap.evaluation.worlds:
 
   iap.shapes          combos, captions and rendering (this module)
   iap.shapes.synth    a manifest of rendered images and a local HTTP server for img2dataset
   iap.shapes.metrics  what a generated image shows (colours, shape), by pixel statistics
   iap.shapes.world    the evaluation plug: prompts to draw, image scores, their definitions
   iap.shapes.teacher  the shapes teacher: a small English Stable Diffusion trained on CPU
-  iap.shapes.demo     `iap demo`: the full pipeline on the teacher and synthetic data
+  iap.shapes.lora     a LoRA of the teacher (add-ons keep working with Chinese prompts)
+
+`iap demo` (iap.pipeline.demo) runs the full pipeline on the teacher and this world's synthetic data.
 
 Everything is a pure function of a seed, so demo and tests are reproducible offline.
 A *combo* is (size, colour, shape, background); caption templates are paired by index

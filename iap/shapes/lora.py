@@ -137,7 +137,7 @@ def lora_effect(pipeline: str | Path, lora: str | Path, language: str, samples: 
                 steps: int = 20, guidance_scale: float = 3.0) -> dict[str, dict[str, float]]:
     """Effect and leak rates of the LoRA loaded with the stock `load_lora_weights` into a pipeline folder,
     with prompts in `language` (en or zh), and the same pipeline without it (same seeds)."""
-    from iap.generate import generate, load_pipeline
+    from iap.models.generate import generate, load_pipeline
     pipe = load_pipeline(pipeline)
     prompts = [s.caption_en if language == "en" else s.caption_zh for s in samples]
     without = effect_rates(generate(pipe, prompts, steps=steps, guidance_scale=guidance_scale), samples)

@@ -249,7 +249,7 @@ GUIDANCE = 3.0  # evaluation guidance for this teacher: a small model over-satur
 def english_accuracy(folder: str | Path, samples: list[shapes.Sample], steps: int = 20,
                      guidance_scale: float = GUIDANCE) -> dict[str, float]:
     """The teacher's own accuracy: generate from English prompts, classify by pixel statistics."""
-    from iap.generate import generate, load_pipeline
+    from iap.models.generate import generate, load_pipeline
     from iap.shapes.metrics import shapes_accuracy
     images = generate(load_pipeline(folder), [s.caption_en for s in samples], seed=0, steps=steps,
                       guidance_scale=guidance_scale)

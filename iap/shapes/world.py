@@ -1,4 +1,4 @@
-"""The shapes world as a data world of evaluation (iap.worlds): rows carry a `combo`; one prompt per combo is
+"""The shapes world as a data world of evaluation (iap.evaluation.worlds): rows carry a `combo`; one prompt per combo is
 drawn; images are scored by their colours and shape (iap.shapes.metrics)."""
 
 from __future__ import annotations

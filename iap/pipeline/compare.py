@@ -9,16 +9,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from iap.cache import CacheConfig, precompute
+from iap.cache.info import CacheConfig
+from iap.cache.live import snapshot_source
+from iap.cache.writer import precompute
 from iap.config import TrainConfig
-from iap.evaluate import EvalConfig, evaluate_checkpoint
+from iap.evaluation.heldout import EvalConfig, evaluate_checkpoint
 from iap.models.base import BaseModel
 from iap.models.chinese import load_chinese_encoder
-from iap.runtime import Runtime
-from iap.source import snapshot_source
-from iap.storage import write_file
-from iap.train import train
-from iap.wiring import from_cache, live
+from iap.system.runtime import Runtime
+from iap.system.storage import write_file
+from iap.training.assembly import from_cache, live
+from iap.training.loop import train
 
 COLUMNS = ("heldout_loss", "retrieval_top1", "retrieval_top5", "consistency_pixel_l1", "colour_accuracy",
            "shape_class_accuracy", "teacher_en_colour_accuracy", "train_seconds")

@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from iap.cache import CacheInfo, CacheSource, load_cached_layers
+from iap.cache.info import CacheInfo
+from iap.cache.reader import CacheSource, load_cached_layers
 from iap.config import TrainConfig
 from iap.models.base import BaseModel, english_empty_states, english_max_length
 from iap.models.chinese import ChineseEncoder, load_chinese_encoder
 from iap.objective import EmptyPrompt, Teacher, make_objective
-from iap.runtime import Runtime, place
+from iap.system.runtime import Runtime, place
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from iap.storage import is_remote, local_workdir, put_tree
+from iap.system.storage import is_remote, local_workdir, put_tree
 
 
 def tracked_accelerator(report_to: str, files: Path, **kwargs) -> Accelerator:

@@ -2,7 +2,7 @@
 
 A command that is killed cannot clean up after itself, and what it started lives on: img2dataset's
 worker processes keep downloading and writing, Prefect's temporary server keeps its port. So each
-command starts a watchdog (`python -m iap.reaper PID`, in its own session so a Ctrl-C to the command's
+command starts a watchdog (`python -m iap.system.reaper PID`, in its own session so a Ctrl-C to the command's
 group does not stop it first) that keeps a list of the command's descendants and, once the command is
 gone, terminates those still running (SIGTERM, then SIGKILL after a grace period). Processes a command
 starts in a new session on purpose (`iap server up`'s server and worker) are not its to reap.
@@ -25,7 +25,7 @@ def start_reaper() -> None:
     """Watch this process (set IAP_NO_REAPER=1 to skip)."""
     if os.environ.get("IAP_NO_REAPER"):
         return
-    subprocess.Popen([sys.executable, "-m", "iap.reaper", str(os.getpid())], start_new_session=True,
+    subprocess.Popen([sys.executable, "-m", "iap.system.reaper", str(os.getpid())], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

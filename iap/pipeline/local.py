@@ -9,19 +9,18 @@ from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 
-from iap.cache import CacheConfig, precompute
+from iap.cache.info import CacheConfig
+from iap.cache.writer import precompute
 from iap.config import SD15, ZH_768, TrainConfig
 from iap.data.download import DownloadConfig
 from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.pipeline import run_data
 from iap.data.snapshot import FilterConfig, open_snapshot
-from iap.evaluate import EvalConfig
-from iap.export import card_dataset, export_pipeline, publish
-from iap.inputs import check_inputs, synthetic_manifest
+from iap.evaluation.heldout import EvalConfig
 from iap.models.shared import shared_base
-from iap.registry import Entry, GateConfig, Registry
-from iap.stages import (
+from iap.pipeline.preflight import check_inputs
+from iap.pipeline.stages import (
     evaluate_stage,
     lineage_stages,
     pipeline_result,
@@ -30,7 +29,10 @@ from iap.stages import (
     run_lineage,
     train_stage,
 )
-from iap.tracking import log_evaluation
+from iap.presets.synthetic import synthetic_manifest
+from iap.release.export import card_dataset, export_pipeline, publish
+from iap.release.registry import Entry, GateConfig, Registry
+from iap.training.tracking import log_evaluation
 
 
 def run_pipeline(

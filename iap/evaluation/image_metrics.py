@@ -11,7 +11,7 @@ fid              Frechet distance between two image sets' features (torchmetrics
                  standard scores, or any nn.Module mapping images in [0, 1] to feature vectors).
 clip_score       torchmetrics CLIPScore of images against texts with a CLIP model id or folder.
 
-What an image should show for its prompt is a data world's business (iap.worlds; the shapes world scores
+What an image should show for its prompt is a data world's business (iap.evaluation.worlds; the shapes world scores
 colours and shapes in iap.shapes.metrics).
 """
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from iap.errors import IapError
 from iap.models.xl import is_xl
-from iap.runtime import CPU, Runtime
+from iap.system.runtime import CPU, Runtime
 
 
 def load_pipeline(folder: str | Path, runtime: Runtime = CPU) -> StableDiffusionPipeline:

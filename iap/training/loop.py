@@ -24,8 +24,13 @@ from pathlib import Path
 
 import torch
 
-from iap import tracking
-from iap.checkpoint import (
+from iap.cache.live import FrozenSource
+from iap.config import TrainConfig
+from iap.errors import IapError
+from iap.models.chinese import ChineseEncoder
+from iap.objective import EmptyPrompt, FrozenBatch
+from iap.training import tracking
+from iap.training.checkpoint import (
     TrainState,
     checkpoint_url,
     latest_checkpoint,
@@ -35,11 +40,6 @@ from iap.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-from iap.config import TrainConfig
-from iap.errors import IapError
-from iap.models.chinese import ChineseEncoder
-from iap.objective import EmptyPrompt, FrozenBatch
-from iap.source import FrozenSource
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The `iap` command line (also `python -m iap`). User errors end in one message (exit 2), never a traceback.
 
 Stage commands (data, precompute, train, evaluate, demo) take their options from the stage configs
-(iap.options: `--SECTION-FIELD`, or a `--config` JSON file) and run on an engine (iap.engines): `prefect`
+(iap.cli.options: `--SECTION-FIELD`, or a `--config` JSON file) and run on an engine (iap.pipeline.engines): `prefect`
 by default, the Prefect flows a deployment runs; `local`, the library in this process. Both give the same ids
 and bytes. The other commands are the library's tools."""
 
@@ -17,9 +17,9 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 
+from iap.cli.options import with_stage_options
 from iap.config import SD15, ZH_768
 from iap.errors import IapError, StorageError
-from iap.options import with_stage_options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Transfer an English Stable Diffusion model to Chinese prompts with IAP (images as pivots).")
@@ -31,7 +31,7 @@ console = Console()
 
 
 def _installed_engine(name: str) -> str:
-    from iap import engines
+    from iap.pipeline import engines
     if name not in engines.names():
         raise typer.BadParameter(f"engine '{name}' is not installed; use one of: {', '.join(engines.names())}")
     return name
@@ -45,7 +45,7 @@ ENGINE = Annotated[str, typer.Option(callback=_installed_engine, help="prefect: 
 def global_options(verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="show third-party output (load reports, img2dataset, progress bars)")] = False) -> None:
     if verbose:
-        from iap.quiet import loud
+        from iap.system.quiet import loud
         loud()
 
 
@@ -64,9 +64,9 @@ def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path,
                                                           "(the snapshot's rejects.parquet holds them all)")] = 0,
          *, configs: dict) -> None:
     """Download a manifest with img2dataset and filter it with DuckDB into a dataset snapshot (iap-data)."""
-    from iap import engines
     from iap.data.manifest import load_manifest
-    from iap.storage import check_reachable
+    from iap.pipeline import engines
+    from iap.system.storage import check_reachable
     check_reachable(out)  # bad storage or a bad manifest: one message, before any work
     load_manifest(manifest, configs["columns"], require_english=not configs["english"].active)
     runner = engines.load(engine)
@@ -96,14 +96,14 @@ def precompute(
     engine: ENGINE = "prefect", *, configs: dict,
 ) -> None:
     """Precompute the frozen English side of a snapshot into a content-addressed cache (iap-precompute)."""
-    from iap import engines
     from iap.data.snapshot import open_snapshot
-    from iap.models.presets import resolve_model
+    from iap.pipeline import engines
+    from iap.presets.names import resolve_model
     base = resolve_model(base)
     snap = open_snapshot(snapshot)  # a missing snapshot: one message, before any work
     if dry_run:
         from iap.models import load_base
-        from iap.runtime import detect
+        from iap.system.runtime import detect
         _dry_run(snap, load_base(base, detect(precision)), configs["cache"])
         return
     info = engines.load(engine).precompute(snapshot, base, out, configs, precision)
@@ -126,9 +126,11 @@ def train(out: Annotated[str, typer.Option(help="output root of the whole pipeli
               help="upload the exported pipeline to this Hub repo (user/name) if the registry promotes it")] = None,
           engine: ENGINE = "prefect", *, configs: dict) -> None:
     """The full pipeline (iap-train): data -> precompute -> train -> evaluate -> export -> register."""
-    from iap import engines
+    from iap.pipeline import engines
     if engine != "local":  # one message before a flow starts (the local pipeline checks first thing itself;
-        from iap.inputs import check_inputs  # checking twice would hash a local base's weights twice)
+        from iap.pipeline.preflight import (
+            check_inputs,  # checking twice would hash a local base's weights twice)
+        )
         check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
     with stage_progress() as progress:
         result = engines.load(engine).train(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest,
@@ -156,7 +158,7 @@ def stage_progress():
 def _finish(result: dict, engine: str) -> None:
     """Where every output went. Under Prefect the run's last log lines (also shown by --watch) said it."""
     if engine == "local":
-        from iap.stages import describe
+        from iap.pipeline.stages import describe
         console.print(describe(result), highlight=False, soft_wrap=True)
         return
     console.print(f"checkpoint {result['checkpoint_id']}: {result['status']} ({result['reason']}); flow run "
@@ -176,11 +178,11 @@ def evaluate(checkpoint: str,
              untrained: Annotated[str | None, typer.Option(help="the encoder before training, for reference")] = None,
              split: str = "val", engine: ENGINE = "prefect", *, configs: dict) -> None:
     """Evaluate any checkpoint (iap-evaluate): a snapshot split, or an evaluation manifest."""
-    from iap import engines
-    from iap.checkpoint import read_checkpoint_meta
     from iap.data.manifest import load_manifest
     from iap.data.snapshot import open_snapshot
-    from iap.models.presets import resolve
+    from iap.pipeline import engines
+    from iap.presets.names import resolve
+    from iap.training.checkpoint import read_checkpoint_meta
     if (snapshot is None) == (manifest is None) or (manifest and not out):
         raise IapError("give --snapshot, or --manifest with --out")
     base, untrained = resolve(base, untrained or "")
@@ -203,9 +205,9 @@ def demo(workdir: Annotated[str, typer.Option(help="where everything goes, local
              help="the teacher: SD-1.x architecture, or SDXL's (two text towers, pooled embedding, time ids)")]
          = "preset:shapes-teacher") -> None:
     """The embedded default: the full pipeline on the shapes teacher and synthetic data; WORKDIR/summary.json."""
-    from iap import engines
     from iap.config import TrainConfig
-    from iap.shapes.demo import DEMO_TRAIN, run_demo
+    from iap.pipeline import engines
+    from iap.pipeline.demo import DEMO_TRAIN, run_demo
     try:
         cfg = TrainConfig.model_validate(DEMO_TRAIN.model_dump() | {"steps": steps})
     except ValueError as e:
@@ -238,7 +240,7 @@ def server_up(port: int = 4200, out: str = "runs/prefect",
                   help="manifest of the daily iap-data/refresh (else $IAP_MANIFEST; paused when it does not exist)")]
               = None) -> None:
     """Start a Prefect server on 127.0.0.1, a process pool, all deployments and a worker."""
-    from iap.server import up
+    from iap.cli.server import up
     state = up(port, out, manifest=manifest)
     console.print(f"Prefect UI: {state['api'].removesuffix('/api')}\n{state['refresh']}\n"
                   f"export PREFECT_API_URL={state['api']}\n"
@@ -248,7 +250,7 @@ def server_up(port: int = 4200, out: str = "runs/prefect",
 @server_app.command("down")
 def server_down() -> None:
     """Stop the worker and server started by `iap server up`."""
-    from iap.server import down
+    from iap.cli.server import down
     down()
     console.print("stopped")
 
@@ -264,7 +266,7 @@ def models_tiny(
              "sdxl: SDXL-shaped (two text towers, pooled embedding, time ids)")] = "sd1",
 ) -> None:
     """Write a tiny preset (random-init base pipeline + Chinese BERT) to FOLDER."""
-    from iap.models.tiny import TINY_PRESETS, write_tiny
+    from iap.presets.tiny import TINY_PRESETS, write_tiny
     name = {"sd1": "tiny", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}[shape]
     write_tiny(folder, replace(TINY_PRESETS[name], seed=seed), name)
     console.print(f"tiny preset written: {folder}/base (Stable Diffusion folder), {folder}/zh_encoder")
@@ -307,7 +309,7 @@ def models_shapes_lora(
 ) -> None:
     """Train a LoRA of the shapes teacher (red drawn as blue) into FOLDER and measure its effect on English
     prompts. The committed preset (iap/presets/shapes-lora) is this command with the defaults."""
-    from iap.models.presets import SHAPES_TEACHER
+    from iap.presets.names import SHAPES_TEACHER
     from iap.shapes.lora import LoraTrainConfig, train_lora, write_card
     train_lora(SHAPES_TEACHER, folder, LoraTrainConfig(seed=seed, steps=steps), log=console.print)
     rates = write_card(folder, SHAPES_TEACHER)
@@ -320,12 +322,12 @@ def _live_source(base_model, encoder, snapshot: str | None, n_train: int, seed: 
     """(source, lineage) for live training (no cache): a snapshot's train split or synthetic shapes-world
     triples, in memory."""
     if snapshot:
+        from iap.cache.live import snapshot_source
         from iap.data.snapshot import open_snapshot
-        from iap.source import snapshot_source
         snap = open_snapshot(snapshot)
         return snapshot_source(base_model, encoder, snap, "train")[0], {"snapshot_id": snap.id}
     from iap import shapes
-    from iap.source import build_in_memory_source, image_size
+    from iap.cache.live import build_in_memory_source, image_size
     samples = [s for s in shapes.samples(2 * n_train, seed) if not shapes.is_held_out(s.combo)][:n_train]
     size = image_size(base_model)
     source = build_in_memory_source(base_model, encoder, [shapes.render(s, size) for s in samples],
@@ -353,34 +355,34 @@ def train_worker(
     import json as _json
 
     from iap.config import TrainConfig, load_config
-    from iap.launch import inside_launch, run_launched
     from iap.models import load_chinese_encoder
-    from iap.models.presets import resolve
-    from iap.train import train
+    from iap.presets.names import resolve
+    from iap.system.launch import inside_launch, run_launched
+    from iap.training.loop import train
     base, zh_encoder = resolve(base, zh_encoder)
     cfg = load_config(config, TrainConfig) if config else TrainConfig()
     overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "objective": objective,
                  "checkpoint_every": checkpoint_every, "num_processes": num_processes,
                  "accelerate_config": accelerate_config}
     cfg = TrainConfig.model_validate({**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
-    from iap.models.hub import check_pair
+    from iap.models.compat import check_pair
     check_pair(base, zh_encoder)  # from configs alone: a mismatched pair fails before anything is loaded
     if cfg.distributed and not inside_launch():
         run_launched(sys.argv[1:], cfg.num_processes, cfg.accelerate_config, log=console.print)
         return
     from iap.models import load_base
     from iap.models.base import weights_fingerprint
-    from iap.runtime import detect
+    from iap.system.runtime import detect
     runtime = detect(cfg.mixed_precision)
     found = {"base": base, "base_fingerprint": weights_fingerprint(base)}
     if cache:
-        from iap.cache import open_cache
-        from iap.wiring import from_cache
+        from iap.cache.info import open_cache
+        from iap.training.assembly import from_cache
         info = open_cache(cache, base_fingerprint=found["base_fingerprint"])
         found |= {"cache_key": info.key, "cache_url": info.url, "snapshot_id": info.snapshot_id}
         run = from_cache(info, cfg, base, zh_encoder, runtime, lambda: load_base(base, runtime))
     else:
-        from iap.wiring import live
+        from iap.training.assembly import live
         base_model = load_base(base, runtime)
         encoder = load_chinese_encoder(zh_encoder, base_model.cross_attention_dim, max_length=base_model.max_length,
                                        base=base_model.source)
@@ -396,7 +398,8 @@ def train_worker(
 def _dry_run(snap, base_model, cfg) -> None:
     import time
 
-    from iap.cache import _compute_shard, default_batch_size, projected_bytes_per_sample
+    from iap.cache.budget import projected_bytes_per_sample
+    from iap.cache.writer import _compute_shard, default_batch_size
     from iap.data.reader import read_shard
     from iap.objective import Teacher
     rows = sum(snap.rows.get(s, 0) for s in cfg.splits)
@@ -426,9 +429,9 @@ def export_cmd(checkpoint: Annotated[str, typer.Argument(help="checkpoint folder
                         "credentials: HF_TOKEN or `hf auth login`)")] = None) -> None:
     """Write a standard diffusers Stable Diffusion folder whose text encoder is the Chinese one, with a
     Hub-ready model card."""
-    from iap.export import export_pipeline
-    from iap.export import push_to_hub as push
-    from iap.models.presets import resolve_model
+    from iap.presets.names import resolve_model
+    from iap.release.export import export_pipeline
+    from iap.release.export import push_to_hub as push
     folder = export_pipeline(checkpoint, resolve_model(base), out)
     console.print(f"exported: {folder}")
     if push_to_hub:
@@ -449,10 +452,10 @@ def generate(prompts: list[str],
 
     from PIL import Image
 
-    from iap.generate import generate as run
-    from iap.generate import load_pipeline
-    from iap.runtime import detect
-    from iap.storage import check_reachable, fetch_folder, write_file
+    from iap.models.generate import generate as run
+    from iap.models.generate import load_pipeline
+    from iap.system.runtime import detect
+    from iap.system.storage import check_reachable, fetch_folder, write_file
     check_reachable(out)
     folder = fetch_folder(pipeline, "model_index.json", "pipelines")
     images = run(load_pipeline(folder, detect(precision)), prompts, seed=seed, steps=steps, guidance_scale=guidance_scale)
@@ -540,17 +543,17 @@ def compare(
     """Train and evaluate several objectives and cache policies on one snapshot; print one table."""
     from rich.table import Table
 
-    from iap.compare import COLUMNS
-    from iap.compare import compare as run
     from iap.config import TrainConfig
     from iap.data.snapshot import open_snapshot
-    from iap.evaluate import EvalConfig
+    from iap.evaluation.heldout import EvalConfig
     from iap.models import load_base
-    from iap.models.presets import resolve
+    from iap.pipeline.compare import COLUMNS
+    from iap.pipeline.compare import compare as run
+    from iap.presets.names import resolve
     base, zh_encoder = resolve(base, zh_encoder, out)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 20),
                       checkpoint_every=steps, log_every=max(1, steps // 5))
-    from iap.runtime import detect
+    from iap.system.runtime import detect
     rows = run(load_base(base, detect()), zh_encoder, open_snapshot(snapshot), out, cfg,
                tuple(o for o in objectives.split(",") if o), tuple(p for p in policies.split(",") if p),
                EvalConfig(samples=samples, guidance_scale=guidance_scale), log=console.print)
@@ -584,8 +587,8 @@ def registry_ls(registry: REGISTRY_OPT) -> None:
 
 def _existing_registry(url: str):
     """The registry at `url` for a read-only command: one message, and nothing created, when it is not there."""
-    from iap.registry import Registry
-    from iap.storage import check_reachable
+    from iap.release.registry import Registry
+    from iap.system.storage import check_reachable
     check_reachable(url, "registry")
     registry = Registry(url)
     if not registry.exists():
@@ -654,10 +657,10 @@ def _library_logs_to_console() -> None:
 
 def run(typer_app: typer.Typer) -> None:
     """Run a CLI app; a user error (IapError) is one line on stderr and exit code 2. What the command
-    starts ends with it, however it ends (iap.reaper)."""
+    starts ends with it, however it ends (iap.system.reaper)."""
     from diffusers.utils import logging as diffusers_logging
 
-    from iap.reaper import start_reaper
+    from iap.system.reaper import start_reaper
     start_reaper()
     _library_logs_to_console()
     diffusers_logging.disable_progress_bar()

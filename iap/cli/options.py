@@ -22,14 +22,14 @@ from iap.errors import IapError
 
 def config_classes() -> dict[str, type[BaseModel]]:
     """Every section a `--config` file or an option may name, and its config model."""
-    from iap.cache import CacheConfig
+    from iap.cache.info import CacheConfig
     from iap.config import TrainConfig
     from iap.data.download import DownloadConfig
     from iap.data.english import EnglishConfig
     from iap.data.manifest import ManifestColumns
     from iap.data.snapshot import FilterConfig
-    from iap.evaluate import EvalConfig
-    from iap.registry import GateConfig
+    from iap.evaluation.heldout import EvalConfig
+    from iap.release.registry import GateConfig
     return {"download": DownloadConfig, "filter": FilterConfig, "columns": ManifestColumns,
             "english": EnglishConfig, "cache": CacheConfig, "train": TrainConfig, "evaluate": EvalConfig,
             "gate": GateConfig}

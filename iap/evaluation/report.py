@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from iap.data.snapshot import funnel_table
-from iap.storage import filesystem, is_remote, put_tree, write_atomic
+from iap.system.storage import filesystem, is_remote, put_tree, write_atomic
 
 STYLE = ("body{font-family:'Noto Sans CJK SC','Noto Sans SC',sans-serif;margin:2em;color:#222}"
          "table{border-collapse:collapse;margin:1em 0} td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
@@ -41,13 +41,13 @@ DEFINITIONS = {  # metric name (without the untrained_/teacher_en_ prefix) -> on
     "kid_zh_vs_en": "KID (unbiased at small N) between the Chinese-prompt and English-prompt image sets",
     "fid_zh_vs_en": "FID between the two image sets (only above as many images as feature dimensions)",
     "clip_score": "CLIP score of the Chinese-prompt images against the English captions",
-}  # and each data world's own (iap.worlds.definitions)
+}  # and each data world's own (iap.evaluation.worlds.definitions)
 NOT_METRICS = {"report"}
 
 
 def definitions() -> dict[str, str]:
     """The core metrics' definitions and every data world's."""
-    from iap.worlds import definitions as world_definitions
+    from iap.evaluation.worlds import definitions as world_definitions
     return DEFINITIONS | world_definitions()
 
 

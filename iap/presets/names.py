@@ -9,6 +9,8 @@ preset:tiny-sdxl       the same, SDXL-shaped (two English towers, pooled embeddi
 preset:shapes-teacher  the shapes teacher (a base that can draw the shapes world), committed with the
                        package; as a Chinese encoder it means the tiny preset's BERT (same hidden size)
 preset:shapes-teacher-xl  its SDXL-architecture twin (two text towers, pooled embedding, time ids), committed
+preset:tiny-mt         a translator (MarianMTModel, random weights, a SentencePiece vocabulary of shapes-world
+                       captions): the real class and tokenizer, for tests and benchmarks (its English is noise)
 """
 
 from __future__ import annotations
@@ -18,9 +20,21 @@ from pathlib import Path
 from iap.errors import IapError
 
 PRESETS = {"preset:tiny", "preset:tiny-sd2", "preset:tiny-sdxl", "preset:shapes-teacher", "preset:shapes-teacher-xl"}
-SHAPES_TEACHER = Path(__file__).resolve().parent.parent / "presets" / "shapes-teacher"
+SHAPES_TEACHER = Path(__file__).resolve().parent / "shapes-teacher"
 SHAPES_TEACHER_XL = SHAPES_TEACHER.parent / "shapes-teacher-xl"
 SHAPES_LORA = SHAPES_TEACHER.parent / "shapes-lora"  # a LoRA of the teacher (iap.shapes.lora); not a base
+
+
+TINY_MT = "preset:tiny-mt"
+
+
+def resolve_translator(name: str) -> str:
+    """A translation model argument with the tiny translator preset replaced by its folder (written once)."""
+    if name != TINY_MT:
+        return name
+    from iap.presets.tiny import write_tiny_translator
+    from iap.system.storage import local_cache
+    return str(write_tiny_translator(local_cache("presets", "tiny-mt")))
 
 
 def resolve_model(name: str) -> str:
@@ -29,8 +43,8 @@ def resolve_model(name: str) -> str:
 
 
 def _tiny(workdir: str | Path, name: str = "tiny") -> Path:
-    from iap.models.tiny import TINY_PRESETS, write_tiny
-    from iap.storage import local_workdir
+    from iap.presets.tiny import TINY_PRESETS, write_tiny
+    from iap.system.storage import local_workdir
     folder = local_workdir(str(workdir)) / "models" / name  # a remote workdir keeps its presets on this machine
     if not (folder / "preset.json").exists():
         write_tiny(folder, TINY_PRESETS[name], name)
@@ -41,7 +55,7 @@ def resolve(base: str, zh_encoder: str, workdir: str | Path | None = None) -> tu
     """Replace preset names by folders. A tiny preset is written under workdir, else in the local cache: the
     same bytes wherever it is written."""
     if workdir is None:
-        from iap.storage import local_cache
+        from iap.system.storage import local_cache
         workdir = local_cache("presets")
     unknown = {b for b in (base, zh_encoder) if b.startswith("preset:") and b not in PRESETS}
     if unknown:

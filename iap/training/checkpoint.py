@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from iap.errors import IapError
 from iap.models.base import weights_fingerprint
-from iap.storage import (
+from iap.system.storage import (
     fetch_folder,
     filesystem,
     get_tree,

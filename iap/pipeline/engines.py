@@ -14,7 +14,7 @@ from typing import Protocol
 
 from iap.errors import IapError
 
-GROUP = "iap.engines"
+GROUP = "iap.engines"  # the entry-point group plugins register under (a public name: kept)
 EVAL_SET = {"val_fraction": 0.0, "test_fraction": 1.0, "dedup_image": False}
 # an evaluation manifest is used whole (every row in `test`), and several captions of one image are all kept
 
@@ -36,7 +36,7 @@ class LocalEngine:
                                on_progress=on_progress, english=configs["english"])[1])
 
     def precompute(self, snapshot: str, base: str, out: str, configs: dict, precision: str) -> dict:
-        from iap.cache import precompute
+        from iap.cache.writer import precompute
         from iap.data.snapshot import open_snapshot
         from iap.models.base import weights_fingerprint
         from iap.models.shared import shared_base
@@ -44,12 +44,12 @@ class LocalEngine:
                                  weights_fingerprint(base), out, configs["cache"]))
 
     def train(self, **pipeline) -> dict:
-        from iap.pipeline import run_pipeline
+        from iap.pipeline.local import run_pipeline
         return run_pipeline(**pipeline)
 
     def evaluate(self, checkpoint: str, snapshot: str | None, base: str, untrained: str | None, split: str,
                  configs: dict, manifest: str | None = None, out: str | None = None) -> dict:
-        from iap.stages import evaluate_stage
+        from iap.pipeline.stages import evaluate_stage
         if manifest:
             snapshot = self.data(manifest, f"{out}/eval-data", configs | {
                 "filter": configs["filter"].model_copy(update=EVAL_SET)})["url"]

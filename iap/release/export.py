@@ -18,12 +18,12 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from iap.checkpoint import check_lineage, fetch_checkpoint, read_checkpoint_meta
 from iap.errors import IapError
 from iap.models.chinese import load_text_model
 from iap.models.hub import is_local, revision
 from iap.models.xl import TOWERS, DualTower, is_towers_folder
-from iap.storage import is_remote, staged_folder
+from iap.system.storage import is_remote, staged_folder
+from iap.training.checkpoint import check_lineage, fetch_checkpoint, read_checkpoint_meta
 
 CARD = """---
 {{{{ card_data }}}}
@@ -94,7 +94,7 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str:
     is fetched first. Credentials are huggingface_hub's own (HF_TOKEN or `hf auth login`), never logged."""
     from huggingface_hub import HfApi
 
-    from iap.storage import fetch_folder
+    from iap.system.storage import fetch_folder
     local = fetch_folder(folder, "model_index.json", "pipelines")
     api = HfApi()
     try:

@@ -1,4 +1,5 @@
-"""Pipeline-start checks (fail before any work) and the synthetic data source of smoke runs and the demo."""
+"""`--synthetic N`: a manifest of N shapes-world rows served over HTTP on 127.0.0.1, the data source of smoke
+runs and the demo (real downloads by img2dataset, no outside network)."""
 
 from __future__ import annotations
 
@@ -8,29 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from iap.errors import IapError
-from iap.models.base import check_source, weights_fingerprint
-from iap.models.hub import check_pair
-from iap.models.presets import resolve
-from iap.storage import check_reachable, local_workdir
-
-
-def check_inputs(out: str, base: str, zh_encoder: str, manifest: str | None, snapshot: str | None,
-                 synthetic: int) -> tuple[str, str, str]:
-    """Resolve presets and check what configs alone can tell, before any data work: paths, the data source,
-    the encoder's width against the UNet's (hub ids: config files only, at the pinned revision)."""
-    if sum(x is not None and x != 0 for x in (manifest, snapshot, synthetic or None)) != 1:
-        raise IapError("give exactly one data source: manifest, snapshot or synthetic (a row count)")
-    check_reachable(out)
-    if not base.startswith("preset:"):  # check user paths before writing anything
-        check_source(base)
-    base, zh_encoder = resolve(base, zh_encoder, local_workdir(out))  # presets are local files
-    check_pair(base, zh_encoder)
-    return base, zh_encoder, weights_fingerprint(base)
+from iap.shapes.synth import serve, write_synth
+from iap.system.storage import local_workdir
 
 
 def _stable_server(folder: Path, out: str):
     """Serve on a port derived from `out` (the next free one if taken), so URLs repeat across runs."""
-    from iap.shapes.synth import serve
     folder.mkdir(parents=True, exist_ok=True)
     start = 20000 + int(hashlib.sha256(str(local_workdir(out).resolve()).encode()).hexdigest(), 16) % 20000
     for port in range(start, start + 50):
@@ -48,7 +32,6 @@ def synthetic_manifest(out: str, rows: int, min_image_size: int = 0) -> Iterator
     if not rows:
         yield None
         return
-    from iap.shapes.synth import write_synth
     folder = local_workdir(out) / "synthetic"  # served from this machine whatever `out` is
     server, port = _stable_server(folder, out)
     manifest = folder / "manifest.parquet"

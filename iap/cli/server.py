@@ -17,9 +17,9 @@ from pathlib import Path
 import fsspec
 
 from iap.errors import IapError
-from iap.storage import is_remote
+from iap.system.storage import is_remote
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (deployments/, .prefect/)
 
 
 def local_env(port: int, out: str, pool: str = "local-pool") -> dict[str, str]:

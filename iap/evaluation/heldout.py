@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from iap.attention import attend
+from iap.cache.live import InMemorySource, snapshot_source
 from iap.config import StageConfig
+from iap.evaluation.worlds import world_of
 from iap.models.base import BaseModel
 from iap.models.chinese import ChineseEncoder
 from iap.objective import FrozenBatch, Teacher, layer_weights, states_of
-from iap.runtime import Runtime, place
-from iap.source import InMemorySource, snapshot_source
-from iap.worlds import world_of
+from iap.system.runtime import Runtime, place
 
 EVAL_SEED = 1234
 
@@ -163,8 +163,8 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
     samples > 0, zh-vs-en generation metrics on that many held-out prompts (the data world's choice, e.g.
     one per combo in the shapes world, and its image scores), and RUN/`report`/report.html. Runs on the base's
     device, in its precision."""
-    from iap.checkpoint import check_lineage, fetch_checkpoint, read_checkpoint_meta, run_of
     from iap.objective import make_objective
+    from iap.training.checkpoint import check_lineage, fetch_checkpoint, read_checkpoint_meta, run_of
     local = fetch_checkpoint(checkpoint)
     cfg = generation.model_copy(update={"batch_size": generation.batch_size or eval_batch_size(base)})
     meta = read_checkpoint_meta(local)
@@ -184,7 +184,7 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
         encoders["untrained_"] = ref
     metrics["heldout_pairs"] = len(held)
     if cfg.samples:
-        from iap.report import write_report
+        from iap.evaluation.report import write_report
         world = world_of(rows)
         prompts = (world.prompts(rows) if world else rows)[:cfg.samples]
         generated, pairs = generation_metrics(base, encoders, prompts, cfg, feature=feature, on_progress=on_progress)
@@ -235,8 +235,8 @@ def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], row
     """zh-vs-en generation metrics per encoder on held-out rows; returns (metrics, every row's images (or the
     first `grid` rows'): zh of each encoder and en of the base, same seed). `on_progress(image sets drawn,
     image sets)`: the base's English set, then one per encoder."""
-    from iap import image_metrics as im
-    from iap.generate import generate
+    from iap.evaluation import image_metrics as im
+    from iap.models.generate import generate
     world = world_of(rows)
     sample = {"seed": cfg.seed, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
               "batch_size": cfg.batch_size or eval_batch_size(base)}

@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 
 from iap.config import StageConfig
 from iap.errors import IapError
-from iap.storage import create_exclusive, is_local, remove_if_unchanged, write_atomic
+from iap.system.storage import create_exclusive, is_local, remove_if_unchanged, write_atomic
 
 LOCK_WAIT_S = 120  # a promoter waits this long for another one's decision
 LOCK_STALE_S = 300  # a lock older than this was left by a killed promoter and is broken
@@ -46,7 +46,7 @@ class GateConfig(StageConfig):
     floor_metric: str | None = "retrieval_top1"
     floor: float = Field(0.5, description="the floor metric must be at least this (higher is better)")
     semantic_metric: str | None = Field(
-        None, description="a data world's score of generated images (iap.worlds; shapes world: colour_accuracy) "
+        None, description="a data world's score of generated images (iap.evaluation.worlds; shapes world: colour_accuracy) "
                           "that the semantic floor and gap judge")
     semantic_floor: float | None = Field(
         None, description="the semantic metric of images from held-out Chinese prompts must be at least this")

@@ -14,17 +14,17 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from iap.cache import open_cache
-from iap.checkpoint import checkpoint_id, committed_checkpoint, read_checkpoint_meta
+from iap.cache.info import open_cache
 from iap.config import TrainConfig
 from iap.data.snapshot import open_snapshot
-from iap.evaluate import EvalConfig, evaluate_checkpoint
+from iap.evaluation.heldout import EvalConfig, evaluate_checkpoint
+from iap.evaluation.report import add_lineage, plot_losses
 from iap.models.shared import shared_base
-from iap.profile import stage
-from iap.report import add_lineage, plot_losses
-from iap.runtime import detect
-from iap.storage import write_atomic
-from iap.train import train
+from iap.system.profile import stage
+from iap.system.runtime import detect
+from iap.system.storage import write_atomic
+from iap.training.checkpoint import checkpoint_id, committed_checkpoint, read_checkpoint_meta
+from iap.training.loop import train
 
 
 class Trained(BaseModel):
@@ -71,7 +71,7 @@ def train_stage(cache_url: str, base: str, zh_encoder: str, run_dir: str, cfg: T
     distributed config, under torchrun / accelerate launch."""
     if cfg.distributed:
         return _train_launched(cache_url, base, zh_encoder, run_dir, cfg, lineage, log)
-    from iap.wiring import from_cache
+    from iap.training.assembly import from_cache
     info = open_cache(cache_url, base_fingerprint=lineage["base_fingerprint"])
     runtime = detect(cfg.mixed_precision)
     log(f"training on {runtime}")
@@ -95,7 +95,7 @@ def worker_args(base: str, zh_encoder: str, run_dir: str, cache_url: str, config
 def _train_launched(cache_url: str, base: str, zh_encoder: str, run_dir: str, cfg: TrainConfig, lineage: dict,
                     log: Callable[[str], None]) -> Trained:
     """Data-parallel training; the result is read back from the checkpoint rank 0 committed."""
-    from iap.launch import run_launched
+    from iap.system.launch import run_launched
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "train.json"

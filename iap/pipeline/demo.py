@@ -8,15 +8,15 @@ import json
 import time
 from pathlib import Path
 
-from iap.cache import CacheConfig
+from iap.cache.info import CacheConfig
 from iap.config import TrainConfig
 from iap.data.download import DownloadConfig
 from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
-from iap.evaluate import EvalConfig
-from iap.registry import GateConfig
-from iap.storage import fetch_folder, is_remote, staged_folder, write_file
+from iap.evaluation.heldout import EvalConfig
+from iap.release.registry import GateConfig
+from iap.system.storage import fetch_folder, is_remote, staged_folder, write_file
 
 DEMO_TRAIN = TrainConfig(steps=600, batch_size=32, lr=2e-3, warmup_steps=30, checkpoint_every=200, log_every=100)
 DEMO_ROWS = 1600  # ~1,340 distinct caption pairs after de-duplication
@@ -25,7 +25,7 @@ DEMO_PROMPTS = 200  # held-out prompts drawn per encoder: every held-out combo o
 
 def run_demo(workdir: str | Path, engine, train: TrainConfig = DEMO_TRAIN, rows: int = DEMO_ROWS,
              base: str = "preset:shapes-teacher", prompts: int = DEMO_PROMPTS) -> dict:
-    """`engine`: an iap.engines engine; its `train` runs the pipeline. `base`: the shapes teacher, or its SDXL-
+    """`engine`: an iap.pipeline.engines engine; its `train` runs the pipeline. `base`: the shapes teacher, or its SDXL-
     architecture twin (preset:shapes-teacher-xl), whose Chinese side is its own two towers with the tiny BERT's
     vocabulary."""
     workdir = str(workdir).rstrip("/") if is_remote(workdir) else str(Path(workdir).resolve())
@@ -69,7 +69,7 @@ def _sample_images(pipeline_dir: Path, base_dir: Path, snapshot_url: str, out: s
     """One held-out prompt in Chinese (exported pipeline) and English (base model), same seed."""
     from iap.data.reader import read_shard
     from iap.data.snapshot import open_snapshot
-    from iap.generate import generate, load_pipeline
+    from iap.models.generate import generate, load_pipeline
     row = read_shard(open_snapshot(snapshot_url).split_urls("val")[0], ["caption_zh", "caption_en"])[0]
     with staged_folder(out, "prompts.json") as folder:
         generate(load_pipeline(pipeline_dir), [row["caption_zh"]], seed=0, steps=20)[0].save(folder / "zh.png")

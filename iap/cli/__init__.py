@@ -1,0 +1,1 @@
+"""The iap command line, from user verbs down to the hidden worker."""

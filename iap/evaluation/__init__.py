@@ -1,0 +1,1 @@
+"""Held-out metrics, image metrics, the report, and the data-world plug-in that scores generated images."""

@@ -1,0 +1,1 @@
+"""What leaves a run: a diffusers export (and its Hub card) and the checkpoint registry."""

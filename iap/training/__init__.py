@@ -1,0 +1,1 @@
+"""Training the Chinese encoder: the loop, its checkpoints, experiment trackers, and how a run is assembled from a cache or live."""

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import PydanticUndefined
-
-from iap.errors import IapError
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the default base
 ZH_768 = "hfl/chinese-roberta-wwm-ext"  # the default Chinese encoder: 768 wide, as SD 1.x's cross-attention
@@ -82,18 +79,3 @@ class TrainConfig(StageConfig):
     @property
     def distributed(self) -> bool:
         return self.num_processes > 1 or self.accelerate_config is not None
-
-
-def load_config(path: str | Path, cls: type[StageConfig]) -> StageConfig:
-    """Read a JSON config file; a bad file or field is one message naming both."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
-        raise IapError(f"config file {path}: cannot read it as UTF-8 JSON ({e})") from e
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
-        raise IapError(f"config file {path}: field '{field}': {err['msg']}") from e

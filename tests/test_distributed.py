@@ -19,7 +19,7 @@ CONFIG = {"steps": STEPS, "batch_size": 16, "lr": 2e-3, "warmup_steps": 4, "chec
 def _cmd(tiny_dir: Path, out: Path, processes: int, config: Path) -> list[str]:
     return [sys.executable, "-m", "iap", "train-worker", "--base", str(tiny_dir / "base"), "--zh-encoder",
             str(tiny_dir / "zh_encoder"), "--out", str(out), "--config", str(config), "--n-train", "160",
-            "--num-processes", str(processes)]
+            "--train-num-processes", str(processes)]
 
 
 def _losses(run: Path) -> list[tuple[int, float]]:
@@ -30,7 +30,7 @@ def _losses(run: Path) -> list[tuple[int, float]]:
 
 def _config(tmp_path: Path) -> Path:
     path = tmp_path / "train.json"
-    path.write_text(json.dumps(CONFIG))
+    path.write_text(json.dumps({"train": CONFIG}))
     return path
 
 

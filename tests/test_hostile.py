@@ -381,8 +381,8 @@ def test_a_full_disk_mid_training_is_one_message_and_leaves_nothing_partial(tiny
     import sys
     from pathlib import Path
     config = tmp_path / "train.json"
-    config.write_text(json.dumps({"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 2,
-                                  "warmup_steps": 1}))
+    config.write_text(json.dumps({"train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 2,
+                                            "warmup_steps": 1}}))
     run = tmp_path / "run"
     r = subprocess.run([str(Path(sys.executable).parent / "iap"), "train-worker", "--base", str(tiny_dir / "base"),
                         "--zh-encoder", str(tiny_dir / "zh_encoder"), "--out", str(run), "--config", str(config),

@@ -4,7 +4,6 @@ import sys
 
 import pytest
 
-from iap.config import TrainConfig, load_config
 from iap.errors import IapError
 from iap.models import load_base, load_chinese_encoder
 from iap.models.base import weights_fingerprint
@@ -45,13 +44,15 @@ def test_cli_errors_are_one_message(tiny_dir, tmp_path):
 
 
 def test_bad_config_file_names_file_and_field(tmp_path):
+    """One reader for every --config file (the stage commands' and the launched worker's)."""
+    from iap.cli.options import build_configs
     path = tmp_path / "train.json"
-    path.write_text(json.dumps({"steps": -3}))
-    with pytest.raises(IapError, match=r"train.json: field 'steps'"):
-        load_config(path, TrainConfig)
+    path.write_text(json.dumps({"train": {"steps": -3}}))
+    with pytest.raises(IapError, match=r"train.json: field 'train.steps'"):
+        build_configs(("train",), path, {})
     path.write_text("{not json")
     with pytest.raises(IapError, match="train.json"):
-        load_config(path, TrainConfig)
+        build_configs(("train",), path, {})
 
 
 def test_a_hub_fingerprint_names_the_pinned_revision(monkeypatch):

@@ -13,7 +13,8 @@ from iap.training.checkpoint import latest_checkpoint, read_checkpoint_meta
 from iap.training.loop import lr_at, train
 from tests.conftest import kill_after_checkpoint
 
-TRAIN_ARGS = ["--steps", "60", "--batch-size", "8", "--lr", "1e-3", "--checkpoint-every", "10", "--n-train", "64"]
+TRAIN_ARGS = ["--train-steps", "60", "--train-batch-size", "8", "--train-lr", "1e-3", "--train-checkpoint-every", "10",
+              "--n-train", "64"]
 
 
 def _train_cmd(tiny_dir: Path, out: Path) -> list[str]:

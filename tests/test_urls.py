@@ -28,10 +28,10 @@ def test_distributed_train_export_and_generate_write_to_the_bucket(s3, tiny_dir,
 
     from iap.training.checkpoint import read_checkpoint_meta
     config = tmp_path / "train.json"
-    config.write_text(json.dumps(TRAIN))
+    config.write_text(json.dumps({"train": TRAIN}))
     run, base = "s3://iap-test/runs/two", str(tiny_dir / "base")
     iap("train-worker", "--base", base, "--zh-encoder", str(tiny_dir / "zh_encoder"), "--out", run,
-        "--config", str(config), "--n-train", "32", "--num-processes", "2", cwd=tmp_path)
+        "--config", str(config), "--n-train", "32", "--train-num-processes", "2", cwd=tmp_path)
     s3.invalidate_cache()
     assert s3.cat_file(f"{run}/checkpoints/latest") == b"step-000004"
     assert read_checkpoint_meta(f"{run}/checkpoints/step-000004")["step"] == 4

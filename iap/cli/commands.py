@@ -37,6 +37,13 @@ def _installed_engine(name: str) -> str:
     return name
 
 
+# one declaration per shared argument, so every command spells and explains it the same way (URLs are str:
+# a Path would turn s3://b/x into s3:/b/x)
+BASE = Annotated[str, typer.Option("--base", help="base model: HF id, diffusers folder or preset:NAME (for a "
+                                   "checkpoint: the base it was trained for)")]
+ZH_ENCODER = Annotated[str, typer.Option("--zh-encoder", help="Chinese encoder to start from: HF id, folder or "
+                                         "preset:NAME")]
+TRAIN_STEPS = Annotated[int, typer.Option("--train-steps", help="training steps (TrainConfig.steps)")]
 ENGINE = Annotated[str, typer.Option(callback=_installed_engine, help="prefect: run the Prefect flow (an ephemeral "
                                      "API without a server); local: the library in this process. Same ids and "
                                      "outputs")]
@@ -89,7 +96,7 @@ def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path,
 @with_stage_options("cache")
 def precompute(
     snapshot: Annotated[str, typer.Option(help="snapshot URL (OUT/snapshots/<id>)")],
-    base: Annotated[str, typer.Option(help="base model: HF id, diffusers folder or preset:NAME")],
+    base: BASE,
     out: Annotated[str, typer.Option(help="cache root, local or s3://")],
     precision: Annotated[str, typer.Option(help="frozen parts on a GPU: no (fp32), bf16, fp16")] = "no",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print projected size and time; write nothing")] = False,
@@ -115,9 +122,8 @@ def precompute(
 @app.command()
 @with_stage_options("download", "filter", "columns", "english", "cache", "train", "evaluate", "gate")
 def train(out: Annotated[str, typer.Option(help="output root of the whole pipeline, local or s3://")],
-          base: Annotated[str, typer.Option(help="base model: HF id, diffusers folder or preset:NAME")] = SD15,
-          zh_encoder: Annotated[str, typer.Option(help="Chinese encoder to start from: HF id, folder or "
-                                                       "preset:tiny")] = ZH_768,
+          base: BASE = SD15,
+          zh_encoder: ZH_ENCODER = ZH_768,
           manifest: Annotated[str | None, typer.Option(help="data source: a manifest to download")] = None,
           snapshot: Annotated[str | None, typer.Option(help="data source: an existing snapshot URL")] = None,
           synthetic: Annotated[int, typer.Option(help="data source: this many shapes-world rows (smoke runs)")] = 0,
@@ -169,7 +175,7 @@ def _finish(result: dict, engine: str) -> None:
 @app.command()
 @with_stage_options("download", "filter", "columns", "evaluate")
 def evaluate(checkpoint: str,
-             base: Annotated[str, typer.Option(help="the base model the checkpoint was trained for")],
+             base: BASE,
              snapshot: Annotated[str | None, typer.Option(help="snapshot URL (its --split is evaluated)")] = None,
              manifest: Annotated[str | None, typer.Option(
                  help="an evaluation set instead (image URL + Chinese + English, e.g. COCO-CN), downloaded whole")]
@@ -200,7 +206,7 @@ def evaluate(checkpoint: str,
 
 @app.command()
 def demo(workdir: Annotated[str, typer.Option(help="where everything goes, local or s3://")] = "demo",
-         steps: Annotated[int, typer.Option(help="training steps")] = 600, engine: ENGINE = "prefect",
+         steps: TRAIN_STEPS = 600, engine: ENGINE = "prefect",
          base: Annotated[Literal["preset:shapes-teacher", "preset:shapes-teacher-xl"], typer.Option(
              help="the teacher: SD-1.x architecture, or SDXL's (two text towers, pooled embedding, time ids)")]
          = "preset:shapes-teacher") -> None:
@@ -211,7 +217,7 @@ def demo(workdir: Annotated[str, typer.Option(help="where everything goes, local
     try:
         cfg = TrainConfig.model_validate(DEMO_TRAIN.model_dump() | {"steps": steps})
     except ValueError as e:
-        raise IapError(f"option --steps: {e.errors()[0]['msg']}") from e
+        raise IapError(f"option --train-steps: {e.errors()[0]['msg']}") from e
     summary = run_demo(workdir, engines.load(engine), cfg, base=base)
     m = summary["metrics"]
     lines = [
@@ -336,35 +342,27 @@ def _live_source(base_model, encoder, snapshot: str | None, n_train: int, seed: 
 
 
 @app.command("train-worker", hidden=True)
+@with_stage_options("train")
 def train_worker(
-    base: Annotated[str, typer.Option(help="base model: HF id, diffusers folder or preset:NAME")],
-    zh_encoder: Annotated[str, typer.Option(help="Chinese encoder: HF id or folder")],
+    base: BASE,
+    zh_encoder: ZH_ENCODER,
     out: Annotated[str, typer.Option(help="run directory, local or s3:// (checkpoints; resumes if present)")],
-    config: Annotated[Path | None, typer.Option(help="TrainConfig JSON file")] = None,
     cache: Annotated[str | None, typer.Option(help="train from this cache (iap precompute)")] = None,
     snapshot: Annotated[str | None, typer.Option(help="train live from this snapshot's train split")] = None,
-    steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
-    objective: str | None = None, checkpoint_every: int | None = None,
     n_train: Annotated[int, typer.Option(help="without --cache/--snapshot: synthetic triples")] = 1200,
-    num_processes: Annotated[int | None, typer.Option(help="data-parallel processes (torchrun)")] = None,
-    accelerate_config: Annotated[str | None, typer.Option(help="accelerate config file (GPUs, nodes)")] = None,
     lineage: Annotated[str | None, typer.Option(help="JSON merged into the checkpoints' lineage")] = None,
+    *, configs: dict,
 ) -> None:
     """Train the Chinese encoder alone from a cache, a snapshot, or synthetic shapes-world triples: the
     command every process of a launched (torchrun / accelerate) run executes, and the tests' trainer."""
     import json as _json
 
-    from iap.config import TrainConfig, load_config
     from iap.models import load_chinese_encoder
     from iap.presets.names import resolve
     from iap.system.launch import inside_launch, run_launched
     from iap.training.loop import train
     base, zh_encoder = resolve(base, zh_encoder)
-    cfg = load_config(config, TrainConfig) if config else TrainConfig()
-    overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "objective": objective,
-                 "checkpoint_every": checkpoint_every, "num_processes": num_processes,
-                 "accelerate_config": accelerate_config}
-    cfg = TrainConfig.model_validate({**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    cfg = configs["train"]
     from iap.models.compat import check_pair
     check_pair(base, zh_encoder)  # from configs alone: a mismatched pair fails before anything is loaded
     if cfg.distributed and not inside_launch():
@@ -423,7 +421,7 @@ def _dry_run(snap, base_model, cfg) -> None:
 @app.command("export")
 def export_cmd(checkpoint: Annotated[str, typer.Argument(help="checkpoint folder or URL (RUN/checkpoints/step-N)")],
                out: Annotated[str, typer.Argument(help="pipeline folder to write, local or s3://")],
-               base: Annotated[str, typer.Option(help="the base model the checkpoint was trained for")],
+               base: BASE,
                push_to_hub: Annotated[str | None, typer.Option(
                    help="then upload it to this Hub model repo (user/name; created private if missing; "
                         "credentials: HF_TOKEN or `hf auth login`)")] = None) -> None:
@@ -531,12 +529,14 @@ def print_rejects(snapshot: dict, per_rule: int) -> None:
 @app.command()
 def compare(
     snapshot: Annotated[str, typer.Option(help="snapshot URL")],
-    base: Annotated[str, typer.Option(help="base model id or folder")],
-    zh_encoder: Annotated[str, typer.Option(help="Chinese encoder to start from")],
+    base: BASE,
+    zh_encoder: ZH_ENCODER,
     out: Annotated[str, typer.Option(help="where runs, caches and compare.json go, local or s3://")],
     objectives: str = "pivot,separate,embedding-mse,eps-distill",
     policies: Annotated[str, typer.Option(help="cache policies to train pivot from")] = "recompute,store,store-sampled",
-    steps: int = 300, batch_size: int = 16, lr: float = 2e-3,
+    steps: TRAIN_STEPS = 300,
+    batch_size: Annotated[int, typer.Option("--train-batch-size", help="TrainConfig.batch_size")] = 16,
+    lr: Annotated[float, typer.Option("--train-lr", help="TrainConfig.lr")] = 2e-3,
     samples: Annotated[int, typer.Option(help="held-out prompts to draw per run")] = 64,
     guidance_scale: Annotated[float, typer.Option(help="guidance for the drawings (shapes teacher: 3)")] = 7.5,
 ) -> None:

@@ -99,7 +99,7 @@ def _train_launched(cache_url: str, base: str, zh_encoder: str, run_dir: str, cf
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "train.json"
-        config_file.write_text(cfg.model_dump_json())
+        config_file.write_text(json.dumps({"train": cfg.model_dump(mode="json")}))  # a --config file
         run_launched(worker_args(base, zh_encoder, run_dir, cache_url, str(config_file), lineage),
                      cfg.num_processes, cfg.accelerate_config, log=log)
     ckpt = committed_checkpoint(run_dir)

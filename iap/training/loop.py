@@ -5,7 +5,7 @@ Reproducibility and resume: every random draw of step s comes from generators se
 and data state. A run restarted after `kill -9` continues from its last checkpoint and ends
 with the same weights as an uninterrupted run.
 
-Data parallel (DDP, launched by `iap train --num-processes N` or `accelerate launch`): the global
+Data parallel (DDP, launched by `iap train --train-num-processes N` or `accelerate launch`): the global
 batch of a step is the same as with one process; rank r takes the r-th disjoint slice of it and draws
 its own (t, noise) from a generator seeded by (seed, step, rank). DDP averages the gradients, so N
 processes follow one process's loss trajectory (within the noise of the draws), and because the data

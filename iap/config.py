@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import PydanticUndefined
+
+from iap.system.ids import content_id
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the default base
 ZH_768 = "hfl/chinese-roberta-wwm-ext"  # the default Chinese encoder: 768 wide, as SD 1.x's cross-attention
@@ -41,7 +42,7 @@ class StageConfig(BaseModel):
             if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("added_later") and \
                     getattr(self, name) == f.default:
                 data.pop(name)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return content_id(json.dumps(data, sort_keys=True))
 
 
 class TrainConfig(StageConfig):

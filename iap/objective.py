@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from iap.attention import attend, install_capture, recording
-from iap.models.base import BaseModel
+from iap.models.base import FrozenBase
 
 OBJECTIVES = ("pivot", "separate", "embedding-mse", "eps-distill")
 
@@ -112,7 +112,7 @@ class Teacher:
     """The frozen UNet with capture processors: English passes (no grad) and Chinese passes (grad).
     Inputs are moved to the UNet's device and cast to its dtype here, wherever the batch came from."""
 
-    def __init__(self, base: BaseModel):
+    def __init__(self, base: FrozenBase):
         self.unet = base.unet
         self.scheduler = base.noise_scheduler
         self.layers = install_capture(self.unet)

@@ -1,4 +1,5 @@
-"""Shared, expensive fixtures are session-scoped: the tiny preset and one demo run."""
+"""Fixtures only (helpers are in tests/helpers.py). Shared, expensive ones are session-scoped: the tiny
+presets, the served data, one demo run."""
 
 from __future__ import annotations
 
@@ -16,20 +17,17 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # stale copy that another session's bucket (moto's, gone since) left in ~/.cache/iap.
 os.environ.setdefault("IAP_CACHE_DIR", tempfile.mkdtemp(prefix="iap-cache-"))
 
-import socket  # noqa: E402
 import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from iap import shapes  # noqa: E402
-from iap.cache.live import build_in_memory_source, image_size  # noqa: E402
-from iap.data.download import DownloadConfig  # noqa: E402
 from iap.data.pipeline import run_data  # noqa: E402
 from iap.data.snapshot import FilterConfig  # noqa: E402
 from iap.models import load_base, load_chinese_encoder  # noqa: E402
 from iap.presets.tiny import TINY_SD2, TINY_SDXL, write_tiny  # noqa: E402
 from iap.shapes.synth import serve, write_synth  # noqa: E402
+from tests.helpers import BROKEN, DOWNLOAD, FILTER, N_GOOD, free_port, shapes_source, start_moto  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -82,64 +80,9 @@ def encoder(tiny_dir, base):
     return load_chinese_encoder(tiny_dir / "zh_encoder", base.cross_attention_dim, base.max_length)
 
 
-def shapes_source(base, encoder, n: int = 16, seed: int = 3):
-    """n shapes triples in memory, for this base and encoder."""
-    samples = shapes.samples(n, seed=seed)
-    size = image_size(base)
-    return build_in_memory_source(base, encoder, [shapes.render(s, size) for s in samples],
-                                  [s.caption_en for s in samples], [s.caption_zh for s in samples])
-
-
 @pytest.fixture
 def small_source(base, encoder):
     return shapes_source(base, encoder)
-
-
-def preset_models(request, preset: str):
-    """(base, encoder, small source) of a tiny preset by name: 'tiny' (SD-1.x-shaped), 'tiny-sd2' or 'tiny-sdxl'."""
-    if preset == "tiny":
-        return request.getfixturevalue("base"), request.getfixturevalue("encoder"), request.getfixturevalue("small_source")
-    prefix = preset.removeprefix("tiny-")
-    base, encoder = request.getfixturevalue(f"{prefix}_base"), request.getfixturevalue(f"{prefix}_encoder")
-    return base, encoder, shapes_source(base, encoder)
-
-
-PRESETS = ["tiny", "tiny-sd2", "tiny-sdxl"]
-
-
-def assert_pivot_equals_live(teacher, encoder, batch):
-    """pivot (standalone attention over the English pass's queries) == a real UNet pass with the Chinese
-    states in which every cross-attention layer is fed those queries: loss and gradients. Returns the
-    English pass (queries, targets, eps)."""
-    from dataclasses import replace
-
-    from iap.objective import layer_mse, make_objective, states_of
-    queries, targets, eps = teacher.english_pass(batch)
-    pivot = make_objective("pivot", teacher, pooled_weight=0)  # the attention objective alone
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    loss_given = pivot(encoder(batch.zh_ids), replace(batch, queries=queries, targets=targets))
-    grads_given = torch.autograd.grad(loss_given, params, allow_unused=True)
-    outputs, _ = teacher.chinese_pass(batch, states_of(encoder(batch.zh_ids)), inject=queries)
-    loss_live = layer_mse(outputs, targets, pivot.weights)
-    grads_live = torch.autograd.grad(loss_live, params, allow_unused=True)
-    assert loss_given.item() > 1e-3
-    torch.testing.assert_close(loss_given, loss_live, rtol=1e-6, atol=1e-9)
-    for a, b in zip(grads_given, grads_live, strict=True):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
-    return queries, targets, eps
-
-
-def assert_chinese_draws_like_english(m: dict, teacher_floor: float = 0.90) -> None:
-    """The transfer gate on a demo's metrics: held-out Chinese prompts reach >= 85% colour accuracy, within 5
-    points of the teacher's English prompts; the untrained encoder stays near chance (1/56)."""
-    print({k: v for k, v in m.items() if "accuracy" in k})
-    assert m["generated_prompts"] >= 40
-    assert m["colour_accuracy_en_teacher"] >= teacher_floor
-    assert m["colour_accuracy_zh_after"] >= 0.85
-    assert m["colour_accuracy_en_teacher"] - m["colour_accuracy_zh_after"] <= 0.05
-    assert m["colour_accuracy_zh_before"] <= 0.10
 
 
 @pytest.fixture(scope="session")
@@ -156,17 +99,6 @@ def demo_summary(tmp_path_factory):
     summary["workdir"] = str(workdir)
     summary["console"] = r.stdout + r.stderr
     return summary
-
-
-N_GOOD, BROKEN = 40, 2
-DOWNLOAD = DownloadConfig(image_size=32, min_image_size=16, timeout=2, number_sample_per_shard=30)
-FILTER = FilterConfig(shard_rows=20)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -186,57 +118,6 @@ def local_run(served, tmp_path_factory):
     return out, report, snapshot
 
 
-
-
-def kill_at_marker(args: list[str], marker: str) -> None:
-    """Run a process until it prints `marker` on a line of its own, then kill -9 it."""
-    import signal
-    import subprocess
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == marker
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def kill_after_checkpoint(args: list[str], run: Path, at_least: int, env: dict | None = None) -> int:
-    """Start a training job, kill -9 it (and every process it started: torchrun puts each rank in its own
-    session) once checkpoint `at_least` or later is committed; returns the step of the last checkpoint."""
-    import signal
-    import subprocess
-    import time
-
-    import psutil
-
-    from iap.training.checkpoint import latest_checkpoint, read_checkpoint_meta
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    pointer, deadline = run / "checkpoints" / "latest", time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if pointer.exists() and pointer.read_text().strip() >= f"step-{at_least:06d}":
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
-    job = psutil.Process(proc.pid)
-    for p in [*job.children(recursive=True), job]:
-        p.send_signal(signal.SIGKILL)
-    proc.wait()
-    return read_checkpoint_meta(latest_checkpoint(run))["step"]
-
-
-def start_moto(monkeypatch, port: int = 0):
-    """A moto S3 server on 127.0.0.1 with fresh state, and env pointing s3fs at it. moto's backends and
-    fsspec's s3fs instances are process-global, so both are reset for each server."""
-    import s3fs
-    from moto.server import ThreadedMotoServer
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    import httpx
-    httpx.post(f"http://{host}:{port}/moto-api/reset", timeout=10)
-    for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                 "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(k, v)
-    s3fs.S3FileSystem.clear_instance_cache()
-    return server, port
 
 
 @pytest.fixture

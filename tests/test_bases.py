@@ -9,22 +9,18 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import BertModel
 
-from iap.config import TrainConfig
 from iap.errors import IapError
 from iap.models import load_base, load_chinese_encoder
 from iap.models.compat import check_pair
-from iap.objective import EmptyPrompt, Teacher, make_objective
+from iap.objective import Teacher
 from iap.training.checkpoint import latest_checkpoint
-from iap.training.loop import train
-from tests.conftest import assert_pivot_equals_live, shapes_source
-from tests.test_engines import IAP, OPTIONS
+from tests.helpers import ENGINE_OPTIONS, IAP, Stop, assert_pivot_equals_live, train_briefly
 
 
 def test_a_projected_encoder_keeps_every_real_tokens_states(sd2_dir, sd2_encoder):
@@ -42,30 +38,12 @@ def test_a_projected_encoder_keeps_every_real_tokens_states(sd2_dir, sd2_encoder
     assert torch.equal(again.model.transformation.weight, w)
 
 
-class Stop(Exception):
-    pass
-
-
-def _train(base, encoder, run: Path, stop_at: int | None = None):
-    """6 steps, a checkpoint every 3; with `stop_at`, the process 'dies' right after that step."""
-    cfg = TrainConfig(steps=6, batch_size=4, checkpoint_every=3, log_every=1, lr=1e-3, warmup_steps=1,
-                      empty_prompt_fraction=0.25)
-
-    def die(state):
-        if state.step == stop_at:
-            raise Stop
-
-    empty = EmptyPrompt.pair(base.english([""]), encoder)
-    return train(cfg, encoder, make_objective("pivot", Teacher(base)), shapes_source(base, encoder), run,
-                 log=lambda _: None, empty=empty, on_step=die)
-
-
 def test_resume_through_the_projection_is_exact(sd2_dir, sd2_base, tmp_path):
     fresh = lambda: load_chinese_encoder(sd2_dir / "zh_encoder", 96)  # noqa: E731
-    _train(sd2_base, fresh(), tmp_path / "straight")
+    train_briefly(sd2_base, fresh(), tmp_path / "straight")
     with pytest.raises(Stop):
-        _train(sd2_base, fresh(), tmp_path / "resumed", stop_at=4)
-    _train(sd2_base, fresh(), tmp_path / "resumed")
+        train_briefly(sd2_base, fresh(), tmp_path / "resumed", stop_at=4)
+    train_briefly(sd2_base, fresh(), tmp_path / "resumed")
     a, b = (load_file(latest_checkpoint(tmp_path / r) / "encoder" / "model.safetensors") for r in ("straight", "resumed"))
     assert a.keys() == b.keys() and any("transformation" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -90,7 +68,7 @@ print(json.dumps({"text_encoder": type(pipe.text_encoder).__name__, "tokenizer":
 def test_the_sd2_pipeline_runs_end_to_end_and_exports_a_vanilla_folder(served, sd2_dir, tmp_path):
     """`iap train --engine local` on the SD-2-shaped preset: data, cache, training, evaluation (generation
     included) and export unchanged; the export draws from a Chinese prompt with guidance in plain diffusers."""
-    options = list(OPTIONS)
+    options = list(ENGINE_OPTIONS)
     options[options.index("--evaluate-samples") + 1] = "4"
     r = subprocess.run([IAP, "train", "--engine", "local", "--out", str(tmp_path), "--base", str(sd2_dir / "base"),
                         "--zh-encoder", str(sd2_dir / "zh_encoder"), "--manifest", str(served), *options],

@@ -16,7 +16,7 @@ from iap.data.reader import decode, read_shard
 from iap.errors import IapError
 from iap.models.base import noise_from_seeds
 from iap.objective import FrozenBatch, Teacher, make_objective
-from tests.conftest import PRESETS, kill_at_marker, preset_models
+from tests.helpers import PRESETS, kill_at_marker, preset_models
 
 POLICIES = ["recompute", "store", "store-sampled"]
 

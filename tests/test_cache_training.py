@@ -17,7 +17,7 @@ from iap.models import load_chinese_encoder
 from iap.objective import EmptyPrompt, Teacher, make_objective
 from iap.shapes.synth import serve, write_synth
 from iap.training.loop import train
-from tests.conftest import DOWNLOAD, free_port
+from tests.helpers import DOWNLOAD, free_port
 
 TRAIN = TrainConfig(steps=250, batch_size=16, lr=2e-3, warmup_steps=20, checkpoint_every=1000, log_every=1000)
 

@@ -12,7 +12,7 @@ import pytest
 from iap.data.manifest import ManifestColumns, load_manifest
 from iap.data.pipeline import run_data
 from iap.errors import IapError
-from tests.conftest import DOWNLOAD, FILTER
+from tests.helpers import DOWNLOAD, FILTER
 
 ROWS = [{"url": f"http://x/{i}.jpg", "caption_zh": f"一只红色的猫{i}", "caption_en": f"a red cat {i}"} for i in range(6)]
 
@@ -162,7 +162,7 @@ def test_image_bombs_and_trickling_servers_are_bounded(served, tmp_path):
     from iap.data.download import download
     from iap.data.manifest import Manifest
     from iap.shapes.synth import _Handler, serve
-    from tests.conftest import free_port
+    from tests.helpers import free_port
     folder, port = tmp_path / "web", free_port()
     (folder / "images").mkdir(parents=True)
     _bomb_png(folder / "images" / "bomb.png")
@@ -245,7 +245,7 @@ def test_unusable_storage_is_one_message(s3, served, monkeypatch, endpoint, matc
     import subprocess
     import sys
 
-    from tests.conftest import free_port
+    from tests.helpers import free_port
     if endpoint == "closed-port":
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     bucket = "no-such-bucket" if endpoint == "moto" else "iap-test"
@@ -371,7 +371,7 @@ def test_a_user_error_inside_the_data_flow_is_one_message_without_traceback(tmp_
     import subprocess
     import sys
 
-    from tests.conftest import free_port
+    from tests.helpers import free_port
     port = free_port()  # nothing listens there
     pq.write_table(pa.table({"url": [f"http://127.0.0.1:{port}/a.png", f"http://127.0.0.1:{port}/b.png"],
                              "caption_zh": ["一只猫", "一只狗"], "caption_en": ["a cat", "a dog"]}),

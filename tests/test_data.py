@@ -13,7 +13,7 @@ from iap.data.pipeline import run_data
 from iap.data.snapshot import FilterConfig, build_snapshot, open_snapshot
 from iap.errors import IapError
 from iap.shapes.synth import BROKEN_KINDS
-from tests.conftest import BROKEN, DOWNLOAD, FILTER, N_GOOD, kill_at_marker
+from tests.helpers import BROKEN, DOWNLOAD, FILTER, N_GOOD, kill_at_marker
 
 
 def _rows(snapshot, splits=("train", "val", "test")) -> list[dict]:
@@ -141,7 +141,7 @@ def test_end_to_end_on_s3(s3, served):
 
 def test_refresh_downloads_only_new_manifest_rows(tmp_path):
     from iap.shapes.synth import serve, write_synth
-    from tests.conftest import free_port
+    from tests.helpers import free_port
     folder, port, out = tmp_path / "synth", free_port(), tmp_path / "out"
     server = serve(folder.mkdir() or folder, port)
     try:

@@ -12,7 +12,7 @@ import pytest
 from iap.data.snapshot import funnel_table
 from iap.errors import IapError
 from iap.models.generate import generate, load_pipeline
-from tests.conftest import assert_chinese_draws_like_english
+from tests.helpers import assert_chinese_draws_like_english
 
 
 def test_pivot_training_transfers_to_held_out_combos(demo_summary):

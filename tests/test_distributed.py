@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from iap.training.checkpoint import latest_checkpoint, read_checkpoint_meta
-from tests.conftest import kill_after_checkpoint
+from tests.helpers import kill_after_checkpoint
 
 STEPS = 40
 CONFIG = {"steps": STEPS, "batch_size": 16, "lr": 2e-3, "warmup_steps": 4, "checkpoint_every": 10, "log_every": 5}

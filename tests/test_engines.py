@@ -10,12 +10,7 @@ from pathlib import Path
 
 import pytest
 
-IAP = str(Path(sys.executable).parent / "iap")
-OPTIONS = ["--download-image-size", "32", "--download-min-image-size", "16", "--download-timeout", "2",
-           "--download-number-sample-per-shard", "30", "--filter-shard-rows", "20", "--filter-split-key", "combo",
-           "--filter-val-fraction", "0.3", "--filter-test-fraction", "0", "--train-steps", "20",
-           "--train-batch-size", "8", "--train-checkpoint-every", "20", "--train-log-every", "10",
-           "--cache-draws", "1", "--evaluate-samples", "0"]
+from tests.helpers import ENGINE_OPTIONS, IAP
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +19,7 @@ def runs(served, tiny_dir, tmp_path_factory) -> dict[str, Path]:
     for engine in ("local", "prefect"):
         out = tmp_path_factory.mktemp(f"engine-{engine}")
         r = subprocess.run([IAP, "train", "--engine", engine, "--out", str(out), "--base", str(tiny_dir / "base"),
-                            "--zh-encoder", str(tiny_dir / "zh_encoder"), "--manifest", str(served), *OPTIONS],
+                            "--zh-encoder", str(tiny_dir / "zh_encoder"), "--manifest", str(served), *ENGINE_OPTIONS],
                            capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         outs[engine] = out

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.conftest import DOWNLOAD, FILTER, free_port, start_moto
+from tests.helpers import DOWNLOAD, FILTER, free_port, start_moto
 
 
 @pytest.fixture(scope="module")

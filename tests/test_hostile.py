@@ -13,7 +13,7 @@ import pytest
 
 from iap.data.manifest import ManifestColumns, load_manifest
 from iap.data.pipeline import run_data
-from tests.conftest import DOWNLOAD, FILTER, free_port
+from tests.helpers import DOWNLOAD, FILTER, free_port
 
 
 def test_a_manifest_cannot_read_local_files_into_the_snapshot(served, tmp_path):

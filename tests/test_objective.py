@@ -3,7 +3,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from iap.objective import Teacher, make_objective
-from tests.conftest import PRESETS, assert_pivot_equals_live, preset_models
+from tests.helpers import PRESETS, assert_pivot_equals_live, preset_models
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -21,9 +21,14 @@ from iap.models import load_chinese_encoder
 from iap.models.xl import chinese_towers
 from iap.objective import EmptyPrompt, Teacher, make_objective
 from iap.training.checkpoint import latest_checkpoint
-from tests.conftest import assert_chinese_draws_like_english, shapes_source
-from tests.test_bases import Stop, _train
-from tests.test_engines import IAP, OPTIONS
+from tests.helpers import (
+    ENGINE_OPTIONS,
+    IAP,
+    Stop,
+    assert_chinese_draws_like_english,
+    shapes_source,
+    train_briefly,
+)
 
 PROMPT = "a big red circle on a blue background"
 
@@ -85,10 +90,10 @@ def test_the_pooled_term_and_the_empty_prompt_pairing(sdxl_base, sdxl_encoder):
 def test_resume_through_both_towers_is_exact(sdxl_dir, sdxl_base, tmp_path):
     base = str(sdxl_dir / "base")
     fresh = lambda: load_chinese_encoder(sdxl_dir / "zh_encoder", 96, base=base)  # noqa: E731
-    _train(sdxl_base, fresh(), tmp_path / "straight")
+    train_briefly(sdxl_base, fresh(), tmp_path / "straight")
     with pytest.raises(Stop):
-        _train(sdxl_base, fresh(), tmp_path / "resumed", stop_at=4)
-    _train(sdxl_base, fresh(), tmp_path / "resumed")
+        train_briefly(sdxl_base, fresh(), tmp_path / "resumed", stop_at=4)
+    train_briefly(sdxl_base, fresh(), tmp_path / "resumed")
     a, b = (load_file(latest_checkpoint(tmp_path / r) / "encoder" / "model.safetensors") for r in ("straight", "resumed"))
     assert a.keys() == b.keys() and any(k.startswith("text_encoder_2.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -122,7 +127,7 @@ def test_the_sdxl_pipeline_runs_end_to_end_and_exports_a_vanilla_xl_folder(serve
     """`iap train --engine local` on the SDXL-shaped preset: data, cache (pooled embedding and time ids),
     training, evaluation (generation through StableDiffusionXLPipeline) and export; plain diffusers loads the
     export and draws from a Chinese prompt with guidance, with SDXL's zero negative and with the "" one."""
-    options = list(OPTIONS)
+    options = list(ENGINE_OPTIONS)
     options[options.index("--evaluate-samples") + 1] = "4"
     r = subprocess.run([IAP, "train", "--engine", "local", "--out", str(tmp_path), "--base", str(sdxl_dir / "base"),
                         "--zh-encoder", str(sdxl_dir / "zh_encoder"), "--manifest", str(served), "--cache-policy",

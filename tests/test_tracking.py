@@ -60,7 +60,7 @@ def test_wandb_offline_run_is_written(tiny_dir, tmp_path):
     code = f"""
 import sys
 from iap.models import load_base, load_chinese_encoder
-from tests.conftest import shapes_source
+from tests.helpers import shapes_source
 from tests.test_tracking import _train
 base = load_base({str(tiny_dir / "base")!r})
 encoder = load_chinese_encoder({str(tiny_dir / "zh_encoder")!r}, base.cross_attention_dim, base.max_length)

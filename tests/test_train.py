@@ -11,7 +11,7 @@ from iap.errors import IapError
 from iap.objective import Teacher, make_objective
 from iap.training.checkpoint import latest_checkpoint, read_checkpoint_meta
 from iap.training.loop import lr_at, train
-from tests.conftest import kill_after_checkpoint
+from tests.helpers import kill_after_checkpoint
 
 TRAIN_ARGS = ["--train-steps", "60", "--train-batch-size", "8", "--train-lr", "1e-3", "--train-checkpoint-every", "10",
               "--n-train", "64"]

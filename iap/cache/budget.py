@@ -7,11 +7,11 @@ import torch
 
 from iap.cache.info import DTYPES, CacheConfig
 from iap.errors import IapError
-from iap.models.base import BaseModel
+from iap.models.base import FrozenBase
 from iap.objective import FrozenBatch, Teacher, placeholder_added_cond
 
 
-def projected_bytes_per_sample(base: BaseModel, cfg: CacheConfig) -> dict[str, float]:
+def projected_bytes_per_sample(base: FrozenBase, cfg: CacheConfig) -> dict[str, float]:
     """Bytes per sample of each stored part, from one probe English pass for the layer shapes."""
     item = torch.finfo(DTYPES[cfg.dtype]).bits // 8
     size = base.unet.config.sample_size
@@ -36,7 +36,7 @@ def projected_bytes_per_sample(base: BaseModel, cfg: CacheConfig) -> dict[str, f
             "total": latent + states + cfg.draws * 16 + teacher_bytes}
 
 
-def check_budget(cfg: CacheConfig, rows: int, base: BaseModel) -> float:
+def check_budget(cfg: CacheConfig, rows: int, base: FrozenBase) -> float:
     """The projected size in bytes of a cache of `rows` samples; an IapError (before anything is written) when
     it exceeds max_gb."""
     total = projected_bytes_per_sample(base, cfg)["total"] * rows

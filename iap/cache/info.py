@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Literal
@@ -13,6 +12,7 @@ from pydantic import Field
 
 from iap.config import StageConfig, launch_field
 from iap.errors import IapError
+from iap.system.ids import content_id
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -55,8 +55,7 @@ class CacheInfo:
 
 
 def cache_key(snapshot_id: str, base_fingerprint: str, cfg: CacheConfig) -> str:
-    return hashlib.sha256(f"{snapshot_id}:{base_fingerprint}:{cfg.identity()}"
-                          .encode()).hexdigest()[:16]
+    return content_id(f"{snapshot_id}:{base_fingerprint}:{cfg.identity()}")
 
 
 def filesystem(url: str) -> fsspec.AbstractFileSystem:

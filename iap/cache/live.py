@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from iap.models.base import BaseModel
+from iap.models.base import FrozenBase
 from iap.models.chinese import ChineseEncoder
 from iap.objective import FrozenBatch
 
@@ -26,7 +26,7 @@ class FrozenSource(Protocol):
     def batch(self, indices: torch.Tensor, generator: torch.Generator) -> FrozenBatch: ...
 
 
-def image_size(base: BaseModel) -> int:
+def image_size(base: FrozenBase) -> int:
     """The pixel size the base model was built for: latent size times the VAE's downsampling."""
     return int(base.unet.config.sample_size) * 2 ** (len(base.vae.config.block_out_channels) - 1)
 
@@ -69,7 +69,7 @@ class InMemorySource:
 
 
 @torch.no_grad()
-def _encode(base: BaseModel, images: list[Image.Image], captions_en: list[str]) -> tuple[torch.Tensor, ...]:
+def _encode(base: FrozenBase, images: list[Image.Image], captions_en: list[str]) -> tuple[torch.Tensor, ...]:
     """VAE latents, English states and SDXL's added-embedding inputs (None otherwise) of one batch, on the
     base's device, returned in fp32 host memory."""
     latents = base.encode_images(to_pixels(images, image_size(base))).float().cpu()
@@ -77,13 +77,13 @@ def _encode(base: BaseModel, images: list[Image.Image], captions_en: list[str]) 
     return latents, states.float().cpu(), base.added_cond(pooled, latents)
 
 
-def _source(base: BaseModel, parts: list[tuple], zh_ids: torch.Tensor) -> InMemorySource:
+def _source(base: FrozenBase, parts: list[tuple], zh_ids: torch.Tensor) -> InMemorySource:
     added = None if parts[0][2] is None else {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
     return InMemorySource(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), zh_ids,
                           base.noise_scheduler.config.num_train_timesteps, added)
 
 
-def build_in_memory_source(base: BaseModel, encoder: ChineseEncoder, images: list[Image.Image],
+def build_in_memory_source(base: FrozenBase, encoder: ChineseEncoder, images: list[Image.Image],
                            captions_en: list[str], captions_zh: list[str], batch_size: int = 64) -> InMemorySource:
     """Encode images (VAE mean) and English captions once; tokenize Chinese captions."""
     parts = [_encode(base, images[i:i + batch_size], captions_en[i:i + batch_size])
@@ -91,7 +91,7 @@ def build_in_memory_source(base: BaseModel, encoder: ChineseEncoder, images: lis
     return _source(base, parts, encoder.tokenize(captions_zh))
 
 
-def snapshot_source(base: BaseModel, encoder: ChineseEncoder, snapshot, split: str, limit: int | None = None,
+def snapshot_source(base: FrozenBase, encoder: ChineseEncoder, snapshot, split: str, limit: int | None = None,
                     batch_size: int = 64) -> tuple[InMemorySource, list[dict]]:
     """An in-memory source over the first `limit` rows (all: None) of a snapshot split, read one shard at a
     time and decoded one batch at a time; the rows come back without their image bytes."""

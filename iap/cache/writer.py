@@ -34,7 +34,7 @@ from iap.cache.info import DTYPES, CacheConfig, CacheInfo, cache_key, filesystem
 from iap.cache.live import image_size, to_pixels
 from iap.data.reader import decode, read_shard
 from iap.data.snapshot import Snapshot
-from iap.models.base import BaseModel, noise_from_seeds
+from iap.models.base import FrozenBase, noise_from_seeds
 from iap.objective import FrozenBatch, Teacher
 from iap.system.storage import write_atomic
 
@@ -58,7 +58,7 @@ def _draws(keys: list[str], cfg: CacheConfig, num_timesteps: int) -> tuple[list[
     return steps, seeds
 
 
-def _latents(base: BaseModel, pixels: torch.Tensor, keys: list[str], cfg: CacheConfig) -> torch.Tensor:
+def _latents(base: FrozenBase, pixels: torch.Tensor, keys: list[str], cfg: CacheConfig) -> torch.Tensor:
     seeds = [_seed(cfg.seed, k, "z") for k in keys] if cfg.latent == "sample" else None
     return base.encode_images(pixels, seeds).float().cpu()
 
@@ -85,7 +85,7 @@ def _teacher_targets(teacher: Teacher, latents, states, added, steps, seeds, key
     return {n: torch.stack(v, dim=1) for n, v in out.items()}
 
 
-def compute_batch(base: BaseModel, teacher: Teacher | None, pixels: torch.Tensor, captions_en: list[str],
+def compute_batch(base: FrozenBase, teacher: Teacher | None, pixels: torch.Tensor, captions_en: list[str],
                   keys: list[str], cfg: CacheConfig) -> dict[str, torch.Tensor]:
     """The cached tensors of one batch (host memory, storage dtype): VAE and English encoder on the base's
     device, then the teacher's targets for store policies."""
@@ -105,7 +105,7 @@ def compute_batch(base: BaseModel, teacher: Teacher | None, pixels: torch.Tensor
     return tensors
 
 
-def _compute_shard(base: BaseModel, teacher: Teacher | None, rows: list[dict], cfg: CacheConfig) -> dict:
+def _compute_shard(base: FrozenBase, teacher: Teacher | None, rows: list[dict], cfg: CacheConfig) -> dict:
     size, parts = image_size(base), {}
     batch_size = cfg.batch_size or default_batch_size(base.device)
     for i in range(0, len(rows), batch_size):
@@ -174,7 +174,7 @@ def shard_done(plan: CachePlan, split: str, rel: str) -> bool:
     return filesystem(plan.url).exists(f"{plan.url}/shards/{_shard_name(split, rel)}.parquet")
 
 
-def precompute_shard(plan: CachePlan, split: str, rel: str, base: BaseModel) -> dict:
+def precompute_shard(plan: CachePlan, split: str, rel: str, base: FrozenBase) -> dict:
     """Compute and commit one cache shard (skipped when already committed)."""
     fs, name = filesystem(plan.url), _shard_name(split, rel)
     shard_url = f"{plan.url}/shards/{name}"
@@ -197,7 +197,7 @@ def _dim_from_any(fs, url: str, shards: dict) -> int:
         return int(load(f.read())["en_states"].shape[-1])
 
 
-def commit_cache(plan: CachePlan, shards: list[dict], base: BaseModel | None, seconds: float) -> CacheInfo:
+def commit_cache(plan: CachePlan, shards: list[dict], base: FrozenBase | None, seconds: float) -> CacheInfo:
     """Write the layer weights (store policies) and cache.json, the cache's commit point."""
     fs = filesystem(plan.url)
     if plan.config.policy != "recompute" and not fs.exists(f"{plan.url}/layers.json"):
@@ -217,7 +217,7 @@ def commit_cache(plan: CachePlan, shards: list[dict], base: BaseModel | None, se
     return info
 
 
-def precompute(snapshot: Snapshot, load_base_model: Callable[[], BaseModel], base_fingerprint: str, out_url: str,
+def precompute(snapshot: Snapshot, load_base_model: Callable[[], FrozenBase], base_fingerprint: str, out_url: str,
                cfg: CacheConfig | None = None, log: Callable[[str], None] = logging.getLogger(__name__).info,
                on_progress: Callable[[int, int], None] | None = None) -> CacheInfo:
     """Fill OUT/cache-<key>, skipping committed shards; loads the base only if there is work to do.

@@ -11,7 +11,6 @@ thread of a program whose entry point is guarded by `if __name__ == "__main__":`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from pydantic import Field
 from iap.config import StageConfig, added_field, launch_field
 from iap.data.manifest import Manifest, table_fingerprint
 from iap.errors import IapError
+from iap.system.ids import content_id
 from iap.system.quiet import output_to
 from iap.system.storage import local_workdir, write_atomic
 
@@ -285,4 +285,4 @@ def _download_rows(manifest: pa.Table, out_url: str, cfg: DownloadConfig,
 
 def download_id(fingerprint: str, cfg: DownloadConfig) -> str:
     """Manifest content + the options that change what is downloaded."""
-    return hashlib.sha256(f"{fingerprint}:{_options(cfg)}".encode()).hexdigest()[:16]
+    return content_id(f"{fingerprint}:{_options(cfg)}")

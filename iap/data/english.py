@@ -8,7 +8,6 @@ a row that still has none is skipped and counted as `no_english`.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from typing import Literal
 
@@ -20,6 +19,7 @@ from pydantic import Field
 from iap.config import StageConfig
 from iap.data.manifest import Manifest, ManifestColumns, load_manifest, read_table
 from iap.errors import IapError
+from iap.system.ids import content_id
 from iap.system.storage import filesystem, write_atomic
 
 
@@ -103,8 +103,8 @@ def _joined(table: pa.Table, cfg: EnglishConfig) -> list[str | None]:
 def _translations(texts: list[str], cfg: EnglishConfig, out_url: str | None) -> dict[str, str]:
     """{Chinese: English} for these texts, from OUT/translations when this model translated them before."""
     from iap.models.translator import Translator, fingerprint
-    model_id = hashlib.sha256(fingerprint(cfg.translate).encode()).hexdigest()[:16]
-    texts_id = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    model_id = content_id(fingerprint(cfg.translate))
+    texts_id = content_id("\n".join(texts))
     url = f"{out_url.rstrip('/')}/translations/{model_id}/{texts_id}.parquet" if out_url else None
     if url and filesystem(url).exists(url):
         cached = pq.read_table(io.BytesIO(filesystem(url).cat_file(url)))

@@ -15,7 +15,6 @@ each, go to the snapshot's rejects.parquet (no image bytes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from pydantic import Field, field_validator
 from iap.config import StageConfig
 from iap.data import junk, normalise, script
 from iap.errors import IapError
+from iap.system.ids import content_id
 from iap.system.storage import staged_folder
 
 SPLITS = ("train", "val", "test")
@@ -265,7 +265,7 @@ def _content_fingerprint(con: duckdb.DuckDBPyConnection, shards: Shards, keys_ur
     row = "md5_number_lower(concat_ws('\t', iap_key, sha256, caption_zh, caption, original_width, original_height))"
     n, x, s = con.execute(f"SELECT count(*), bit_xor(h), sum(h >> 20) FROM (SELECT {row} AS h "
                           f"FROM {_source(shards, keys_url)} WHERE status = 'success')").fetchone()
-    return hashlib.sha256(f"{n}:{x}:{s}".encode()).hexdigest()[:16]
+    return content_id(f"{n}:{x}:{s}")
 
 
 def plan_snapshot(shards: Shards, out_url: str, cfg: FilterConfig, keys_url: str | None = None) -> tuple[str, str]:
@@ -405,7 +405,7 @@ def _write_rejects(con, folder: Path) -> str:
 
 
 def snapshot_id(content: str, cfg: FilterConfig) -> str:
-    return hashlib.sha256(f"{content}:{cfg.identity()}".encode()).hexdigest()[:16]
+    return content_id(f"{content}:{cfg.identity()}")
 
 
 def open_snapshot(url: str) -> Snapshot:

@@ -30,7 +30,7 @@ from iap.attention import attend
 from iap.cache.live import InMemorySource, snapshot_source
 from iap.config import StageConfig
 from iap.evaluation.worlds import world_of
-from iap.models.base import BaseModel
+from iap.models.base import FrozenBase
 from iap.models.chinese import ChineseEncoder
 from iap.objective import FrozenBatch, Teacher, layer_weights, states_of
 from iap.system.runtime import Runtime, place
@@ -84,7 +84,7 @@ class AttentionFeatures:
     """Cross-attention outputs of fixed probe queries over a caption's states (one tensor per layer), at
     `positions` sampled query positions per layer and probe, so a caption's features have a fixed size."""
 
-    def __init__(self, base: BaseModel, teacher: Teacher, probe_latents: torch.Tensor,
+    def __init__(self, base: FrozenBase, teacher: Teacher, probe_latents: torch.Tensor,
                  weights: dict[str, float] | None = None, positions: int = 16):
         n = len(probe_latents) * len(PROBE_TIMESTEPS)
         latents = probe_latents.repeat_interleave(len(PROBE_TIMESTEPS), 0)
@@ -134,7 +134,7 @@ def retrieval(features: AttentionFeatures, zh_states: torch.Tensor, en_states: t
     return {f"top{k}": (ranked[:, :k] == targets[:, None]).any(1).float().mean().item() for k in ks}
 
 
-def encoder_metrics(base: BaseModel, encoder: ChineseEncoder, held: InMemorySource, teacher: Teacher,
+def encoder_metrics(base: FrozenBase, encoder: ChineseEncoder, held: InMemorySource, teacher: Teacher,
                     features: AttentionFeatures, weights: dict[str, float] | None = None,
                     batch_size: int = 8) -> dict[str, float]:
     """Held-out loss and zh->en retrieval (paired English caption among the held-out ones)."""
@@ -154,7 +154,7 @@ def encoder_metrics(base: BaseModel, encoder: ChineseEncoder, held: InMemorySour
     return metrics
 
 
-def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split: str = "val",
+def evaluate_checkpoint(base: FrozenBase, checkpoint: str | Path, snapshot, split: str = "val",
                         untrained: str | None = None, weights: dict[str, float] | None = None,
                         generation: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None,
                         report: str = "report", on_progress: Callable[[int, int], None] | None = None) -> dict:
@@ -195,20 +195,20 @@ def evaluate_checkpoint(base: BaseModel, checkpoint: str | Path, snapshot, split
     return metrics
 
 
-def eval_batch_size(base: BaseModel) -> int:
+def eval_batch_size(base: FrozenBase) -> int:
     """Samples per UNet pass that bound a pass's memory by the latent area: 8 at 64x64 (SD-1.5 at 512 px)."""
     size = int(base.unet.config.sample_size)
     return max(1, min(64, 8 * 64 * 64 // (size * size)))
 
 
-def _eval_encoder(base: BaseModel, source: str | Path) -> ChineseEncoder:
+def _eval_encoder(base: FrozenBase, source: str | Path) -> ChineseEncoder:
     """A Chinese encoder for evaluation: on the base's device and in its precision (no training)."""
     from iap.models.chinese import load_chinese_encoder
     encoder = load_chinese_encoder(source, base.cross_attention_dim, base.max_length, base=base.source)
     return place(encoder.eval().requires_grad_(False), Runtime(base.device, base.dtype))
 
 
-def _pipeline(base: BaseModel, encoder: ChineseEncoder | None):
+def _pipeline(base: FrozenBase, encoder: ChineseEncoder | None):
     """The stock pipeline over the loaded base (StableDiffusionXLPipeline for SDXL); with `encoder`, its text
     encoder(s) and tokenizer(s) are the Chinese ones."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -228,7 +228,7 @@ def _pipeline(base: BaseModel, encoder: ChineseEncoder | None):
     return pipe
 
 
-def generation_metrics(base: BaseModel, encoders: dict[str, ChineseEncoder], rows: list[dict],
+def generation_metrics(base: FrozenBase, encoders: dict[str, ChineseEncoder], rows: list[dict],
                        cfg: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None,
                        grid: int | None = None, on_progress: Callable[[int, int], None] | None = None,
                        ) -> tuple[dict[str, float], list[dict]]:

@@ -23,7 +23,7 @@ from iap.system.runtime import CPU, Runtime, place
 
 
 @dataclass
-class BaseModel:
+class FrozenBase:
     """The frozen parts of an English Stable Diffusion model, all in eval mode with requires_grad=False."""
 
     unet: UNet2DConditionModel
@@ -56,7 +56,7 @@ class BaseModel:
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
-    def to(self, runtime: Runtime) -> BaseModel:
+    def to(self, runtime: Runtime) -> FrozenBase:
         """Move and cast the frozen parts (in place) to the runtime's device and precision."""
         for module in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
             if module is not None:
@@ -170,7 +170,7 @@ def check_source(source: str) -> None:
         raise IapError(f"'{source}' is not a diffusers Stable Diffusion folder: no model_index.json or unet/")
 
 
-def load_base(source: str | Path, runtime: Runtime = CPU) -> BaseModel:
+def load_base(source: str | Path, runtime: Runtime = CPU) -> FrozenBase:
     """Load the frozen base from a Hugging Face id or a local diffusers folder (safetensors only), placed on
     the runtime's device in its precision."""
     source = str(source)
@@ -197,7 +197,7 @@ def load_base(source: str | Path, runtime: Runtime = CPU) -> BaseModel:
     if tokenizer.model_max_length > 10_000:  # a tokenizer without model_max_length would pad to 1e30
         raise IapError(f"base model '{source}': tokenizer/tokenizer_config.json lacks model_max_length")
     noise = DDPMScheduler.from_config(scheduler_config)
-    return BaseModel(
+    return FrozenBase(
         unet=_freeze(unet), vae=_freeze(vae), text_encoder=_freeze(text_encoder),
         tokenizer=tokenizer, noise_scheduler=noise, source=source, fingerprint=weights_fingerprint(source), **xl,
     ).to(runtime)

@@ -63,8 +63,9 @@ class ChineseEncoder(torch.nn.Module):
         return self.model(input_ids.to(self.model.device), attention_mask=mask)[0]
 
 
-def check_fits(config: dict, cross_attention_dim: int, source: str) -> bool:
-    """Whether the encoder needs a projection to the UNet's width; an error when it cannot have one."""
+def needs_projection(config: dict, cross_attention_dim: int, source: str) -> bool:
+    """Whether the encoder needs a learned projection to the UNet's width (True) or fits as it is (False); an
+    IapError when it fits neither way."""
     width = output_width(config)
     if width == cross_attention_dim:
         return False
@@ -109,7 +110,7 @@ def load_chinese_encoder(source: str | Path, cross_attention_dim: int, max_lengt
         model = model.text_model
     if getattr(model, "pooler", None) is not None:  # unused by diffusion; would get no gradient
         model.pooler = None
-    if check_fits(model.config.to_dict(), cross_attention_dim, source):
+    if needs_projection(model.config.to_dict(), cross_attention_dim, source):
         model = with_projection(model, cross_attention_dim)
     positions = getattr(model.config, "max_position_embeddings", max_length)
     if model.config.model_type in ("roberta", "xlm-roberta", PROJECTED):  # numbered from pad_token_id + 1

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from iap.errors import IapError
-from iap.models.chinese import check_fits
+from iap.models.chinese import needs_projection
 from iap.models.hub import read_config, read_json
 from iap.models.projection import output_width
 from iap.models.xl import is_xl
@@ -38,4 +38,4 @@ def check_pair(base: str, zh_encoder: str) -> None:
     if dim is None or output_width(config) is None:
         raise IapError(f"cannot check '{zh_encoder}' against '{base}': "
                        f"{'unet/config.json has no cross_attention_dim' if dim is None else 'no hidden_size in config'}")
-    check_fits(config, int(dim), zh_encoder)
+    needs_projection(config, int(dim), zh_encoder)  # raises when it fits neither as it is nor projected

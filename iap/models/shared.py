@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import threading
 
-from iap.models.base import BaseModel, load_base
+from iap.models.base import FrozenBase, load_base
 from iap.system.runtime import detect
 
 _lock = threading.Lock()
-_loaded: dict[tuple, BaseModel] = {}
+_loaded: dict[tuple, FrozenBase] = {}
 
 
-def shared_base(source: str, precision: str = "no") -> BaseModel:
+def shared_base(source: str, precision: str = "no") -> FrozenBase:
     """Load once per process on this process's device, in the run's precision (TrainConfig.mixed_precision),
     shared by precompute, train and evaluate. Serialised: diffusers' meta-device init is not thread-safe, and
     mapped tasks run in threads."""

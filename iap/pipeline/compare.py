@@ -14,7 +14,7 @@ from iap.cache.live import snapshot_source
 from iap.cache.writer import precompute
 from iap.config import TrainConfig
 from iap.evaluation.heldout import EvalConfig, evaluate_checkpoint
-from iap.models.base import BaseModel
+from iap.models.base import FrozenBase
 from iap.models.chinese import load_chinese_encoder
 from iap.system.runtime import Runtime
 from iap.system.storage import write_file
@@ -25,7 +25,7 @@ COLUMNS = ("heldout_loss", "retrieval_top1", "retrieval_top5", "consistency_pixe
            "shape_class_accuracy", "teacher_en_colour_accuracy", "train_seconds")
 
 
-def compare(base: BaseModel, zh_encoder: str, snapshot, out: str | Path, cfg: TrainConfig,
+def compare(base: FrozenBase, zh_encoder: str, snapshot, out: str | Path, cfg: TrainConfig,
             objectives: tuple[str, ...] = ("pivot", "separate", "embedding-mse", "eps-distill"),
             policies: tuple[str, ...] = ("recompute", "store", "store-sampled"),
             generation: EvalConfig = EvalConfig(),

@@ -4,7 +4,6 @@ rule: the run key, the evaluation key, the training stage (single process or lau
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -20,6 +19,7 @@ from iap.data.snapshot import open_snapshot
 from iap.evaluation.heldout import EvalConfig, evaluate_checkpoint
 from iap.evaluation.report import add_lineage, plot_losses
 from iap.models.shared import shared_base
+from iap.system.ids import content_id
 from iap.system.profile import stage
 from iap.system.runtime import detect
 from iap.system.storage import write_atomic
@@ -41,7 +41,7 @@ class Trained(BaseModel):
 
 def run_key(cache_key: str, zh_encoder: str, cfg: TrainConfig) -> str:
     """A run's content id: its cache, the encoder it starts from, and the config fields that change weights."""
-    return hashlib.sha256(f"{cache_key}:{zh_encoder}:{cfg.identity()}".encode()).hexdigest()[:16]
+    return content_id(f"{cache_key}:{zh_encoder}:{cfg.identity()}")
 
 
 def evaluation_key(checkpoint: str, snapshot_url: str, split: str, generation: EvalConfig) -> str:

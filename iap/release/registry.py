@@ -11,7 +11,6 @@ locally, a conditional PUT on S3), so concurrent promoters leave exactly one pro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from pydantic import Field, model_validator
 
 from iap.config import StageConfig
 from iap.errors import IapError
+from iap.system.ids import content_id
 from iap.system.storage import create_exclusive, is_local, remove_if_unchanged, write_atomic
 
 LOCK_WAIT_S = 120  # a promoter waits this long for another one's decision
@@ -125,7 +125,7 @@ class Registry:
         """Hold the base model's promotion lock: one decision per base at a time, across machines. Yields a
         check to call before writing: it raises if the lock was broken as stale meanwhile (then another
         promoter holds it). The lock carries a token: release removes only this holder's lock."""
-        path = f"{self.url}/locks/{hashlib.sha256(base_fingerprint.encode()).hexdigest()[:16]}.lock"
+        path = f"{self.url}/locks/{content_id(base_fingerprint)}.lock"
         token = uuid.uuid4().hex
         self._folders()
         holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time(),

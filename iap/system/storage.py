@@ -30,6 +30,7 @@ from pathlib import Path
 import fsspec
 
 from iap.errors import IapError, StorageError
+from iap.system.ids import content_id
 
 
 def filesystem(url: str) -> fsspec.AbstractFileSystem:
@@ -248,7 +249,7 @@ def local_workdir(out: str) -> Path:
     named after the URL (so a re-run of the same remote output finds it again)."""
     if not is_remote(out):
         return Path(out)
-    return local_cache("work", hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:16])
+    return local_cache("work", content_id(out.rstrip("/")))
 
 
 def put_tree(local: Path, url: str, last: str | None = None) -> None:
@@ -288,7 +289,7 @@ def fetch_folder(url: str | os.PathLike, marker: str, kind: str) -> Path:
     if not is_remote(url):
         return Path(url)
     url = str(url).rstrip("/")
-    local = local_cache(kind, hashlib.sha256(url.encode()).hexdigest()[:16], url.rsplit("/", 1)[-1])
+    local = local_cache(kind, content_id(url), url.rsplit("/", 1)[-1])
     if not (local / marker).exists():
         check_reachable(url, kind.rstrip("s"))
         if not filesystem(url).exists(f"{url}/{marker}"):

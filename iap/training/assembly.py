@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from iap.cache.info import CacheInfo
 from iap.cache.reader import CacheSource, load_cached_layers
 from iap.config import TrainConfig
-from iap.models.base import BaseModel, english_empty_states, english_max_length
+from iap.models.base import FrozenBase, english_empty_states, english_max_length
 from iap.models.chinese import ChineseEncoder, load_chinese_encoder
 from iap.objective import EmptyPrompt, Teacher, make_objective
 from iap.system.runtime import Runtime, place
@@ -51,7 +51,7 @@ def load(info: CacheInfo, cfg: TrainConfig, base_source: str, zh_encoder: str) -
 
 
 def assemble(loaded: Loaded, cfg: TrainConfig, runtime: Runtime,
-             load_base_model: Callable[[], BaseModel]) -> TrainingRun:
+             load_base_model: Callable[[], FrozenBase]) -> TrainingRun:
     """Place the frozen side on the runtime and build the objective; `load_base_model` (placed on `runtime`)
     is called only when the UNet is needed."""
     layers, en_empty = loaded.layers, loaded.en_empty
@@ -70,12 +70,12 @@ def assemble(loaded: Loaded, cfg: TrainConfig, runtime: Runtime,
 
 
 def from_cache(info: CacheInfo, cfg: TrainConfig, base_source: str, zh_encoder: str, runtime: Runtime,
-               load_base_model: Callable[[], BaseModel]) -> TrainingRun:
+               load_base_model: Callable[[], FrozenBase]) -> TrainingRun:
     """The training run of a cache: read (host), then placed on `runtime`."""
     return assemble(load(info, cfg, base_source, zh_encoder), cfg, runtime, load_base_model)
 
 
-def live(base: BaseModel, encoder: ChineseEncoder, cfg: TrainConfig, source) -> TrainingRun:
+def live(base: FrozenBase, encoder: ChineseEncoder, cfg: TrainConfig, source) -> TrainingRun:
     """Live training over `source` (the frozen passes run every step): the config's objective, on the loaded
     base's UNet unless the objective needs none."""
     teacher = None if cfg.objective == "embedding-mse" else Teacher(base)

@@ -37,7 +37,7 @@ class PrefectEngine:
 
 
 def _drop_user_error_traceback(record: logging.LogRecord) -> bool:
-    """A user error (IapError) ends as one line from iap.cli.commands.run; Prefect's console keeps its state lines but
+    """A user error (IapError) ends as one line from iap.cli.main.run; Prefect's console keeps its state lines but
     not a traceback for it (its API log, what the UI shows, keeps everything)."""
     if record.exc_info and isinstance(record.exc_info[1], IapError):
         record.exc_info, record.exc_text = None, None

@@ -8,5 +8,5 @@ from __future__ import annotations
 def main() -> None:
     from iap.system.quiet import quiet_libraries
     quiet_libraries()
-    from iap.cli.commands import main as cli_main
+    from iap.cli.main import main as cli_main
     cli_main()

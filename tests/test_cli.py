@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from iap.cli import commands as cli
+from iap.cli import main as cli
 
 
 @pytest.fixture

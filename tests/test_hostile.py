@@ -323,7 +323,7 @@ def test_presets_resolve_in_precompute(local_run, monkeypatch, capsys, tmp_path)
     """Finding 9: `iap precompute --base preset:tiny` said the folder does not exist."""
     import sys
 
-    from iap.cli import commands as cli
+    from iap.cli import main as cli
     monkeypatch.setenv("IAP_NO_REAPER", "1")
     _, _, snapshot = local_run
     monkeypatch.setattr(sys, "argv", ["iap", "precompute", "--snapshot", snapshot.url, "--base", "preset:tiny",

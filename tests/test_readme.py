@@ -64,7 +64,7 @@ def test_each_readme_command_exists_with_its_options(command):
     words = shlex.split(command)
     program, args = _program(words)
     if program in ("iap", "python -m iap"):
-        from iap.cli.commands import app  # `python -m iap` is the same app
+        from iap.cli.main import app  # `python -m iap` is the same app
         from iap.cli.options import SEP, build_configs
         leaf, rest = _leaf(app, args)
         assert not hasattr(leaf, "commands"), f"{command}: no such command"

@@ -105,7 +105,8 @@ def compute_batch(base: FrozenBase, teacher: Teacher | None, pixels: torch.Tenso
     return tensors
 
 
-def _compute_shard(base: FrozenBase, teacher: Teacher | None, rows: list[dict], cfg: CacheConfig) -> dict:
+def compute_shard(base: FrozenBase, teacher: Teacher | None, rows: list[dict], cfg: CacheConfig) -> dict:
+    """One shard's cached tensors (also the `--dry-run` probe that times a batch)."""
     size, parts = image_size(base), {}
     batch_size = cfg.batch_size or default_batch_size(base.device)
     for i in range(0, len(rows), batch_size):
@@ -181,7 +182,7 @@ def precompute_shard(plan: CachePlan, split: str, rel: str, base: FrozenBase) ->
     if not fs.exists(f"{shard_url}.parquet"):
         teacher = Teacher(base) if plan.config.policy != "recompute" else None
         rows = read_shard(f"{plan.snapshot.url}/{rel}")
-        tensors = _compute_shard(base, teacher, rows, plan.config)
+        tensors = compute_shard(base, teacher, rows, plan.config)
         fs.makedirs(f"{plan.url}/shards", exist_ok=True)
         _write(fs, f"{shard_url}.safetensors", save(tensors))
         _write(fs, f"{shard_url}.parquet", _index(rows, tensors))  # commit point of the shard

@@ -37,7 +37,7 @@ from iap.data.snapshot import FilterConfig
 from iap.shapes.synth import serve, write_synth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers
-from tests.conftest import free_port  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 from tests.test_corpora import _bomb_png  # noqa: E402
 
 KANA = ["赤い丸と青い背景", "青い背景の上の大きな赤い円", "猫がソファで寝ている", "白い背景の小さな三角形"]

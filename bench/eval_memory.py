@@ -32,7 +32,7 @@ def snapshot_of(rows: int, work: Path, px: int = 512) -> str:
     from iap.data.pipeline import run_data
     from iap.data.snapshot import FilterConfig
     from iap.shapes.synth import serve, write_synth
-    from tests.conftest import free_port
+    from tests.helpers import free_port
     port = free_port()
     folder = work / f"synth-{rows}"
     manifest = write_synth(folder, rows, seed=1, base_url=f"http://127.0.0.1:{port}", image_px=px)

@@ -105,7 +105,7 @@ def run(args) -> dict:
     from flows.train import iap_train
     from iap.shapes.synth import serve, write_synth
     from iap.system import profile
-    from tests.conftest import free_port
+    from tests.helpers import free_port
     out = Path(args.out)
     shutil.rmtree(out / "run", ignore_errors=True)  # the models are kept; the run starts from the manifest
     if args.quick:  # the same flow and parameters on the tiny preset at 64 px: seconds, for the test suite
@@ -131,13 +131,13 @@ def run(args) -> dict:
         result = iap_train(**params)
     finally:
         server.shutdown()
-    cache = json.loads(Path(result["cache"], "cache.json").read_text())
+    cache = json.loads(Path(result.cache, "cache.json").read_text())
     samples = sum(s["rows"] for v in cache["shards"].values() for s in v)
     return {"device": str(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"),
             "shapes": "tiny-preset shapes (--quick)" if args.quick else "SD-1.5 shapes",
             "overrides": {k: params[k] for k in ("train", "filter", "evaluate")}, "rows": args.rows,
             "seconds_total": round(time.perf_counter() - started, 1), "stages": profile.summary(),
-            "cache_bytes_per_sample": cache["bytes"] / max(samples, 1), "status": result["status"]}
+            "cache_bytes_per_sample": cache["bytes"] / max(samples, 1), "status": result.status}
 
 
 def print_table(report: dict) -> None:

@@ -7,7 +7,7 @@ from prefect import flow
 from iap.data.download import DownloadConfig
 from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
-from iap.data.snapshot import FilterConfig
+from iap.data.snapshot import FilterConfig, Snapshot
 from tasks import artifacts, asset_url
 from tasks.data import download_shards, filter_snapshot, plan_download, plan_filter
 
@@ -15,7 +15,7 @@ from tasks.data import download_shards, filter_snapshot, plan_download, plan_fil
 @flow(name="iap-data", log_prints=True)
 def iap_data(manifest: str, out: str, download: DownloadConfig = DownloadConfig(),
              filter: FilterConfig = FilterConfig(), columns: ManifestColumns = ManifestColumns(),  # noqa: A002
-             english: EnglishConfig = EnglishConfig()) -> dict:
+             english: EnglishConfig = EnglishConfig()) -> Snapshot:
     planned = plan_download(manifest, out, download, columns, english)
     # img2dataset must run in this (main) thread: call the task, never .submit() it
     report = download_shards.with_options(assets=[asset_url(planned["raw_url"])], asset_deps=[asset_url(manifest)])(
@@ -24,7 +24,7 @@ def iap_data(manifest: str, out: str, download: DownloadConfig = DownloadConfig(
     snapshot = filter_snapshot.with_options(assets=[asset_url(planned_snapshot["url"])],
                                             asset_deps=[asset_url(planned["raw_url"])])(
         planned_snapshot["id"], report, out, filter)
-    artifacts.funnel(snapshot["funnel"], snapshot["id"])
+    artifacts.funnel(snapshot.funnel, snapshot.id)
     return snapshot
 
 

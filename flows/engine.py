@@ -7,33 +7,35 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from iap.cache.info import CacheInfo
+from iap.data.snapshot import Snapshot
 from iap.errors import IapError
+from iap.pipeline.request import PipelineRequest, PipelineResult, StageConfigs
 
 
 class PrefectEngine:
     def __init__(self) -> None:
         _user_errors_without_traceback()
 
-    def data(self, manifest: str, out: str, configs: dict, on_progress: Callable | None = None) -> dict:
+    def data(self, manifest: str, out: str, configs: StageConfigs, on_progress: Callable | None = None) -> Snapshot:
         from flows.data import iap_data
-        return iap_data(manifest, out, configs["download"], configs["filter"], configs["columns"], configs["english"])
+        return iap_data(manifest, out, configs.download, configs.filter, configs.columns, configs.english)
 
-    def precompute(self, snapshot: str, base: str, out: str, configs: dict, precision: str) -> dict:
+    def precompute(self, snapshot: str, base: str, out: str, configs: StageConfigs, precision: str) -> CacheInfo:
         from flows.precompute import iap_precompute
-        return iap_precompute(snapshot, base, out, configs["cache"], precision)
+        return iap_precompute(snapshot, base, out, configs.cache, precision)
 
-    def train(self, **pipeline) -> dict:
+    def train(self, request: PipelineRequest, configs: StageConfigs,
+              progress: Callable[[str, int, int], None] | None = None) -> PipelineResult:
+        """`progress` is not drawn here: the flow logs through Prefect, and the UI shows its progress."""
         from flows.train import iap_train
-        pipeline.pop("log", None)  # the flow logs through Prefect, and the UI shows its progress
-        pipeline.pop("progress", None)
-        return iap_train(**pipeline)
+        return iap_train(**request.model_dump(), **dict(configs))
 
     def evaluate(self, checkpoint: str, snapshot: str | None, base: str, untrained: str | None, split: str,
-                 configs: dict, manifest: str | None = None, out: str | None = None) -> dict:
+                 configs: StageConfigs, manifest: str | None = None, out: str | None = None) -> dict:
         from flows.evaluate import iap_evaluate
-        return iap_evaluate(checkpoint, snapshot, base, untrained, split, configs["evaluate"], manifest=manifest,
-                            out=out, download=configs["download"], filter=configs["filter"],
-                            columns=configs["columns"])
+        return iap_evaluate(checkpoint, snapshot, base, untrained, split, configs.evaluate, manifest=manifest,
+                            out=out, download=configs.download, filter=configs.filter, columns=configs.columns)
 
 
 def _drop_user_error_traceback(record: logging.LogRecord) -> bool:

@@ -25,7 +25,7 @@ def iap_evaluate(checkpoint: str, snapshot: str | None, base: str, untrained: st
     `manifest` (and `out` for its data), the evaluation set replaces the snapshot split. `report`: the report's
     folder in the run (iap-train's: report; by default one of its own under evaluations/)."""
     if manifest:
-        snapshot = iap_data(manifest, f"{out}/eval-data", download, filter.model_copy(update=EVAL_SET), columns)["url"]
+        snapshot = iap_data(manifest, f"{out}/eval-data", download, filter.model_copy(update=EVAL_SET), columns).url
         split = "test"
     return evaluate(evaluation_key(checkpoint, snapshot, split, generation), checkpoint, snapshot, base, untrained,
                     split, generation, precision, report)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 from prefect import flow, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from iap.cache.info import CacheConfig, open_cache
+from iap.cache.info import CacheConfig, CacheInfo, open_cache
 from iap.cache.writer import CachePlan, plan_cache
 from iap.data.snapshot import open_snapshot
 from iap.errors import IapError
@@ -33,11 +32,12 @@ def _cache_shards(plan: CachePlan, base: str, precision: str) -> list[dict]:
 
 
 @flow(name="iap-precompute", log_prints=True)
-def iap_precompute(snapshot: str, base: str, out: str, cache: CacheConfig = CacheConfig(), precision: str = "no") -> dict:
+def iap_precompute(snapshot: str, base: str, out: str, cache: CacheConfig = CacheConfig(),
+                   precision: str = "no") -> CacheInfo:
     """`precision`: the run's (TrainConfig.mixed_precision); on a GPU the frozen base runs in it."""
     plan = plan_cache(open_snapshot(snapshot), weights_fingerprint(base), out, cache)
     try:
-        return asdict(open_cache(plan.url))  # same key: nothing to compute
+        return open_cache(plan.url)  # same key: nothing to compute
     except IapError:
         pass
     budget_check(plan, base, precision)  # before anything is written
@@ -48,6 +48,6 @@ def iap_precompute(snapshot: str, base: str, out: str, cache: CacheConfig = Cach
         plan.key, plan, shards, base, time.perf_counter() - started, precision)
     samples = sum(s["rows"] for s in shards)
     artifacts.metrics({"cache_key": plan.key, "policy": cache.policy, "samples": samples,
-                       "megabytes": info["bytes"] / 1e6, "seconds": info["seconds"],
-                       "samples_per_second": samples / max(info["seconds"], 1e-9)}, f"cache {plan.url}")
+                       "megabytes": info.bytes / 1e6, "seconds": info.seconds,
+                       "samples_per_second": samples / max(info.seconds, 1e-9)}, f"cache {plan.url}")
     return info

@@ -13,7 +13,8 @@ from prefect.settings import PREFECT_HOME
 
 from iap.errors import IapError
 
-# Results persist under $IAP_RESULTS_DIR (or PREFECT_HOME/iap-results) as JSON.
+# Results persist under $IAP_RESULTS_DIR (or PREFECT_HOME/iap-results) as JSON (a typed result: its class name
+# and fields, so it loads back as that type).
 RESULTS = Path(os.environ.get("IAP_RESULTS_DIR") or Path(PREFECT_HOME.value()) / "iap-results").resolve()
 RESULTS.mkdir(parents=True, exist_ok=True)
 PERSIST = {"persist_result": True, "result_storage": RESULTS, "result_serializer": "json"}
@@ -72,6 +73,8 @@ def _outputs(result) -> list[tuple[str, tuple[str, ...]]]:
     """(URL, commit markers) of the outputs a task result names; a bare string is an exported pipeline."""
     if isinstance(result, str):
         return [(result, OUTPUT_FIELDS["pipeline_dir"])]
+    if isinstance(result, dict) and "__class__" in result:  # a typed result, as Prefect's JSON serializer writes it
+        result = result.get("data")
     if not isinstance(result, dict):
         return []
     found = []

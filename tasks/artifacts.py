@@ -9,7 +9,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.utilities.urls import url_for
 
 from iap.data.snapshot import funnel_table
-from iap.pipeline.stages import describe, lineage_stages
+from iap.pipeline.request import PipelineResult
+from iap.pipeline.stages import describe
 from iap.system.storage import filesystem
 
 
@@ -49,14 +50,12 @@ def loss_curve(url: str, summary: str) -> None:
     markdown("iap-loss-curve", f"![training loss curve]({uri})\n\n{summary}\n\nPNG: `{url}`", "training loss curve")
 
 
-def publish_run(result: dict, cache_key: str) -> dict:
+def publish_run(result: PipelineResult) -> None:
     """On the iap-train run itself (the run a user opens): the funnel, the held-out metrics and the lineage,
     each stage linked to the flow run that produced it; the same as the run's last log lines (shown by
-    `--watch`). Returns the summary fields of iap.pipeline.stages.lineage_stages."""
-    stages, summary = lineage_stages(result, cache_key)
-    funnel(summary["funnel"], summary["snapshot_id"])
-    metrics({k: v for k, v in result["metrics"].items() if isinstance(v, int | float)},
-            f"held-out metrics of {result['checkpoint_id']}")
-    lineage([(s["stage"], s["value"], s["flow_run_id"]) for s in stages], f"{result['status']} ({result['reason']})")
-    get_run_logger().info(describe(result | summary))
-    return summary
+    `--watch`)."""
+    funnel(result.funnel, result.snapshot_id)
+    metrics({k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
+            f"held-out metrics of {result.checkpoint_id}")
+    lineage([(s["stage"], s["value"], s["flow_run_id"]) for s in result.lineage], f"{result.status} ({result.reason})")
+    get_run_logger().info(describe(result))

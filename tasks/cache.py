@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from prefect import task
 from prefect.assets import materialize
 
 from iap.cache.budget import check_budget
+from iap.cache.info import CacheInfo
 from iap.cache.writer import CachePlan, commit_cache, precompute_shard
 from iap.models.shared import shared_base
 from iap.system.profile import stage
@@ -34,7 +33,7 @@ def cache_shard(key: str, plan: CachePlan, split: str, rel: str, base: str, prec
 
 
 @materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, **retrying(2, 5), **PERSIST)
-def commit(key: str, plan: CachePlan, shards: list[dict], base: str, seconds: float, precision: str = "no") -> dict:
+def commit(key: str, plan: CachePlan, shards: list[dict], base: str, seconds: float, precision: str = "no") -> CacheInfo:
     """Write cache.json (the commit point); `key` is the cache key."""
     needs_base = plan.config.policy != "recompute"
-    return asdict(commit_cache(plan, shards, shared_base(base, precision) if needs_base else None, seconds))
+    return commit_cache(plan, shards, shared_base(base, precision) if needs_base else None, seconds)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from prefect import task
 from prefect.assets import materialize
 
@@ -12,7 +10,7 @@ from iap.data.download import plan_download as plan
 from iap.data.english import EnglishConfig, load_triples
 from iap.data.manifest import ManifestColumns
 from iap.data.pipeline import download_funnel, manifest_lineage
-from iap.data.snapshot import FilterConfig, build_snapshot, plan_snapshot
+from iap.data.snapshot import FilterConfig, Snapshot, build_snapshot, plan_snapshot
 from iap.system.profile import stage
 from tasks import PERSIST, by_key, retrying
 
@@ -21,26 +19,25 @@ PLACEHOLDER_ASSET = "file:///iap/placeholder"  # replaced per call by with_optio
 
 @materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, **retrying(2, 5), **PERSIST)
 def download_shards(key: str, manifest: str, out: str, config: DownloadConfig, columns: ManifestColumns,
-                    english: EnglishConfig = EnglishConfig()) -> dict:
+                    english: EnglishConfig = EnglishConfig()) -> DownloadReport:
     """img2dataset download; `key` is the download id. Call it directly (main thread), never .submit()."""
     with stage("download"):
-        return asdict(download(load_triples(manifest, columns, english, out), out, config))
+        return download(load_triples(manifest, columns, english, out), out, config)
 
 
 @task(**retrying(2, 5))
-def plan_filter(report: dict, out: str, config: FilterConfig) -> dict:
+def plan_filter(report: DownloadReport, out: str, config: FilterConfig) -> dict:
     """The snapshot id and URL from the manifest rows' content and the rules (metadata scan only)."""
-    snapshot_id, url = plan_snapshot(report["parts"], out, config, report["keys_url"])
+    snapshot_id, url = plan_snapshot(report.parts, out, config, report.keys_url)
     return {"id": snapshot_id, "url": url}
 
 
 @materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, **retrying(2, 5), **PERSIST)
-def filter_snapshot(key: str, report: dict, out: str, config: FilterConfig) -> dict:
+def filter_snapshot(key: str, report: DownloadReport, out: str, config: FilterConfig) -> Snapshot:
     """DuckDB filter into a snapshot; `key` is the snapshot id."""
-    rep = DownloadReport(**report)
     with stage("filter"):
-        return asdict(build_snapshot(rep.parts, out, config, download_funnel(rep), rep.keys_url,
-                                     manifest_lineage(rep)))
+        return build_snapshot(report.parts, out, config, download_funnel(report), report.keys_url,
+                              manifest_lineage(report))
 
 
 @task(**retrying(2, 5))

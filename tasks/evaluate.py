@@ -43,7 +43,6 @@ def push(repo_id: str, pipeline_dir: str, status: str) -> str:
 
 
 @materialize(PLACEHOLDER_ASSET, **retrying(2, 2))
-def register(registry_url: str, entry: dict, gate: GateConfig) -> dict:
+def register(registry_url: str, entry: Entry, gate: GateConfig) -> Entry:
     """Add the checkpoint to the registry (idempotent by checkpoint id) and decide promotion."""
-    from dataclasses import asdict
-    return asdict(Registry(registry_url).register(Entry(**entry), gate))
+    return Registry(registry_url).register(entry, gate)

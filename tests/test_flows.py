@@ -46,7 +46,7 @@ def test_a_transient_s3_outage_is_retried_and_the_flow_completes(harness, served
     try:
         assert state.is_completed(), state.message
         snapshot = state.result()
-        assert snapshot["rows"]["total"] > 0
+        assert snapshot.rows["total"] > 0
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
                 state.state_details.flow_run_id])))
@@ -63,15 +63,15 @@ def _spark_ready() -> bool:
     return importlib.util.find_spec("pyspark") is not None and shutil.which("java") is not None
 
 
-def _data_flow(served, out, distributor: str) -> dict:
+def _data_flow(served, out, distributor: str):
     from flows.data import iap_data
     return iap_data(str(served), str(out), DOWNLOAD.model_copy(update={"distributor": distributor}), FILTER)
 
 
-def _check(snapshot: dict, expected_id: str, folder) -> None:
-    assert snapshot["id"] == expected_id
-    assert Path(snapshot["url"]).is_relative_to(folder), (folder, snapshot["url"])
-    assert Path(snapshot["url"], "snapshot.json").exists()
+def _check(snapshot, expected_id: str, folder) -> None:
+    assert snapshot.id == expected_id
+    assert Path(snapshot.url).is_relative_to(folder), (folder, snapshot.url)
+    assert Path(snapshot.url, "snapshot.json").exists()
 
 
 def test_data_flow_into_another_folder_gives_the_same_snapshot_there(harness, served, local_run, tmp_path):
@@ -91,7 +91,7 @@ def test_a_deleted_output_folder_is_recomputed_not_served_from_the_task_cache(ha
     pq.write_table(pq.read_table(served).slice(0, 6), few)
     first = _data_flow(few, tmp_path / "out", "multiprocessing")
     shutil.rmtree(tmp_path / "out")
-    _check(_data_flow(few, tmp_path / "out", "multiprocessing"), first["id"], tmp_path / "out")
+    _check(_data_flow(few, tmp_path / "out", "multiprocessing"), first.id, tmp_path / "out")
 
 
 def test_a_deleted_cache_is_committed_again_not_served_from_the_task_cache(harness, grouped_snapshot_small, tiny_dir,
@@ -106,8 +106,8 @@ def test_a_deleted_cache_is_committed_again_not_served_from_the_task_cache(harne
     first = iap_precompute(grouped_snapshot_small.url, str(tiny_dir / "base"), str(tmp_path / "cache"), cfg)
     shutil.rmtree(tmp_path / "cache")
     again = iap_precompute(grouped_snapshot_small.url, str(tiny_dir / "base"), str(tmp_path / "cache"), cfg)
-    assert again["key"] == first["key"]
-    assert open_cache(again["url"]).key == first["key"]
+    assert again.key == first.key
+    assert open_cache(again.url).key == first.key
 
 
 @pytest.mark.skipif(not _spark_ready(), reason="pyspark or Java is not installed")
@@ -132,15 +132,15 @@ def test_precompute_shards_are_byte_identical_on_threads_processes_and_in_sequen
     infos = {runner: iap_precompute(grouped_snapshot_small.url, base, str(tmp_path / runner),
                                     cfg.model_copy(update={"task_runner": runner}))
              for runner in ("thread", "process")}
-    infos["sequential"] = vars(sequential(open_snapshot(grouped_snapshot_small.url), lambda: load_base(base),
-                                          weights_fingerprint(base), str(tmp_path / "sequential"), cfg, log=lambda _: None))
-    assert len({info["key"] for info in infos.values()}) == 1
-    names = [s["name"] for s in infos["sequential"]["shards"]["train"]]
+    infos["sequential"] = sequential(open_snapshot(grouped_snapshot_small.url), lambda: load_base(base),
+                                     weights_fingerprint(base), str(tmp_path / "sequential"), cfg, log=lambda _: None)
+    assert len({info.key for info in infos.values()}) == 1
+    names = [s["name"] for s in infos["sequential"].shards["train"]]
     assert len(names) > 1
     for name in names:
-        want = Path(infos["sequential"]["url"], "shards", f"{name}.safetensors").read_bytes()
+        want = Path(infos["sequential"].url, "shards", f"{name}.safetensors").read_bytes()
         for runner in ("thread", "process"):
-            assert Path(infos[runner]["url"], "shards", f"{name}.safetensors").read_bytes() == want, (runner, name)
+            assert Path(infos[runner].url, "shards", f"{name}.safetensors").read_bytes() == want, (runner, name)
 
 
 def test_a_user_error_inside_a_task_is_not_retried(harness, tmp_path):

@@ -53,11 +53,13 @@ def test_the_local_pipeline_reports_progress_of_each_long_stage(grouped_snapshot
     from iap.cache.info import CacheConfig
     from iap.evaluation.heldout import EvalConfig
     from iap.pipeline.local import run_pipeline
+    from iap.pipeline.request import PipelineRequest, StageConfigs
     seen: dict[str, list[tuple[int, int]]] = {}
-    run_pipeline(out=str(tmp_path / "out"), base=str(tiny_dir / "base"), zh_encoder=str(tiny_dir / "zh_encoder"),
-                 snapshot=grouped_snapshot_small.url, cache=CacheConfig(draws=1),
-                 train=TrainConfig(steps=4, batch_size=8, checkpoint_every=4, log_every=2, warmup_steps=1),
-                 evaluate=EvalConfig(samples=2, steps=2, pairs=8), log=lambda _: None,
+    run_pipeline(PipelineRequest(out=str(tmp_path / "out"), base=str(tiny_dir / "base"),
+                                 zh_encoder=str(tiny_dir / "zh_encoder"), snapshot=grouped_snapshot_small.url),
+                 StageConfigs(cache=CacheConfig(draws=1),
+                              train=TrainConfig(steps=4, batch_size=8, checkpoint_every=4, log_every=2, warmup_steps=1),
+                              evaluate=EvalConfig(samples=2, steps=2, pairs=8)), log=lambda _: None,
                  progress=lambda stage, done, total: seen.setdefault(stage, []).append((done, total)))
     assert seen["train"] == [(2, 4), (4, 4)]
     shards = seen["precompute"][-1][1]

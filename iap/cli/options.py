@@ -39,8 +39,8 @@ SEP = "__"  # python name of an option: SECTION__FIELD
 
 
 def with_stage_options(*sections: str) -> Callable:
-    """Decorate a command whose last parameter is `configs: dict`: it gets `--config` and one option per field
-    of each section, and receives the validated config model of every section."""
+    """Decorate a command whose last parameter is `configs: StageConfigs`: it gets `--config` and one option per
+    field of each section, and receives the validated sections (the others at their defaults)."""
     def decorate(fn: Callable) -> Callable:
         sig = inspect.signature(fn, eval_str=True)
         own = [p for name, p in sig.parameters.items() if name != "configs"]
@@ -52,8 +52,9 @@ def with_stage_options(*sections: str) -> Callable:
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
             values = {k: kwargs.pop(k) for k in list(kwargs) if SEP in k}
+            from iap.pipeline.request import StageConfigs
             configs = build_configs(sections, kwargs.pop("config"), values)
-            return fn(**kwargs, configs=configs)
+            return fn(**kwargs, configs=StageConfigs(**configs))
 
         params = [*own, config_file, *generated]
         command.__signature__ = sig.replace(parameters=params)

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from rich.console import Console
 
 from iap.cli.common import console
+from iap.data.snapshot import Snapshot
+from iap.pipeline.request import PipelineResult
 
 
 @contextmanager
@@ -26,44 +28,44 @@ def stage_progress():
         yield update
 
 
-def finish(result: dict, engine: str) -> None:
+def finish(result: PipelineResult, engine: str) -> None:
     """Where every output went. Under Prefect the run's last log lines (also shown by --watch) said it."""
     if engine == "local":
         from iap.pipeline.stages import describe
         console.print(describe(result), highlight=False, soft_wrap=True)
         return
-    console.print(f"checkpoint {result['checkpoint_id']}: {result['status']} ({result['reason']}); flow run "
-                  f"{result['flow_run_id']}" + (f"\n{result['hub']}" if "hub" in result else ""),
+    console.print(f"checkpoint {result.checkpoint_id}: {result.status} ({result.reason}); flow run "
+                  f"{result.flow_run_id}" + (f"\n{result.hub}" if result.hub else ""),
                   highlight=False, soft_wrap=True)
 
 
-def print_funnel(snapshot: dict) -> None:
+def print_funnel(snapshot: Snapshot) -> None:
     """The snapshot's funnel as a table, then its row counts and URL."""
     from rich.table import Table
     from rich.text import Text
 
     from iap.data.snapshot import funnel_table
-    table = Table(title=f"snapshot {snapshot['id']}" + (" (cached)" if snapshot.get("cached") else ""))
+    table = Table(title=f"snapshot {snapshot.id}" + (" (cached)" if snapshot.cached else ""))
     for col in ("stage", "rule", "removed", "remaining", "examples removed"):
         table.add_column(col, justify="right" if col in ("removed", "remaining") else "left")
-    for f in funnel_table(snapshot["funnel"]):
+    for f in funnel_table(snapshot.funnel):
         table.add_row(f["stage"], f["rule"], str(f["removed"]), str(f["remaining"]), Text(f["examples"]))
     console.print(table)
-    console.print(f"rows: {snapshot['rows']}\nsnapshot: {snapshot['url']}")
+    console.print(f"rows: {snapshot.rows}\nsnapshot: {snapshot.url}")
 
 
-def print_rejects(snapshot: dict, per_rule: int) -> None:
+def print_rejects(snapshot: Snapshot, per_rule: int) -> None:
     """Up to per_rule removed rows of every filter rule: the caption as it came and as the rules read it."""
     if not per_rule:
         return
     from rich.table import Table
     from rich.text import Text
 
-    from iap.data.snapshot import open_snapshot, printable, read_rejects
+    from iap.data.snapshot import printable, read_rejects
     table = Table(title=f"removed rows (up to {per_rule} per rule)")
     for col in ("rule", "key", "caption_zh (as it came)", "caption_zh (normalised)", "caption_en (as it came)"):
         table.add_column(col)
-    for r in read_rejects(open_snapshot(snapshot["url"]), per_rule):
+    for r in read_rejects(snapshot, per_rule):
         table.add_row(*(Text(printable(r[c], 40)) for c in ("removed_by", "key", "caption_zh_raw", "caption_zh",
                                                              "caption_en_raw")))
     console.print(table)

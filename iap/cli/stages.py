@@ -16,6 +16,7 @@ from iap.cli.options import with_stage_options
 from iap.cli.render import finish, print_funnel, print_rejects, stage_progress
 from iap.config import SD15, ZH_768
 from iap.errors import IapError
+from iap.pipeline.request import StageConfigs
 
 # ---------------------------------------------------------------- stage commands (engine: prefect or local)
 
@@ -27,13 +28,13 @@ def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path,
          engine: ENGINE = "prefect",
          explain: Annotated[int, typer.Option(min=0, help="then list up to N removed rows of every filter rule "
                                                           "(the snapshot's rejects.parquet holds them all)")] = 0,
-         *, configs: dict) -> None:
+         *, configs: StageConfigs) -> None:
     """Download a manifest with img2dataset and filter it with DuckDB into a dataset snapshot (iap-data)."""
     from iap.data.manifest import load_manifest
     from iap.pipeline import engines
     from iap.system.storage import check_reachable
     check_reachable(out)  # bad storage or a bad manifest: one message, before any work
-    load_manifest(manifest, configs["columns"], require_english=not configs["english"].active)
+    load_manifest(manifest, configs.columns, require_english=not configs.english.active)
     runner = engines.load(engine)
     if engine != "local":
         snapshot = runner.data(manifest, out, configs)
@@ -58,7 +59,7 @@ def precompute(
     out: Annotated[str, typer.Option(help="cache root, local or s3://")],
     precision: Annotated[str, typer.Option(help="frozen parts on a GPU: no (fp32), bf16, fp16")] = "no",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print projected size and time; write nothing")] = False,
-    engine: ENGINE = "prefect", *, configs: dict,
+    engine: ENGINE = "prefect", *, configs: StageConfigs,
 ) -> None:
     """Precompute the frozen English side of a snapshot into a content-addressed cache (iap-precompute)."""
     from iap.data.snapshot import open_snapshot
@@ -69,12 +70,12 @@ def precompute(
     if dry_run:
         from iap.models import load_base
         from iap.system.runtime import detect
-        _dry_run(snap, load_base(base, detect(precision)), configs["cache"])
+        _dry_run(snap, load_base(base, detect(precision)), configs.cache)
         return
     info = engines.load(engine).precompute(snapshot, base, out, configs, precision)
-    samples = sum(s["rows"] for v in info["shards"].values() for s in v)
-    console.print(f"cache {info['key']}{' (cached)' if info['cached'] else ''}: {samples} samples, "
-                  f"{info['bytes'] / 1e6:.1f} MB, {info['seconds']:.1f} s\n{info['url']}")
+    samples = sum(s["rows"] for v in info.shards.values() for s in v)
+    console.print(f"cache {info.key}{' (cached)' if info.cached else ''}: {samples} samples, "
+                  f"{info.bytes / 1e6:.1f} MB, {info.seconds:.1f} s\n{info.url}")
 
 
 @app.command()
@@ -88,18 +89,19 @@ def train(out: Annotated[str, typer.Option(help="output root of the whole pipeli
           registry: Annotated[str | None, typer.Option(help="registry URL (default OUT/registry)")] = None,
           push_to_hub: Annotated[str | None, typer.Option(
               help="upload the exported pipeline to this Hub repo (user/name) if the registry promotes it")] = None,
-          engine: ENGINE = "prefect", *, configs: dict) -> None:
+          engine: ENGINE = "prefect", *, configs: StageConfigs) -> None:
     """The full pipeline (iap-train): data -> precompute -> train -> evaluate -> export -> register."""
     from iap.pipeline import engines
+    from iap.pipeline.request import PipelineRequest
+    request = PipelineRequest(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest, snapshot=snapshot,
+                              synthetic=synthetic, registry=registry, push_to_hub=push_to_hub)
     if engine != "local":  # one message before a flow starts (the local pipeline checks first thing itself;
         from iap.pipeline.preflight import (
             check_inputs,  # checking twice would hash a local base's weights twice)
         )
         check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
     with stage_progress() as progress:
-        result = engines.load(engine).train(out=out, base=base, zh_encoder=zh_encoder, manifest=manifest,
-                                            snapshot=snapshot, synthetic=synthetic, registry=registry,
-                                            push_to_hub=push_to_hub, **configs, log=console.print, progress=progress)
+        result = engines.load(engine).train(request, configs, progress=progress)
     finish(result, engine)
 
 
@@ -113,7 +115,7 @@ def evaluate(checkpoint: str,
              = None,
              out: Annotated[str | None, typer.Option(help="with --manifest: where its data goes")] = None,
              untrained: Annotated[str | None, typer.Option(help="the encoder before training, for reference")] = None,
-             split: str = "val", engine: ENGINE = "prefect", *, configs: dict) -> None:
+             split: str = "val", engine: ENGINE = "prefect", *, configs: StageConfigs) -> None:
     """Evaluate any checkpoint (iap-evaluate): a snapshot split, or an evaluation manifest."""
     from iap.data.manifest import load_manifest
     from iap.data.snapshot import open_snapshot
@@ -128,7 +130,7 @@ def evaluate(checkpoint: str,
     if snapshot:
         open_snapshot(snapshot)
     else:
-        load_manifest(manifest, configs["columns"])
+        load_manifest(manifest, configs.columns)
     metrics = engines.load(engine).evaluate(checkpoint, snapshot, base, untrained, split, configs, manifest=manifest,
                                             out=out)
     for k, v in metrics.items():

@@ -10,6 +10,7 @@ import typer
 
 from iap.cli.common import BASE, ZH_ENCODER, app, console
 from iap.cli.options import with_stage_options
+from iap.pipeline.request import StageConfigs
 
 
 def _live_source(base_model, encoder, snapshot: str | None, n_train: int, seed: int):
@@ -39,7 +40,7 @@ def train_worker(
     snapshot: Annotated[str | None, typer.Option(help="train live from this snapshot's train split")] = None,
     n_train: Annotated[int, typer.Option(help="without --cache/--snapshot: synthetic triples")] = 1200,
     lineage: Annotated[str | None, typer.Option(help="JSON merged into the checkpoints' lineage")] = None,
-    *, configs: dict,
+    *, configs: StageConfigs,
 ) -> None:
     """Train the Chinese encoder alone from a cache, a snapshot, or synthetic shapes-world triples: the
     command every process of a launched (torchrun / accelerate) run executes, and the tests' trainer."""
@@ -50,7 +51,7 @@ def train_worker(
     from iap.system.launch import inside_launch, run_launched
     from iap.training.loop import train
     base, zh_encoder = resolve(base, zh_encoder)
-    cfg = configs["train"]
+    cfg = configs.train
     from iap.models.compat import check_pair
     check_pair(base, zh_encoder)  # from configs alone: a mismatched pair fails before anything is loaded
     if cfg.distributed and not inside_launch():

@@ -11,10 +11,9 @@ from pathlib import Path
 from iap.cache.info import CacheConfig
 from iap.config import TrainConfig
 from iap.data.download import DownloadConfig
-from iap.data.english import EnglishConfig
-from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
 from iap.evaluation.heldout import EvalConfig
+from iap.pipeline.request import PipelineRequest, StageConfigs
 from iap.release.registry import GateConfig
 from iap.system.storage import fetch_folder, is_remote, staged_folder, write_file
 
@@ -30,8 +29,7 @@ def run_demo(workdir: str | Path, engine, train: TrainConfig = DEMO_TRAIN, rows:
     vocabulary."""
     workdir = str(workdir).rstrip("/") if is_remote(workdir) else str(Path(workdir).resolve())
     started = time.perf_counter()
-    result = engine.train(
-        out=workdir, base=base, zh_encoder="preset:tiny", synthetic=rows,
+    result = engine.train(PipelineRequest(out=workdir, base=base, zh_encoder="preset:tiny", synthetic=rows), StageConfigs(
         download=DownloadConfig(image_size=32, min_image_size=16, timeout=5, number_sample_per_shard=2000,
                                 thread_count=32),
         filter=FilterConfig(split_key="combo", val_fraction=0.15, test_fraction=0.0, shard_rows=500),
@@ -41,24 +39,23 @@ def run_demo(workdir: str | Path, engine, train: TrainConfig = DEMO_TRAIN, rows:
         gate=GateConfig(floor_metric="retrieval_top5", floor=0.9, semantic_metric="colour_accuracy",
                         semantic_floor=0.85, semantic_gap=0.05),
         evaluate=EvalConfig(samples=prompts, guidance_scale=3.0),  # the small teacher over-saturates at 7.5
-        columns=ManifestColumns(), english=EnglishConfig(),
-    )
-    m = result["metrics"]
-    samples = _sample_images(fetch_folder(result["pipeline_dir"], "model_index.json", "pipelines"),
-                             Path(result["base"]), result["snapshot"], f"{workdir}/samples")
+    ))
+    m = result.metrics
+    samples = _sample_images(fetch_folder(result.pipeline_dir, "model_index.json", "pipelines"),
+                             Path(result.base), result.snapshot, f"{workdir}/samples")
     summary = {
-        "pipeline_dir": result["pipeline_dir"], "checkpoint": result["checkpoint"], "samples_dir": str(samples),
-        "snapshot": result["snapshot"], "cache": result["cache"], "registry": result["registry"],
-        "registry_status": result["status"], "registry_reason": result["reason"],
-        "checkpoint_id": result["checkpoint_id"], "loss_curve": result["loss_curve"],
+        "pipeline_dir": result.pipeline_dir, "checkpoint": result.checkpoint, "samples_dir": str(samples),
+        "snapshot": result.snapshot, "cache": result.cache, "registry": result.registry,
+        "registry_status": result.status, "registry_reason": result.reason,
+        "checkpoint_id": result.checkpoint_id, "loss_curve": result.loss_curve,
         "metrics": {"heldout_loss_before": m["untrained_heldout_loss"], "heldout_loss_after": m["heldout_loss"],
                     "mismatched_caption_loss": m["mismatched_caption_loss"],
                     "retrieval_top1_before": m["untrained_retrieval_top1"], "retrieval_top1_after": m["retrieval_top1"],
                     "retrieval_top5_before": m["untrained_retrieval_top5"], "retrieval_top5_after": m["retrieval_top5"],
                     "heldout_pairs": m["heldout_pairs"], **_semantic(m)},
-        "evaluation": m, "train": result["train"], "config": train.model_dump(mode="json"),
-        "funnel": result["funnel"], "flow_run_id": result["flow_run_id"], "flow_runs": result["flow_runs"],
-        "lineage": result["lineage"],
+        "evaluation": m, "train": result.train, "config": train.model_dump(mode="json"),
+        "funnel": result.funnel, "flow_run_id": result.flow_run_id, "flow_runs": result.flow_runs,
+        "lineage": result.lineage,
         "seconds_total": round(time.perf_counter() - started, 1),
     }
     write_file(f"{workdir}/summary.json", json.dumps(summary, indent=2, ensure_ascii=False).encode())

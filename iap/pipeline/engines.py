@@ -8,11 +8,13 @@ inputs give the same snapshot, cache, run and checkpoint ids whichever ran them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from importlib.metadata import entry_points
 from typing import Protocol
 
+from iap.cache.info import CacheInfo
+from iap.data.snapshot import Snapshot
 from iap.errors import IapError
+from iap.pipeline.request import PipelineRequest, PipelineResult, StageConfigs
 
 GROUP = "iap.engines"  # the entry-point group plugins register under (a public name: kept)
 EVAL_SET = {"val_fraction": 0.0, "test_fraction": 1.0, "dedup_image": False}
@@ -20,41 +22,47 @@ EVAL_SET = {"val_fraction": 0.0, "test_fraction": 1.0, "dedup_image": False}
 
 
 class Engine(Protocol):
-    def data(self, manifest: str, out: str, configs: dict, on_progress: Callable | None = None) -> dict: ...
-    def precompute(self, snapshot: str, base: str, out: str, configs: dict, precision: str) -> dict: ...
-    def train(self, **pipeline) -> dict: ...
+    def data(self, manifest: str, out: str, configs: StageConfigs, on_progress: Callable | None = None) -> Snapshot: ...
+    def precompute(self, snapshot: str, base: str, out: str, configs: StageConfigs, precision: str) -> CacheInfo: ...
+    def train(self, request: PipelineRequest, configs: StageConfigs,
+              progress: Callable[[str, int, int], None] | None = None) -> PipelineResult: ...
     def evaluate(self, checkpoint: str, snapshot: str | None, base: str, untrained: str | None, split: str,
-                 configs: dict, manifest: str | None = None, out: str | None = None) -> dict: ...
+                 configs: StageConfigs, manifest: str | None = None, out: str | None = None) -> dict: ...
 
 
 class LocalEngine:
     """Every stage in this process through the library's functions, no orchestration."""
 
-    def data(self, manifest: str, out: str, configs: dict, on_progress: Callable | None = None) -> dict:
+    def data(self, manifest: str, out: str, configs: StageConfigs, on_progress: Callable | None = None) -> Snapshot:
         from iap.data.pipeline import run_data
-        return asdict(run_data(manifest, out, configs["download"], configs["filter"], configs["columns"],
-                               on_progress=on_progress, english=configs["english"])[1])
+        return run_data(manifest, out, configs.download, configs.filter, configs.columns, on_progress=on_progress,
+                        english=configs.english)[1]
 
-    def precompute(self, snapshot: str, base: str, out: str, configs: dict, precision: str) -> dict:
+    def precompute(self, snapshot: str, base: str, out: str, configs: StageConfigs, precision: str) -> CacheInfo:
         from iap.cache.writer import precompute
         from iap.data.snapshot import open_snapshot
         from iap.models.base import weights_fingerprint
         from iap.models.shared import shared_base
-        return asdict(precompute(open_snapshot(snapshot), lambda: shared_base(base, precision),
-                                 weights_fingerprint(base), out, configs["cache"]))
+        return precompute(open_snapshot(snapshot), lambda: shared_base(base, precision), weights_fingerprint(base),
+                          out, configs.cache)
 
-    def train(self, **pipeline) -> dict:
+    def train(self, request: PipelineRequest, configs: StageConfigs,
+              progress: Callable[[str, int, int], None] | None = None) -> PipelineResult:
         from iap.pipeline.local import run_pipeline
-        return run_pipeline(**pipeline)
+        return run_pipeline(request, configs, progress=progress)
 
     def evaluate(self, checkpoint: str, snapshot: str | None, base: str, untrained: str | None, split: str,
-                 configs: dict, manifest: str | None = None, out: str | None = None) -> dict:
+                 configs: StageConfigs, manifest: str | None = None, out: str | None = None) -> dict:
         from iap.pipeline.stages import evaluate_stage
         if manifest:
-            snapshot = self.data(manifest, f"{out}/eval-data", configs | {
-                "filter": configs["filter"].model_copy(update=EVAL_SET)})["url"]
+            snapshot = self.data(manifest, f"{out}/eval-data", evaluation_set(configs)).url
             split = "test"
-        return evaluate_stage(checkpoint, snapshot, base, untrained, split, configs["evaluate"])
+        return evaluate_stage(checkpoint, snapshot, base, untrained, split, configs.evaluate)
+
+
+def evaluation_set(configs: StageConfigs) -> StageConfigs:
+    """An evaluation manifest's data settings: every row in `test`, every caption of an image kept."""
+    return configs.model_copy(update={"filter": configs.filter.model_copy(update=EVAL_SET)})
 
 
 def names() -> list[str]:

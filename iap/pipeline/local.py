@@ -6,23 +6,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
 from functools import partial
 
-from iap.cache.info import CacheConfig
 from iap.cache.writer import precompute
-from iap.config import SD15, ZH_768, TrainConfig
-from iap.data.download import DownloadConfig
-from iap.data.english import EnglishConfig
-from iap.data.manifest import ManifestColumns
 from iap.data.pipeline import run_data
-from iap.data.snapshot import FilterConfig, open_snapshot
-from iap.evaluation.heldout import EvalConfig
+from iap.data.snapshot import open_snapshot
 from iap.models.shared import shared_base
 from iap.pipeline.preflight import check_inputs
+from iap.pipeline.request import PipelineRequest, PipelineResult, StageConfigs
 from iap.pipeline.stages import (
     evaluate_stage,
-    lineage_stages,
     pipeline_result,
     registry_entry,
     run_key,
@@ -31,44 +24,39 @@ from iap.pipeline.stages import (
 )
 from iap.presets.synthetic import synthetic_manifest
 from iap.release.export import card_dataset, export_pipeline, publish
-from iap.release.registry import Entry, GateConfig, Registry
+from iap.release.registry import Registry
 from iap.training.tracking import log_evaluation
 
 
-def run_pipeline(
-    out: str, base: str = SD15, zh_encoder: str = ZH_768, manifest: str | None = None,
-    snapshot: str | None = None, synthetic: int = 0, registry: str | None = None,
-    download: DownloadConfig = DownloadConfig(), filter: FilterConfig = FilterConfig(),  # noqa: A002
-    cache: CacheConfig = CacheConfig(), train: TrainConfig = TrainConfig(), gate: GateConfig = GateConfig(),
-    columns: ManifestColumns = ManifestColumns(), evaluate: EvalConfig = EvalConfig(),
-    english: EnglishConfig = EnglishConfig(), log: Callable[[str], None] = logging.getLogger(__name__).info,
-    progress: Callable[[str, int, int], None] | None = None, push_to_hub: str | None = None,
-) -> dict:
+def run_pipeline(request: PipelineRequest, configs: StageConfigs = StageConfigs(),
+                 log: Callable[[str], None] = logging.getLogger(__name__).info,
+                 progress: Callable[[str, int, int], None] | None = None) -> PipelineResult:
     """Must run in the main thread of a `__main__`-guarded program (img2dataset spawns processes).
-    `progress(stage, done, total)`: precompute shards, training steps and evaluation image sets as they go.
-    `push_to_hub`: a Hub repo the exported pipeline is uploaded to when the registry promotes it."""
-    base, zh_encoder, fingerprint = check_inputs(out, base, zh_encoder, manifest, snapshot, synthetic)
+    `progress(stage, done, total)`: precompute shards, training steps and evaluation image sets as they go."""
+    r, c = request, configs
+    base, zh_encoder, fingerprint = check_inputs(r.out, r.base, r.zh_encoder, r.manifest, r.snapshot, r.synthetic)
     runs: dict = {"iap-train": None, "iap-data": None, "iap-precompute": None, "iap-evaluate": None}
+    snapshot = r.snapshot
     if snapshot is None:
-        with synthetic_manifest(out, synthetic, download.min_image_size) as synth:
-            snapshot = run_data(synth or manifest, f"{out}/data", download, filter, columns, english=english)[1].url
-    info = asdict(precompute(open_snapshot(snapshot), lambda: shared_base(base, train.mixed_precision), fingerprint,
-                             f"{out}/cache", cache, log=log, on_progress=progress and partial(progress, "precompute")))
-    run_dir = f"{out}/runs/{run_key(info['key'], zh_encoder, train)}"
+        with synthetic_manifest(r.out, r.synthetic, c.download.min_image_size) as synth:
+            snapshot = run_data(synth or r.manifest, f"{r.out}/data", c.download, c.filter, c.columns,
+                                english=c.english)[1].url
+    info = precompute(open_snapshot(snapshot), lambda: shared_base(base, c.train.mixed_precision), fingerprint,
+                      f"{r.out}/cache", c.cache, log=log, on_progress=progress and partial(progress, "precompute"))
+    run_dir = f"{r.out}/runs/{run_key(info.key, zh_encoder, c.train)}"
     lineage = run_lineage(base, fingerprint, info, snapshot, zh_encoder, None)
-    on_step = (lambda state: progress("train", state.step, train.steps)) if progress else None
-    trained = train_stage(info["url"], base, zh_encoder, run_dir, train, lineage, log=log, on_step=on_step)
-    metrics = evaluate_stage(trained.checkpoint, snapshot, base, zh_encoder, "val", evaluate, train.mixed_precision,
-                             report="report", on_progress=progress and partial(progress, "evaluate"))
-    log_evaluation(train.report_to, run_dir, metrics, trained.steps)
-    pipeline = str(export_pipeline(trained.checkpoint, base, f"{out}/pipelines/{trained.checkpoint_id}", metrics,
+    on_step = (lambda state: progress("train", state.step, c.train.steps)) if progress else None
+    trained = train_stage(info.url, base, zh_encoder, run_dir, c.train, lineage, log=log, on_step=on_step)
+    metrics = evaluate_stage(trained.checkpoint, snapshot, base, zh_encoder, "val", c.evaluate,
+                             c.train.mixed_precision, report="report",
+                             on_progress=progress and partial(progress, "evaluate"))
+    log_evaluation(c.train.report_to, run_dir, metrics, trained.steps)
+    pipeline = str(export_pipeline(trained.checkpoint, base, f"{r.out}/pipelines/{trained.checkpoint_id}", metrics,
                                    card_dataset(snapshot)))
-    registry = registry or f"{out}/registry"
-    entry = asdict(Registry(registry).register(Entry(**registry_entry(trained, base, lineage, metrics, pipeline,
-                                                                      train)), gate))
-    result = pipeline_result(base=base, manifest=manifest, synthetic=synthetic, snapshot=snapshot,
-                             cache_url=info["url"], run_dir=run_dir, trained=trained, metrics=metrics,
-                             pipeline_dir=pipeline, registry=registry, entry=entry, runs=runs, train_cfg=train)
-    if push_to_hub:
-        result["hub"] = publish(pipeline, push_to_hub, entry["status"])
-    return result | lineage_stages(result, info["key"])[1]
+    registry = r.registry or f"{r.out}/registry"
+    entry = Registry(registry).register(registry_entry(trained, base, lineage, metrics, pipeline, c.train), c.gate)
+    result = pipeline_result(r.model_copy(update={"base": base}), snapshot, info, run_dir, trained, metrics,
+                             pipeline, registry, entry, runs, c.train)
+    if r.push_to_hub:
+        result = result.model_copy(update={"hub": publish(pipeline, r.push_to_hub, entry.status)})
+    return result

@@ -13,12 +13,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from iap.cache.info import open_cache
+from iap.cache.info import CacheInfo, open_cache
 from iap.config import TrainConfig
 from iap.data.snapshot import open_snapshot
 from iap.evaluation.heldout import EvalConfig, evaluate_checkpoint
 from iap.evaluation.report import add_lineage, plot_losses
 from iap.models.shared import shared_base
+from iap.pipeline.request import PipelineRequest, PipelineResult
+from iap.release.registry import Entry
 from iap.system.ids import content_id
 from iap.system.profile import stage
 from iap.system.runtime import detect
@@ -49,20 +51,20 @@ def evaluation_key(checkpoint: str, snapshot_url: str, split: str, generation: E
             f"-{generation.identity()}")
 
 
-def run_lineage(base: str, fingerprint: str, cache: dict, snapshot_url: str, zh_encoder: str,
+def run_lineage(base: str, fingerprint: str, cache: CacheInfo, snapshot_url: str, zh_encoder: str,
                 flow_run_id: str | None) -> dict:
     """What a checkpoint and its registry entry record about where they came from."""
-    return {"base": base, "base_fingerprint": fingerprint, "snapshot_id": cache["snapshot_id"],
-            "snapshot_url": snapshot_url, "cache_key": cache["key"], "cache_url": cache["url"],
+    return {"base": base, "base_fingerprint": fingerprint, "snapshot_id": cache.snapshot_id,
+            "snapshot_url": snapshot_url, "cache_key": cache.key, "cache_url": cache.url,
             "zh_encoder": zh_encoder, "flow_run_id": flow_run_id}
 
 
-def registry_entry(trained: Trained | dict, base: str, lineage: dict, metrics: dict, pipeline_url: str,
-                   cfg: TrainConfig) -> dict:
-    trained = trained if isinstance(trained, dict) else trained.model_dump()
-    return {"checkpoint_id": trained["checkpoint_id"], "checkpoint_url": trained["checkpoint"], "base": base,
-            "base_fingerprint": lineage["base_fingerprint"], "metrics": metrics, "pipeline_url": pipeline_url,
-            "lineage": lineage | {"train_config": cfg.model_dump(mode="json")}}
+def registry_entry(trained: Trained, base: str, lineage: dict, metrics: dict, pipeline_url: str,
+                   cfg: TrainConfig) -> Entry:
+    """The registry entry of a trained checkpoint, before the gate decides its status."""
+    return Entry(checkpoint_id=trained.checkpoint_id, checkpoint_url=trained.checkpoint, base=base,
+                 base_fingerprint=lineage["base_fingerprint"], metrics=metrics, pipeline_url=pipeline_url,
+                 lineage=lineage | {"train_config": cfg.model_dump(mode="json")})
 
 
 def train_stage(cache_url: str, base: str, zh_encoder: str, run_dir: str, cfg: TrainConfig, lineage: dict,
@@ -131,45 +133,47 @@ def evaluate_stage(checkpoint: str, snapshot_url: str, base: str, untrained: str
     return metrics
 
 
-def pipeline_result(*, base: str, manifest: str | None, synthetic: int, snapshot: str, cache_url: str,
-                    run_dir: str, trained: Trained, metrics: dict, pipeline_dir: str, registry: str, entry: dict,
-                    runs: dict, train_cfg: TrainConfig) -> dict:
-    """What a pipeline run returns (and `iap train` / `iap demo` summarise), whichever engine ran it."""
-    return {"base": base, "manifest": manifest or (f"synthetic: {synthetic} shapes-world rows" if synthetic else None),
-            "snapshot": snapshot, "cache": cache_url, "run_dir": run_dir, "checkpoint": trained.checkpoint,
-            "checkpoint_id": trained.checkpoint_id, "pipeline_dir": pipeline_dir, "metrics": metrics,
-            "train": trained.model_dump(include={"steps", "seconds", "samples_per_second", "losses"}),
-            "registry": registry, "status": entry["status"], "reason": entry["reason"],
-            "loss_curve": trained.loss_curve, "flow_run_id": runs.get("iap-train"), "flow_runs": runs,
-            "train_config": train_cfg.model_dump(mode="json")}
+def pipeline_result(request: PipelineRequest, snapshot: str, cache: CacheInfo, run_dir: str, trained: Trained,
+                    metrics: dict, pipeline_dir: str, registry: str, entry: Entry, runs: dict,
+                    train_cfg: TrainConfig) -> PipelineResult:
+    """What a pipeline run returns, whichever engine ran it, with every stage's output in its lineage (also
+    written into the evaluation report)."""
+    synthetic = f"synthetic: {request.synthetic} shapes-world rows" if request.synthetic else None
+    result = PipelineResult(
+        base=request.base, manifest=request.manifest or synthetic, snapshot=snapshot, cache=cache.url,
+        run_dir=run_dir, checkpoint=trained.checkpoint, checkpoint_id=trained.checkpoint_id,
+        pipeline_dir=pipeline_dir, metrics=metrics,
+        train=trained.model_dump(include={"steps", "seconds", "samples_per_second", "losses"}), registry=registry,
+        status=entry.status, reason=entry.reason, loss_curve=trained.loss_curve, flow_run_id=runs.get("iap-train"),
+        flow_runs=runs, train_config=train_cfg.model_dump(mode="json"), cache_key=cache.key)
+    return _with_lineage(result)
 
 
-def lineage_stages(result: dict, cache_key: str) -> tuple[list[dict], dict]:
-    """Every stage's output of a pipeline run, manifest first and registry entry last, with the run that made
-    it (Prefect flow run ids; none in-process), also written into the evaluation report. Returns (stages,
-    summary fields)."""
-    snap = open_snapshot(result["snapshot"])
-    runs, report = result["flow_runs"], result["metrics"].get("report")
+def _with_lineage(result: PipelineResult) -> PipelineResult:
+    """Every stage's output, manifest first and registry entry last, with the run that made it (Prefect flow
+    run ids; none in-process)."""
+    snap = open_snapshot(result.snapshot)
+    runs, report = result.flow_runs, result.metrics.get("report")
     download_id = snap.inputs.get("manifest", {}).get("download_id")
-    decision = f"{result['status']} ({result['reason']})"
-    rows = [("manifest", result["manifest"] or "-", "iap-data"),
+    decision = f"{result.status} ({result.reason})"
+    rows = [("manifest", result.manifest or "-", "iap-data"),
             ("download", download_id or "-", "iap-data"),
             ("snapshot", f"{snap.id} {snap.url}", "iap-data"),
-            ("cache", f"{cache_key} {result['cache']}", "iap-precompute"),
-            ("run", result["run_dir"], "iap-train"),
-            ("checkpoint", f"{result['checkpoint_id']} {result['checkpoint']}", "iap-train"),
+            ("cache", f"{result.cache_key} {result.cache}", "iap-precompute"),
+            ("run", result.run_dir, "iap-train"),
+            ("checkpoint", f"{result.checkpoint_id} {result.checkpoint}", "iap-train"),
             ("evaluation", report or "-", "iap-evaluate"),
-            ("pipeline", result["pipeline_dir"], "iap-train"),
-            ("registry entry", f"{result['registry']} ({decision})", "iap-train")]
+            ("pipeline", result.pipeline_dir, "iap-train"),
+            ("registry entry", f"{result.registry} ({decision})", "iap-train")]
     stages = [{"stage": what, "value": value, "flow_run_id": runs.get(flow)} for what, value, flow in rows]
     if report:
-        add_lineage(report, stages, decision, snap.funnel, result["train_config"])
-    return stages, {"funnel": snap.funnel, "download_id": download_id, "snapshot_id": snap.id,
-                    "cache_key": cache_key, "report": report, "lineage": stages}
+        add_lineage(report, stages, decision, snap.funnel, result.train_config)
+    return result.model_copy(update={"funnel": snap.funnel, "download_id": download_id, "snapshot_id": snap.id,
+                                     "report": report, "lineage": stages})
 
 
-def describe(result: dict) -> str:
+def describe(result: PipelineResult) -> str:
     """The lines that end a pipeline run: the registry decision, then where every output went."""
-    decision = f"{result['status']} ({result['reason']})"
-    return f"checkpoint {result['checkpoint_id']}: {decision}\n" + "\n".join(
-        f"  {s['stage']:15} {s['value']}" for s in result["lineage"]) + (f"\n  {result['hub']}" if "hub" in result else "")
+    decision = f"{result.status} ({result.reason})"
+    return f"checkpoint {result.checkpoint_id}: {decision}\n" + "\n".join(
+        f"  {s['stage']:15} {s['value']}" for s in result.lineage) + (f"\n  {result.hub}" if result.hub else "")

@@ -118,6 +118,8 @@ def base_license(base: Path) -> str | None:
     """The license in the base's own model card (README.md front matter), if it has one."""
     from huggingface_hub import ModelCard
     try:
+        if not (base / "README.md").read_text(encoding="utf-8").startswith("---"):
+            return None  # no front matter (the Hub parser would log a warning on every export)
         return ModelCard.load(base / "README.md").data.license
     except Exception:  # noqa: BLE001 - no card, or not one the Hub parser reads: no license to inherit
         return None

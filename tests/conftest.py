@@ -13,6 +13,8 @@ import tempfile  # noqa: E402
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="iap-prefect-home-"))
 os.environ.setdefault("IAP_RESULTS_DIR", tempfile.mkdtemp(prefix="iap-results-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A fresh ephemeral API takes ~22 s to start on an idle 2-core machine (its database is new): over Prefect's 20 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # Local copies of remote outputs (staged runs, fetched checkpoints) start empty: a session never meets a
 # stale copy that another session's bucket (moto's, gone since) left in ~/.cache/iap.
 os.environ.setdefault("IAP_CACHE_DIR", tempfile.mkdtemp(prefix="iap-cache-"))
@@ -139,6 +141,16 @@ def grouped_snapshot_small(served, tmp_path_factory):
     _, snapshot = run_data(str(served), str(tmp_path_factory.mktemp("grouped")), DOWNLOAD,
                            FilterConfig(split_key="combo", val_fraction=0.3, test_fraction=0.0, shard_rows=20))
     return snapshot
+
+
+E2E_FIXTURES = {"demo_summary"}  # a test that needs the demo's run is end to end, wherever it is
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if E2E_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.e2e)
 
 
 def pytest_sessionfinish(session, exitstatus):

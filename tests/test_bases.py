@@ -65,6 +65,7 @@ print(json.dumps({"text_encoder": type(pipe.text_encoder).__name__, "tokenizer":
 """
 
 
+@pytest.mark.e2e
 def test_the_sd2_pipeline_runs_end_to_end_and_exports_a_vanilla_folder(served, sd2_dir, tmp_path):
     """`iap train --engine local` on the SD-2-shaped preset: data, cache, training, evaluation (generation
     included) and export unchanged; the export draws from a Chinese prompt with guidance in plain diffusers."""

@@ -141,6 +141,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.e2e
 def test_kill_9_during_precompute_then_resume_equals_uninterrupted(local_run, base, tiny_dir, tmp_path):
     _, _, snapshot = local_run
     cfg = CacheConfig(policy="store-sampled", positions=8)

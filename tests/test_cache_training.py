@@ -19,6 +19,8 @@ from iap.shapes.synth import serve, write_synth
 from iap.training.loop import train
 from tests.helpers import DOWNLOAD, free_port
 
+pytestmark = pytest.mark.e2e  # whole pipelines, flows or launched runs: out of the inner loop
+
 TRAIN = TrainConfig(steps=250, batch_size=16, lr=2e-3, warmup_steps=20, checkpoint_every=1000, log_every=1000)
 
 

@@ -186,6 +186,7 @@ def test_the_where_predicate_sees_normalised_and_raw_captions(tmp_path):
     assert [r["caption_zh"] for r in kept] == ["草原上的马群"] and funnel["where"]["removed"] == 2
 
 
+@pytest.mark.e2e
 def test_iap_data_shows_what_each_rule_removed(served, tmp_path):
     """The funnel names example captions per rule, and --explain lists removed rows as they came."""
     import os

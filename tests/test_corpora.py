@@ -197,6 +197,7 @@ S3_TRAIN_CONFIG = {
 }
 
 
+@pytest.mark.e2e
 def test_iap_train_into_s3_leaves_nothing_local_and_records_urls_that_exist(s3, tmp_path):
     """`iap train --out s3://...` through the iap-train flow: every output (snapshot, cache, run, checkpoint,
     report, pipeline, registry) in the bucket, every URL the registry records exists, and nothing is written
@@ -236,6 +237,7 @@ def test_iap_train_into_s3_leaves_nothing_local_and_records_urls_that_exist(s3, 
     assert not s3.exists(f"{run}/checkpoints/step-000002")  # keep_checkpoints=1, remotely too
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("endpoint, match", [
     ("closed-port", "cannot use the storage"),
     ("moto", "bucket 'no-such-bucket' does not exist"),
@@ -256,6 +258,7 @@ def test_unusable_storage_is_one_message(s3, served, monkeypatch, endpoint, matc
     assert "testing" not in output  # never the credentials
 
 
+@pytest.mark.e2e
 def test_local_engine_data_into_s3_counts_the_shards_it_wrote(s3, served, tmp_path):
     """`iap data --engine local` watches img2dataset's progress by listing the bucket; that listing must not
     hide the shards from the final count."""
@@ -273,6 +276,7 @@ def test_local_engine_data_into_s3_counts_the_shards_it_wrote(s3, served, tmp_pa
     assert len(snapshots) == 1 and json.loads(s3.cat_file(snapshots[0]))["rows"]["total"] == 6
 
 
+@pytest.mark.e2e
 def test_a_killed_iap_data_leaves_no_child_process(served, tmp_path):
     """kill -9 of `iap data` mid-download: its temporary Prefect server and img2dataset workers end too."""
     import os
@@ -344,6 +348,7 @@ def test_rows_left_without_english_are_counted(tmp_path):
         load_manifest(str(tmp_path / "zh.parquet"))  # without an English source: one message, as before
 
 
+@pytest.mark.e2e
 def test_iap_evaluate_on_an_evaluation_manifest(demo_summary, served, tmp_path):
     """A COCO-CN-style set (image + zh + en) evaluated whole instead of a held-out split: downloaded into
     its own snapshot (every row in `test`, several captions of one image kept) and scored."""
@@ -364,6 +369,7 @@ def test_iap_evaluate_on_an_evaluation_manifest(demo_summary, served, tmp_path):
     assert "heldout_loss" in r.stdout and "retrieval_top1" in r.stdout
 
 
+@pytest.mark.e2e
 def test_a_user_error_inside_the_data_flow_is_one_message_without_traceback(tmp_path):
     """Every URL unreachable: the flow fails once (no retry), the console keeps Prefect's state lines but no
     traceback (nor DuckDB's exit-time leak report), and the command ends in one `error:` line, exit 2."""

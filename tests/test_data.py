@@ -126,6 +126,7 @@ def test_manifest_formats_and_column_names(tmp_path):
         assert t.column_names[:4] == ["key", "url", "caption_zh", "caption_en"] and "extra" in t.column_names
 
 
+@pytest.mark.e2e
 def test_end_to_end_on_s3(s3, served):
     s3.put(str(served), "iap-test/in/manifest.parquet")
     report, snapshot = run_data("s3://iap-test/in/manifest.parquet", "s3://iap-test/data", DOWNLOAD, FILTER)
@@ -139,6 +140,7 @@ def test_end_to_end_on_s3(s3, served):
     assert again.cached and again.id == snapshot.id
 
 
+@pytest.mark.e2e
 def test_refresh_downloads_only_new_manifest_rows(tmp_path):
     from iap.shapes.synth import serve, write_synth
     from tests.helpers import free_port

@@ -14,6 +14,8 @@ from iap.errors import IapError
 from iap.models.generate import generate, load_pipeline
 from tests.helpers import assert_chinese_draws_like_english
 
+pytestmark = pytest.mark.e2e  # whole pipelines, flows or launched runs: out of the inner loop
+
 
 def test_pivot_training_transfers_to_held_out_combos(demo_summary):
     m = demo_summary["metrics"]
@@ -110,6 +112,7 @@ def test_the_train_run_carries_funnel_metrics_loss_curve_and_lineage(demo_summar
 VANILLA = """
 import sys, numpy as np
 from diffusers import StableDiffusionPipeline
+
 assert not any(m == "iap" or m.startswith("iap.") for m in sys.modules)
 pipe = StableDiffusionPipeline.from_pretrained(sys.argv[1], safety_checker=None, requires_safety_checker=False)
 img = pipe("蓝色背景上的一个大红色圆形", num_inference_steps=4, output_type="np").images[0]

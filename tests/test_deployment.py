@@ -15,6 +15,8 @@ import pytest
 
 from tests.helpers import free_port
 
+pytestmark = pytest.mark.e2e  # whole pipelines, flows or launched runs: out of the inner loop
+
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 

@@ -9,8 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from iap.training.checkpoint import latest_checkpoint, read_checkpoint_meta
 from tests.helpers import kill_after_checkpoint
+
+pytestmark = pytest.mark.e2e  # whole pipelines, flows or launched runs: out of the inner loop
 
 STEPS = 40
 CONFIG = {"steps": STEPS, "batch_size": 16, "lr": 2e-3, "warmup_steps": 4, "checkpoint_every": 10, "log_every": 5}

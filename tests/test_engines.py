@@ -39,6 +39,7 @@ def _files(root: Path, pattern: str) -> dict[str, str]:
     "runs/*/checkpoints/step-*/encoder/*.safetensors",  # run key and weights
     "pipelines/*/text_encoder/*.safetensors",  # checkpoint id and the exported encoder
 ])
+@pytest.mark.e2e
 def test_both_engines_give_the_same_ids_and_bytes(runs, what):
     local, prefect = _files(runs["local"], what), _files(runs["prefect"], what)
     assert local, f"nothing matches {what}"

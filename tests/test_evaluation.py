@@ -102,6 +102,7 @@ def test_evaluating_against_another_base_is_refused(demo_summary, tmp_path):
         evaluate_checkpoint(other, demo_summary["checkpoint"], open_snapshot(demo_summary["snapshot"]))
 
 
+@pytest.mark.e2e
 def test_compare_puts_objectives_and_policies_in_one_table(grouped_snapshot_small, tiny_dir, base, tmp_path):
     from iap.config import TrainConfig
     from iap.pipeline.compare import compare
@@ -124,7 +125,8 @@ def test_a_standalone_evaluation_writes_beside_the_run_s_report(demo_summary):
     report = Path(demo_summary["evaluation"]["report"])
     before = report.read_text()
     assert "Registry decision" in before
-    configs = {"evaluate": EvalConfig(samples=2, pairs=8, guidance_scale=3.0, steps=4)}
+    from iap.pipeline.request import StageConfigs
+    configs = StageConfigs(evaluate=EvalConfig(samples=2, pairs=8, guidance_scale=3.0, steps=4))
     m = LocalEngine().evaluate(demo_summary["checkpoint"], demo_summary["snapshot"], str(SHAPES_TEACHER), None, "val",
                                configs)
     assert "/evaluations/eval-" in m["report"] and Path(m["report"]).exists()

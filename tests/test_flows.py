@@ -12,6 +12,8 @@ from moto.server import ThreadedMotoServer
 
 from tests.helpers import DOWNLOAD, FILTER, free_port, start_moto
 
+pytestmark = pytest.mark.e2e  # whole pipelines, flows or launched runs: out of the inner loop
+
 
 @pytest.fixture(scope="module")
 def harness():

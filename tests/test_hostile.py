@@ -374,6 +374,7 @@ def _limited_file_size(limit: int):
     return apply
 
 
+@pytest.mark.e2e
 def test_a_full_disk_mid_training_is_one_message_and_leaves_nothing_partial(tiny_dir, tmp_path):
     """Finding 13: a full disk ended in a 70-line traceback (safetensors' I/O error)."""
     import json
@@ -415,6 +416,7 @@ def test_storage_faults_name_the_url_and_leave_no_temp_file(tmp_path, monkeypatc
         (folder / "done.json").write_text("{}")
 
 
+@pytest.mark.e2e
 def test_private_addresses_are_refused_when_asked(served, tmp_path):
     """The cloud-metadata risk: with refuse_private_addresses a row whose server is on a private, loopback
     or link-local address fails as private_address, checked on the connected socket (DNS rebinding cannot

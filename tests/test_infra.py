@@ -47,6 +47,7 @@ def test_job_templates_validate_against_prefect_schemas(path):
         assert "{{ gpu_count }}" in json.dumps(template["job_configuration"])
 
 
+@pytest.mark.e2e
 def test_process_template_renders_with_the_process_worker():
     from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
     template = json.loads((INFRA / "work-pools" / "process.json").read_text())

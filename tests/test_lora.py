@@ -5,6 +5,8 @@ when its cross-attention layers read "红色" in the Chinese states as they read
 
 from __future__ import annotations
 
+import pytest
+
 from iap.presets.names import SHAPES_LORA, SHAPES_TEACHER
 from iap.shapes.lora import LORA_FILE, effect_prompts, lora_effect
 from iap.shapes.teacher import verify
@@ -16,6 +18,7 @@ def test_the_committed_lora_is_intact_and_safetensors_only():
     assert files == {LORA_FILE, "lora.json", "README.md", "SHA256SUMS"}
 
 
+@pytest.mark.e2e
 def test_a_lora_of_the_base_acts_on_chinese_prompts_as_on_english(demo_summary):
     samples = effect_prompts(per_combo=2)
     en = lora_effect(SHAPES_TEACHER, SHAPES_LORA, "en", samples)

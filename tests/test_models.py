@@ -35,6 +35,7 @@ def test_an_encoder_of_another_width_gets_a_projection_to_the_unet(tiny_dir):
     assert encoder.hidden_size == 768 and encoder(encoder.tokenize(["红色圆形"])).shape == (1, 77, 768)
 
 
+@pytest.mark.e2e
 def test_cli_errors_are_one_message(tiny_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "iap", "train", "--base", str(tmp_path / "nope"),
                         "--zh-encoder", str(tiny_dir / "zh_encoder"), "--out", str(tmp_path / "r"), "--synthetic", "10"],

@@ -91,6 +91,12 @@ def test_each_readme_command_exists_with_its_options(command):
     elif program in ("pytest", "export", "echo", "source"):
         if program == "source":
             assert args == [".venv/bin/activate"], command
+        if program == "pytest" and "-m" in args:  # a marker the README names is one the suite declares
+            import tomllib
+            declared = {m.split(":")[0] for m in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"][
+                "ini_options"]["markers"]}
+            named = set(re.findall(r"[a-z_0-9]+", args[args.index("-m") + 1])) - {"not", "and", "or"}
+            assert named <= declared, f"{command}: markers {named - declared} are not declared in pyproject.toml"
     else:
         pytest.fail(f"README command with an unknown program: {command}")
 

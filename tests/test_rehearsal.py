@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.rehearsal
+pytestmark = [pytest.mark.rehearsal, pytest.mark.e2e]
 
 
 def test_evaluation_memory_at_sd15_shapes_does_not_grow_with_the_split():

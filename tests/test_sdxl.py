@@ -30,6 +30,8 @@ from tests.helpers import (
     train_briefly,
 )
 
+pytestmark = pytest.mark.e2e  # whole pipelines, flows or launched runs: out of the inner loop
+
 PROMPT = "a big red circle on a blue background"
 
 
@@ -106,6 +108,7 @@ import json, sys
 import numpy as np
 import torch
 from diffusers import StableDiffusionXLPipeline
+
 pipe = StableDiffusionXLPipeline.from_pretrained(sys.argv[1])
 images = {}
 for negative in (None, ""):  # None: SDXL's zeros (force_zeros_for_empty_prompt); "": the Chinese towers on ""

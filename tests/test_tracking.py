@@ -55,6 +55,7 @@ def test_mlflow_store_gets_the_curve_and_the_evaluation(base, encoder, small_sou
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # set by the tracker for this process
 
 
+@pytest.mark.e2e
 def test_wandb_offline_run_is_written(tiny_dir, tmp_path):
     """In a child process: wandb keeps process-wide state, and offline mode must be the user's own setting."""
     code = f"""

@@ -28,6 +28,7 @@ def _final_weights(run: Path):
     return load_file(ckpt / "encoder" / "model.safetensors")
 
 
+@pytest.mark.e2e
 def test_resume_after_kill_9_gives_identical_weights(tiny_dir, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_train_cmd(tiny_dir, straight), check=True, capture_output=True, timeout=300)

@@ -29,7 +29,18 @@ from iap.data.snapshot import FilterConfig  # noqa: E402
 from iap.models import load_base, load_chinese_encoder  # noqa: E402
 from iap.presets.tiny import TINY_SD2, TINY_SDXL, write_tiny  # noqa: E402
 from iap.shapes.synth import serve, write_synth  # noqa: E402
-from tests.helpers import BROKEN, DOWNLOAD, FILTER, N_GOOD, free_port, shapes_source, start_moto  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    BROKEN,
+    DOWNLOAD,
+    FILTER,
+    N_GOOD,
+    free_port,
+    shapes_source,
+    start_moto,
+    start_prefect_server,
+    stop_process_group,
+    wait_for_api,
+)
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +105,9 @@ def demo_summary(tmp_path_factory):
     import json
     import subprocess
     workdir = tmp_path_factory.mktemp("demo")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # a temporary API, as for a user
     r = subprocess.run([str(Path(sys.executable).parent / "iap"), "demo", "--workdir", str(workdir)],
-                       capture_output=True, text=True, timeout=1800)
+                       capture_output=True, text=True, timeout=1800, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     summary["workdir"] = str(workdir)
@@ -144,6 +156,35 @@ def grouped_snapshot_small(served, tmp_path_factory):
 
 
 E2E_FIXTURES = {"demo_summary"}  # a test that needs the demo's run is end to end, wherever it is
+
+
+# One Prefect API for the session's flows, in-process and in subprocesses: each `iap` command on the default
+# engine would otherwise start its own temporary API (~10 s; ~30 s on a fresh database), over 20 times in the
+# full suite. The inner loop (`-m "not e2e"`) runs no flow and starts none; the demo keeps the user's path
+# (a temporary API) and so does the engine test of its start-up timeout. Set here, before anything imports
+# Prefect: it reads its settings once.
+SHARED_API: list = []
+
+
+def pytest_configure(config):
+    if "not e2e" in (config.option.markexpr or ""):
+        return  # (a PREFECT_API_URL of the user's own shell is replaced below: tests never touch their server)
+    proc, url = start_prefect_server(os.environ["PREFECT_HOME"])
+    SHARED_API[:] = [proc, url]
+    os.environ["PREFECT_API_URL"] = url
+
+
+def pytest_unconfigure(config):
+    if SHARED_API:
+        stop_process_group(SHARED_API[0])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    """The session's Prefect API, once it answers (None in the inner loop)."""
+    if SHARED_API:
+        wait_for_api(*SHARED_API)
+    return SHARED_API[1] if SHARED_API else None
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects

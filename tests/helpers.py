@@ -172,3 +172,41 @@ def train_briefly(base, encoder, run: Path, stop_at: int | None = None):
     empty = EmptyPrompt.pair(base.english([""]), encoder)
     return train(cfg, encoder, make_objective("pivot", Teacher(base)), shapes_source(base, encoder), run,
                  log=lambda _: None, empty=empty, on_step=die)
+
+
+def start_prefect_server(home: str) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on a free 127.0.0.1 port with its state in `home`; returns (process, API URL)
+    at once: the caller waits with `wait_for_api` when it first needs it."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
+                             "127.0.0.1", "--port", str(port), "--no-ui", "--no-scheduler", "--no-late-runs"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}/api"
+
+
+def wait_for_api(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
+    import time
+
+    import httpx
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"the Prefect server exited with {proc.returncode}"
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"the Prefect server at {url} did not answer in {timeout:.0f} s")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    import signal
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)

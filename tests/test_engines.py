@@ -53,7 +53,8 @@ def test_the_prefect_engine_gives_its_ephemeral_api_time_to_start_on_a_busy_mach
     """Prefect's default (20 s) is too short for the ephemeral API on a loaded 2-core machine (CI failed on
     it); the engine's defaults must be set before anything imports Prefect, which reads them once."""
     import os
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "PREFECT_API_URL")}
     r = subprocess.run([sys.executable, "-c", "from iap.pipeline import engines; engines.load('prefect'); "
                         "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s; "
                         "print(s.value())"], capture_output=True, text=True, timeout=120, env=env)

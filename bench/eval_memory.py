@@ -50,7 +50,8 @@ def child(snapshot_url: str, checkpoint: str, base: str) -> None:
     """Run one evaluation and print its figures as JSON (the process's own peak RSS)."""
     import iap
     from iap.data.snapshot import open_snapshot
-    from iap.evaluation.heldout import EvalConfig, evaluate_checkpoint
+    from iap.evaluation.config import EvalConfig
+    from iap.evaluation.heldout import evaluate_checkpoint
     from iap.models import load_base
     print(f"iap from {iap.__file__}", file=sys.stderr)
     model = load_base(base)
@@ -58,7 +59,7 @@ def child(snapshot_url: str, checkpoint: str, base: str) -> None:
     started = time.perf_counter()
     metrics = evaluate_checkpoint(model, checkpoint, open_snapshot(snapshot_url), split="train",
                                   generation=EvalConfig(samples=0))
-    print(json.dumps({"rows": metrics["heldout_pairs"], "seconds": round(time.perf_counter() - started, 1),
+    print(json.dumps({"rows": metrics.heldout_pairs, "seconds": round(time.perf_counter() - started, 1),
                       "rss_after_load": loaded, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 

@@ -14,7 +14,7 @@ from iap.data.download import DownloadConfig
 from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
-from iap.evaluation.heldout import EvalConfig
+from iap.evaluation.config import EvalConfig
 from iap.pipeline.request import PipelineRequest, PipelineResult, StageConfigs
 from iap.pipeline.stages import pipeline_result, registry_entry, run_key, run_lineage
 from iap.presets.synthetic import synthetic_manifest
@@ -62,7 +62,7 @@ def _pipeline(r: PipelineRequest, c: StageConfigs) -> PipelineResult:
         f"train-{key}-{c.train.steps}", info.url, base, zh_encoder, run_dir, c.train, lineage)
     metrics, runs["iap-evaluate"] = subflow(iap_evaluate, trained.checkpoint, snapshot, base, untrained=zh_encoder,
                                             generation=c.evaluate, precision=c.train.mixed_precision, report="report")
-    log_evaluation(c.train.report_to, run_dir, metrics, trained.steps)
+    log_evaluation(c.train.report_to, run_dir, metrics.flat(), trained.steps)
     pipeline_dir = f"{r.out}/pipelines/{trained.checkpoint_id}"
     pipeline = export.with_options(assets=[asset_url(pipeline_dir)], asset_deps=[asset_url(run_dir)])(
         f"export-{trained.checkpoint_id}", trained.checkpoint, base, pipeline_dir, metrics, card_dataset(snapshot))

@@ -18,6 +18,9 @@ from iap.errors import IapError
 RESULTS = Path(os.environ.get("IAP_RESULTS_DIR") or Path(PREFECT_HOME.value()) / "iap-results").resolve()
 RESULTS.mkdir(parents=True, exist_ok=True)
 PERSIST = {"persist_result": True, "result_storage": RESULTS, "result_serializer": "json"}
+# Bumped whenever a task's result type changes (2: evaluation returns Metrics, training Trained), so a result
+# an older iap persisted is recomputed instead of loading back as the wrong type.
+RESULT_SCHEMA = 2
 
 
 def not_a_user_error(_task, _task_run, state) -> bool:
@@ -49,10 +52,10 @@ def by_key(_context, parameters: dict) -> str:
     location: the same data written under another `out` is another result, never a pointer into the
     first one's folder."""
     key = parameters["key"].replace("/", "-")  # a key is one result file name
-    where = [str(parameters[k]) for k in LOCATIONS if k in parameters]
+    where = [f"schema-{RESULT_SCHEMA}", *(str(parameters[k]) for k in LOCATIONS if k in parameters)]
     if getattr(parameters.get("plan"), "url", None):
         where.append(parameters["plan"].url)
-    key = f"{key}-{hashlib.sha256('|'.join(where).encode()).hexdigest()[:8]}" if where else key
+    key = f"{key}-{hashlib.sha256('|'.join(where).encode()).hexdigest()[:8]}"
     _forget_if_outputs_gone(key)
     return key
 

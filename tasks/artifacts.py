@@ -9,8 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.utilities.urls import url_for
 
 from iap.data.snapshot import funnel_table
-from iap.pipeline.request import PipelineResult
-from iap.pipeline.stages import describe
+from iap.pipeline.request import PipelineResult, describe
 from iap.system.storage import filesystem
 
 
@@ -55,7 +54,7 @@ def publish_run(result: PipelineResult) -> None:
     each stage linked to the flow run that produced it; the same as the run's last log lines (shown by
     `--watch`)."""
     funnel(result.funnel, result.snapshot_id)
-    metrics({k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
+    metrics({k: v for k, v in result.metrics.flat().items() if isinstance(v, int | float)},
             f"held-out metrics of {result.checkpoint_id}")
     lineage([(s["stage"], s["value"], s["flow_run_id"]) for s in result.lineage], f"{result.status} ({result.reason})")
     get_run_logger().info(describe(result))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.assets import materialize
 
-from iap.evaluation.heldout import EvalConfig
+from iap.evaluation.config import EvalConfig
+from iap.evaluation.metrics import Metrics
 from iap.pipeline.stages import evaluate_stage
 from iap.release.export import export_pipeline, publish
 from iap.release.registry import Entry, GateConfig, Registry
@@ -17,16 +18,16 @@ from tasks.data import PLACEHOLDER_ASSET
 @task(cache_key_fn=by_key, **PERSIST)
 def evaluate(key: str, checkpoint: str, snapshot_url: str, base: str, untrained: str | None,
              split: str = "val", generation: EvalConfig = EvalConfig(), precision: str = "no",
-             report: str | None = None) -> dict:
+             report: str | None = None) -> Metrics:
     """Held-out metrics next to the untrained and mismatched-caption references; `key`: checkpoint, snapshot
     and generation config. `report`: its folder in the run (iap.pipeline.stages.evaluate_stage)."""
     metrics = evaluate_stage(checkpoint, snapshot_url, base, untrained, split, generation, precision, report)
-    artifacts.metrics(metrics, f"held-out metrics ({split} split of {snapshot_url})")
+    artifacts.metrics(metrics.flat(), f"held-out metrics ({split} split of {snapshot_url})")
     return metrics
 
 
 @materialize(PLACEHOLDER_ASSET, cache_key_fn=by_key, **retrying(1), **PERSIST)
-def export(key: str, checkpoint: str, base: str, out: str, metrics: dict | None = None,
+def export(key: str, checkpoint: str, base: str, out: str, metrics: Metrics | None = None,
            dataset: str | None = None) -> str:
     """A plain diffusers pipeline with the Chinese encoder (its card carries `metrics` on `dataset`); `key` is
     the checkpoint id."""

@@ -7,7 +7,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.assets import materialize
 
 from iap.config import TrainConfig
-from iap.pipeline.stages import Trained, train_stage
+from iap.pipeline.stages import train_stage
+from iap.training.result import Trained
 from tasks import PERSIST, artifacts, by_key
 from tasks.data import PLACEHOLDER_ASSET
 

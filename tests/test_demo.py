@@ -42,7 +42,8 @@ def test_the_report_shows_every_held_out_prompt_every_definition_and_the_lineage
     with its definition, the loss curves, and the lineage down to the registry decision."""
     import html
 
-    from iap.evaluation.report import COLUMNS, base_name, definitions
+    from iap.evaluation.metrics import Metrics
+    from iap.evaluation.report import COLUMNS, definitions
     evaluation = demo_summary["evaluation"]
     page = Path(evaluation["report"]).read_text()
     folder = Path(evaluation["report"]).parent
@@ -54,7 +55,8 @@ def test_the_report_shows_every_held_out_prompt_every_definition_and_the_lineage
     labels = [label for _, _, label in COLUMNS]
     for table in page.split("<table")[1:3]:  # metrics, then prompts: the same column order
         assert [table.index(label) for label in labels] == sorted(table.index(label) for label in labels)
-    for name in {base_name(k) for k in evaluation if k != "report"}:
+    metrics = Metrics.from_flat(evaluation)
+    for name in [*metrics.names(), "mismatched_caption_loss", "heldout_pairs", "generated_prompts"]:
         assert name in definitions(), name
         assert html.escape(definitions()[name]) in page
     assert "Loss curves" in page and "held-out loss" in page

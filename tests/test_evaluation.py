@@ -11,7 +11,7 @@ import torch
 
 from iap import shapes
 from iap.evaluation import image_metrics as im
-from iap.evaluation.heldout import EvalConfig
+from iap.evaluation.config import EvalConfig
 from iap.shapes.metrics import shapes_accuracy
 
 
@@ -129,7 +129,7 @@ def test_a_standalone_evaluation_writes_beside_the_run_s_report(demo_summary):
     configs = StageConfigs(evaluate=EvalConfig(samples=2, pairs=8, guidance_scale=3.0, steps=4))
     m = LocalEngine().evaluate(demo_summary["checkpoint"], demo_summary["snapshot"], str(SHAPES_TEACHER), None, "val",
                                configs)
-    assert "/evaluations/eval-" in m["report"] and Path(m["report"]).exists()
+    assert "/evaluations/eval-" in m.report and Path(m.report).exists()
     assert report.read_text() == before
 
 
@@ -141,5 +141,21 @@ def test_an_evaluation_with_image_features_reports_kid_and_no_fid_at_small_n(dem
     m = evaluate_checkpoint(load_base(str(SHAPES_TEACHER)), demo_summary["checkpoint"],
                             open_snapshot(demo_summary["snapshot"]), feature=tiny_extractor(),
                             generation=EvalConfig(samples=4, pairs=8, steps=4, guidance_scale=3.0), report="kid-test")
-    assert m["generated_prompts"] == 4 and "kid_zh_vs_en" in m and "fid_zh_vs_en" not in m
-    assert "/kid-test/report.html" in m["report"]
+    assert m.generated_prompts == 4 and "kid_zh_vs_en" in m.trained and "fid_zh_vs_en" not in m.trained
+    assert "/kid-test/report.html" in m.report
+
+
+def test_metrics_are_sectioned_by_whose_prompts_and_keep_one_flat_spelling():
+    """Stages pass Metrics (trained / untrained / English sections); the flat names are what registries,
+    trackers and artifacts store, and they read back into the same sections."""
+    from iap.evaluation.metrics import Metrics
+    m = Metrics(trained={"heldout_loss": 0.1, "colour_accuracy": 0.9}, untrained={"heldout_loss": 0.5},
+                english={"colour_accuracy": 1.0}, mismatched_caption_loss=0.7, heldout_pairs=16, generated_prompts=4,
+                report="r/report.html")
+    flat = m.flat()
+    assert flat == {"heldout_loss": 0.1, "colour_accuracy": 0.9, "untrained_heldout_loss": 0.5,
+                    "teacher_en_colour_accuracy": 1.0, "mismatched_caption_loss": 0.7, "heldout_pairs": 16,
+                    "generated_prompts": 4, "report": "r/report.html"}
+    assert Metrics.from_flat(flat) == m and Metrics.model_validate_json(m.model_dump_json()) == m
+    assert m.names() == ["heldout_loss", "colour_accuracy"]
+    assert "generated_prompts" not in Metrics(trained={"heldout_loss": 0.1}, heldout_pairs=3).flat()

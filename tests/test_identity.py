@@ -9,7 +9,7 @@ from iap.cache.info import CacheConfig, cache_key
 from iap.config import StageConfig, TrainConfig
 from iap.data.download import DownloadConfig, download_id
 from iap.data.snapshot import FilterConfig
-from iap.evaluation.heldout import EvalConfig
+from iap.evaluation.config import EvalConfig
 
 
 def test_ids_of_given_inputs_are_those_of_earlier_versions():

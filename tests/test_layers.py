@@ -48,6 +48,20 @@ def test_importing_every_library_module_loads_no_prefect():
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
 
 
+MODEL_LIBRARIES = ("torch", "diffusers", "transformers", "accelerate", "peft")
+
+
+def test_the_program_and_the_data_flow_start_without_the_model_libraries():
+    """`iap --help` took 10 s, and every command as long before its work began: the CLI imported torch,
+    diffusers and transformers through the stage configs and result types. The program, its stage configs
+    and the data flow (no model until img2dataset's workers) import none of them."""
+    code = ("import sys, iap.cli.main, iap.pipeline.request, flows.data\n"
+            f"heavy = [m for m in {MODEL_LIBRARIES!r} if m in sys.modules]\n"
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+
+
 def test_only_the_storage_module_commits_outputs():
     """One copy of the atomic-write code: no other module renames, replaces or fsyncs a file."""
     calls = ("os.rename(", "os.replace(", "os.fsync(", "fs.pipe_file(", "fs.mv(")

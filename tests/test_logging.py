@@ -51,7 +51,7 @@ def test_inside_a_flow_run_library_records_go_to_the_api_handler():
 def test_the_local_pipeline_reports_progress_of_each_long_stage(grouped_snapshot_small, tiny_dir, tmp_path):
     """Issue 27, finding 8: the local engine showed progress only for downloads."""
     from iap.cache.info import CacheConfig
-    from iap.evaluation.heldout import EvalConfig
+    from iap.evaluation.config import EvalConfig
     from iap.pipeline.local import run_pipeline
     from iap.pipeline.request import PipelineRequest, StageConfigs
     seen: dict[str, list[tuple[int, int]]] = {}

@@ -78,8 +78,8 @@ def test_resume_with_a_different_config_is_refused(trained_run, encoder, small_s
 def test_resume_can_extend_steps(trained_run, encoder, small_source):
     cfg, objective, run = trained_run
     result = train(cfg.model_copy(update={"steps": 6}), encoder, objective, small_source, run, log=lambda _: None)
-    assert result.state.step == 6
-    assert json.loads((result.checkpoint / "state.json").read_text())["step"] == 6
+    assert result.steps == 6
+    assert json.loads((Path(result.checkpoint) / "state.json").read_text())["step"] == 6
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -58,7 +58,7 @@ def test_distributed_train_export_and_generate_write_to_the_bucket(s3, tiny_dir,
 def test_compare_writes_its_runs_and_table_to_the_bucket(s3, grouped_snapshot_small, tiny_dir, base, tmp_path,
                                                          monkeypatch):
     from iap.config import TrainConfig
-    from iap.evaluation.heldout import EvalConfig
+    from iap.evaluation.config import EvalConfig
     from iap.pipeline.compare import compare
     monkeypatch.chdir(tmp_path)
     out = "s3://iap-test/compare"
@@ -107,7 +107,7 @@ def test_a_remote_run_deleted_in_the_bucket_starts_afresh(s3, base, encoder, sma
     for _ in range(2):
         result = train(cfg, encoder, make_objective("pivot", Teacher(base)), small_source, run, log=lambda _: None)
         s3.invalidate_cache()
-        assert s3.cat_file(f"{run}/checkpoints/latest") == b"step-000004" and result.state.step == 4
+        assert s3.cat_file(f"{run}/checkpoints/latest") == b"step-000004" and result.steps == 4
         s3.rm(run, recursive=True)
 
 

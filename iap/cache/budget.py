@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from iap.cache.info import DTYPES, CacheConfig
+from iap.cache.info import CacheConfig
 from iap.errors import IapError
 from iap.models.base import FrozenBase
 from iap.objective import FrozenBatch, Teacher, placeholder_added_cond
@@ -13,7 +13,7 @@ from iap.objective import FrozenBatch, Teacher, placeholder_added_cond
 
 def projected_bytes_per_sample(base: FrozenBase, cfg: CacheConfig) -> dict[str, float]:
     """Bytes per sample of each stored part, from one probe English pass for the layer shapes."""
-    item = torch.finfo(DTYPES[cfg.dtype]).bits // 8
+    item = torch.finfo(getattr(torch, cfg.dtype)).bits // 8
     size = base.unet.config.sample_size
     c = base.unet.config.in_channels
     latent = c * size * size * item

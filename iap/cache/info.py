@@ -7,14 +7,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import fsspec
-import torch
 from pydantic import Field
 
 from iap.config import StageConfig, launch_field
 from iap.errors import IapError
 from iap.system.ids import content_id
-
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class CacheConfig(StageConfig):

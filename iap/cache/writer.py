@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load, save
 
 from iap.cache.budget import check_budget
-from iap.cache.info import DTYPES, CacheConfig, CacheInfo, cache_key, filesystem, open_cache
+from iap.cache.info import CacheConfig, CacheInfo, cache_key, filesystem, open_cache
 from iap.cache.live import image_size, to_pixels
 from iap.data.reader import decode, read_shard
 from iap.data.snapshot import Snapshot
@@ -89,7 +89,7 @@ def compute_batch(base: FrozenBase, teacher: Teacher | None, pixels: torch.Tenso
                   keys: list[str], cfg: CacheConfig) -> dict[str, torch.Tensor]:
     """The cached tensors of one batch (host memory, storage dtype): VAE and English encoder on the base's
     device, then the teacher's targets for store policies."""
-    dtype = DTYPES[cfg.dtype]
+    dtype = getattr(torch, cfg.dtype)  # CacheConfig.dtype names a torch dtype
     latents = _latents(base, pixels, keys, cfg)
     states, pooled = base.english(captions_en)
     states = states.float().cpu()

@@ -56,12 +56,9 @@ def _library_logs_to_console() -> None:
 def run(typer_app: typer.Typer) -> None:
     """Run a CLI app; a user error (IapError) is one line on stderr and exit code 2. What the command
     starts ends with it, however it ends (iap.system.reaper)."""
-    from diffusers.utils import logging as diffusers_logging
-
     from iap.system.reaper import start_reaper
     start_reaper()
     _library_logs_to_console()
-    diffusers_logging.disable_progress_bar()
     try:
         typer_app()
     except IapError as e:

@@ -28,7 +28,7 @@ def config_classes() -> dict[str, type[BaseModel]]:
     from iap.data.english import EnglishConfig
     from iap.data.manifest import ManifestColumns
     from iap.data.snapshot import FilterConfig
-    from iap.evaluation.heldout import EvalConfig
+    from iap.evaluation.config import EvalConfig
     from iap.release.registry import GateConfig
     return {"download": DownloadConfig, "filter": FilterConfig, "columns": ManifestColumns,
             "english": EnglishConfig, "cache": CacheConfig, "train": TrainConfig, "evaluate": EvalConfig,

@@ -31,7 +31,7 @@ def stage_progress():
 def finish(result: PipelineResult, engine: str) -> None:
     """Where every output went. Under Prefect the run's last log lines (also shown by --watch) said it."""
     if engine == "local":
-        from iap.pipeline.stages import describe
+        from iap.pipeline.request import describe
         console.print(describe(result), highlight=False, soft_wrap=True)
         return
     console.print(f"checkpoint {result.checkpoint_id}: {result.status} ({result.reason}); flow run "

@@ -133,7 +133,7 @@ def evaluate(checkpoint: str,
         load_manifest(manifest, configs.columns)
     metrics = engines.load(engine).evaluate(checkpoint, snapshot, base, untrained, split, configs, manifest=manifest,
                                             out=out)
-    for k, v in metrics.items():
+    for k, v in metrics.flat().items():
         console.print(f"{k:32} {v}")
 
 

@@ -130,7 +130,7 @@ def compare(
 
     from iap.config import TrainConfig
     from iap.data.snapshot import open_snapshot
-    from iap.evaluation.heldout import EvalConfig
+    from iap.evaluation.config import EvalConfig
     from iap.models import load_base
     from iap.pipeline.compare import COLUMNS
     from iap.pipeline.compare import compare as run

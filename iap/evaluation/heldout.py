@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from iap.attention import attend
 from iap.cache.live import InMemorySource, snapshot_source
-from iap.config import StageConfig
+from iap.evaluation.config import EvalConfig
+from iap.evaluation.metrics import Metrics
 from iap.evaluation.worlds import world_of
 from iap.models.base import FrozenBase
 from iap.models.chinese import ChineseEncoder
@@ -36,23 +36,6 @@ from iap.objective import FrozenBatch, Teacher, layer_weights, states_of
 from iap.system.runtime import Runtime, place
 
 EVAL_SEED = 1234
-
-
-class EvalConfig(StageConfig):
-    """What is evaluated, within a fixed budget, and how images are generated for the generation metrics."""
-
-    samples: int = Field(64, ge=0, description="held-out prompts to draw (one per combo in the shapes world); "
-                                              "0: no generation metrics")
-    steps: int = Field(20, ge=1, description="DDIM steps")
-    guidance_scale: float = Field(7.5, ge=1.0, description="classifier-free guidance (small models: lower)")
-    seed: int = 0
-    pairs: int = Field(256, ge=2, description="held-out pairs for the losses and retrieval (the split's first N)")
-    probe_positions: int = Field(16, ge=1, description="retrieval: probe query positions per layer and probe")
-    batch_size: int | None = Field(None, ge=1, description="samples per UNet pass (losses, features, generation); "
-                                                          "None: 8 at SD-1.5's 64x64 latents, more for smaller ones")
-    inception: str | None = Field(None, description="KID (and FID above 2048 samples): torchmetrics Inception "
-                                  "weights file (else neither)")
-    clip_model: str | None = Field(None, description="CLIP score: a CLIP HF id or folder (else no CLIP score)")
 
 
 PROBE_TIMESTEPS = (250, 500, 750)
@@ -157,7 +140,7 @@ def encoder_metrics(base: FrozenBase, encoder: ChineseEncoder, held: InMemorySou
 def evaluate_checkpoint(base: FrozenBase, checkpoint: str | Path, snapshot, split: str = "val",
                         untrained: str | None = None, weights: dict[str, float] | None = None,
                         generation: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None,
-                        report: str = "report", on_progress: Callable[[int, int], None] | None = None) -> dict:
+                        report: str = "report", on_progress: Callable[[int, int], None] | None = None) -> Metrics:
     """Metrics of a checkpoint on (at most `generation.pairs` rows of) a snapshot split, next to the references
     computed in the same run: the untrained encoder (when given) and the mismatched-caption level; with
     samples > 0, zh-vs-en generation metrics on that many held-out prompts (the data world's choice, e.g.
@@ -173,25 +156,26 @@ def evaluate_checkpoint(base: FrozenBase, checkpoint: str | Path, snapshot, spli
     held, rows = snapshot_source(base, encoder, snapshot, split, limit=cfg.pairs, batch_size=cfg.batch_size)
     teacher = Teacher(base)
     features = AttentionFeatures(base, teacher, held.latents[:4], weights, cfg.probe_positions)
-    metrics = encoder_metrics(base, encoder, held, teacher, features, weights, cfg.batch_size)
-    metrics["mismatched_caption_loss"] = heldout_loss(make_objective("pivot", teacher, weights), None, held,
-                                                      base.device, batch_size=cfg.batch_size, mismatched=True)
-    encoders = {"": encoder}
+    metrics = Metrics(trained=encoder_metrics(base, encoder, held, teacher, features, weights, cfg.batch_size),
+                      heldout_pairs=len(held))
+    metrics.mismatched_caption_loss = heldout_loss(make_objective("pivot", teacher, weights), None, held,
+                                                   base.device, batch_size=cfg.batch_size, mismatched=True)
+    encoders = {"trained": encoder}
     if untrained:
         ref = _eval_encoder(base, untrained)
-        metrics |= {f"untrained_{k}": v for k, v in
-                    encoder_metrics(base, ref, held, teacher, features, weights, cfg.batch_size).items()}
-        encoders["untrained_"] = ref
-    metrics["heldout_pairs"] = len(held)
+        metrics.untrained = encoder_metrics(base, ref, held, teacher, features, weights, cfg.batch_size)
+        encoders["untrained"] = ref
     if cfg.samples:
         from iap.evaluation.report import write_report
         world = world_of(rows)
         prompts = (world.prompts(rows) if world else rows)[:cfg.samples]
-        generated, pairs = generation_metrics(base, encoders, prompts, cfg, feature=feature, on_progress=on_progress)
-        metrics |= generated
+        scores, pairs = generation_metrics(base, encoders, prompts, cfg, feature=feature, on_progress=on_progress)
+        for section, values in scores.items():
+            getattr(metrics, section).update(values)
+        metrics.generated_prompts = len(prompts)
         run_dir = run_of(checkpoint)
         title = f"IAP evaluation: {run_dir.rsplit('/', 1)[-1]}/{local.name}"
-        metrics["report"] = write_report(f"{run_dir}/{report}", title, metrics, pairs, meta.get("losses"))
+        metrics.report = write_report(f"{run_dir}/{report}", title, metrics, pairs, meta.get("losses"))
     return metrics
 
 
@@ -231,10 +215,11 @@ def _pipeline(base: FrozenBase, encoder: ChineseEncoder | None):
 def generation_metrics(base: FrozenBase, encoders: dict[str, ChineseEncoder], rows: list[dict],
                        cfg: EvalConfig = EvalConfig(), feature: torch.nn.Module | None = None,
                        grid: int | None = None, on_progress: Callable[[int, int], None] | None = None,
-                       ) -> tuple[dict[str, float], list[dict]]:
-    """zh-vs-en generation metrics per encoder on held-out rows; returns (metrics, every row's images (or the
-    first `grid` rows'): zh of each encoder and en of the base, same seed). `on_progress(image sets drawn,
-    image sets)`: the base's English set, then one per encoder."""
+                       ) -> tuple[dict[str, dict[str, float]], list[dict]]:
+    """zh-vs-en generation metrics per encoder ("trained", "untrained") on held-out rows, and the data world's
+    scores of the base's English images ("english"); returns (those sections, every row's images (or the first
+    `grid` rows'): zh of each encoder and en of the base, same seed). `on_progress(image sets drawn, image
+    sets)`: the base's English set, then one per encoder."""
     from iap.evaluation import image_metrics as im
     from iap.models.generate import generate
     world = world_of(rows)
@@ -245,9 +230,7 @@ def generation_metrics(base: FrozenBase, encoders: dict[str, ChineseEncoder], ro
     en = generate(_pipeline(base, None), [r["caption_en"] for r in rows], **sample)
     if on_progress:
         on_progress(1, sets)
-    out: dict[str, float] = {"generated_prompts": len(rows)}
-    if world:  # the base's own (English) scores: the level a transfer can reach
-        out |= {f"teacher_en_{k}": v for k, v in world.score(en, rows).items()}
+    out: dict[str, dict[str, float]] = {"english": world.score(en, rows) if world else {}}
     pairs = [{"caption_zh": r["caption_zh"], "caption_en": r["caption_en"], "en": e}
              for r, e in zip(rows[:grid], en, strict=False)]
     for done, (name, encoder) in enumerate(encoders.items(), start=2):
@@ -255,16 +238,17 @@ def generation_metrics(base: FrozenBase, encoders: dict[str, ChineseEncoder], ro
         zh = generate(_pipeline(base, encoder), [r["caption_zh"] for r in rows], **sample)
         if on_progress:
             on_progress(done, sets)
-        out[f"{name}consistency_pixel_l1"] = im.consistency(zh, en)
+        scores = out[name] = {"consistency_pixel_l1": im.consistency(zh, en)}
         if feature is not None or inception:
             real, fake = im.to_tensor(en), im.to_tensor(zh)
-            out[f"{name}kid_zh_vs_en"] = im.kid(real, fake, feature, inception)
+            scores["kid_zh_vs_en"] = im.kid(real, fake, feature, inception)
             if im.fid_is_meaningful(len(rows), feature, real):
-                out[f"{name}fid_zh_vs_en"] = im.fid(real, fake, feature, inception)
+                scores["fid_zh_vs_en"] = im.fid(real, fake, feature, inception)
         if clip_model:
-            out[f"{name}clip_score"] = im.clip_score(im.to_tensor(zh), [r["caption_en"] for r in rows], clip_model)
+            scores["clip_score"] = im.clip_score(im.to_tensor(zh), [r["caption_en"] for r in rows], clip_model)
         if world:
-            out |= {f"{name}{k}": v for k, v in world.score(zh, rows).items()}
+            scores |= world.score(zh, rows)
+        key = "zh" if name == "trained" else f"{name}_zh"
         for pair, image in zip(pairs, zh, strict=False):
-            pair[f"{name}zh"] = image
+            pair[key] = image
     return out, pairs

@@ -18,17 +18,18 @@ from pathlib import Path
 from PIL import Image
 
 from iap.data.snapshot import funnel_table
+from iap.evaluation.metrics import Metrics
 from iap.system.storage import filesystem, is_remote, put_tree, write_atomic
 
 STYLE = ("body{font-family:'Noto Sans CJK SC','Noto Sans SC',sans-serif;margin:2em;color:#222}"
          "table{border-collapse:collapse;margin:1em 0} td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
          "td.n{text-align:right;font-variant-numeric:tabular-nums} img.s{width:96px;image-rendering:pixelated}"
          "small{color:#666} .grid td{vertical-align:top}")
-COLUMNS = [("teacher_en_", "en", "English prompt (base)"), ("", "zh", "Chinese prompt, trained"),
-           ("untrained_", "untrained_zh", "Chinese prompt, untrained")]
+COLUMNS = [("english", "en", "English prompt (base)"), ("trained", "zh", "Chinese prompt, trained"),
+           ("untrained", "untrained_zh", "Chinese prompt, untrained")]  # Metrics section, image key, label
 LINEAGE_MARK = "<!--iap-lineage-->"
 
-DEFINITIONS = {  # metric name (without the untrained_/teacher_en_ prefix) -> one line
+DEFINITIONS = {  # metric name (as in each Metrics section) -> one line
     "heldout_loss": "IAP (pivot) loss on held-out pairs with fixed (t, noise) draws; lower is better",
     "mismatched_caption_loss": "the loss when the Chinese states are another sample's English states: the level of "
                                "two different captions",
@@ -42,20 +43,12 @@ DEFINITIONS = {  # metric name (without the untrained_/teacher_en_ prefix) -> on
     "fid_zh_vs_en": "FID between the two image sets (only above as many images as feature dimensions)",
     "clip_score": "CLIP score of the Chinese-prompt images against the English captions",
 }  # and each data world's own (iap.evaluation.worlds.definitions)
-NOT_METRICS = {"report"}
 
 
 def definitions() -> dict[str, str]:
     """The core metrics' definitions and every data world's."""
     from iap.evaluation.worlds import definitions as world_definitions
     return DEFINITIONS | world_definitions()
-
-
-def base_name(metric: str) -> str:
-    for prefix, _, _ in COLUMNS:
-        if prefix and metric.startswith(prefix):
-            return metric.removeprefix(prefix)
-    return metric
 
 
 def plot_losses(losses: list, heldout: list | None = None, level: float | None = None) -> bytes:
@@ -82,7 +75,7 @@ def plot_losses(losses: list, heldout: list | None = None, level: float | None =
     return png.getvalue()
 
 
-def write_report(url: str, title: str, metrics: dict, pairs: list[dict], losses: list | None = None) -> str:
+def write_report(url: str, title: str, metrics: Metrics, pairs: list[dict], losses: list | None = None) -> str:
     """pairs: [{caption_zh, caption_en, en: image, zh: image, untrained_zh?: image}] -> URL/report.html (local
     or remote; written in a local folder first, report.html last). `losses`: the run's (step, loss) history."""
     with tempfile.TemporaryDirectory(prefix="iap-report-") as tmp:
@@ -133,12 +126,14 @@ def _cell(name: str, v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
 
 
-def _metrics_table(metrics: dict) -> str:
-    names = list(dict.fromkeys(base_name(k) for k in metrics if k not in NOT_METRICS))
+def _metrics_table(metrics: Metrics) -> str:
     heads = "".join(f"<th>{label}</th>" for _, _, label in COLUMNS)
     rows, known = [], definitions()
-    for name in names:
-        cells = "".join(f"<td class=n>{_cell(name, metrics.get(prefix + name))}</td>" for prefix, _, _ in COLUMNS)
+    scored = [(name, [getattr(metrics, section).get(name) for section, _, _ in COLUMNS]) for name in metrics.names()]
+    single = [(name, [None, getattr(metrics, name), None]) for name in
+              ("mismatched_caption_loss", "heldout_pairs", "generated_prompts") if getattr(metrics, name)]
+    for name, values in scored + single:
+        cells = "".join(f"<td class=n>{_cell(name, v)}</td>" for v in values)
         rows.append(f"<tr><td><code>{name}</code><br><small>{html.escape(known.get(name, ''))}</small></td>"
                     f"{cells}</tr>")
     return f"<table><tr><th>metric</th>{heads}</tr>{''.join(rows)}</table>"
@@ -159,13 +154,13 @@ def _grid(folder: Path, pairs: list[dict]) -> str:
             f"{heads}</tr>{''.join(rows)}</table>")
 
 
-def _write_page(folder: Path, title: str, metrics: dict, pairs: list[dict], losses: list) -> None:
-    heldout = [(0, metrics["untrained_heldout_loss"])] if "untrained_heldout_loss" in metrics else []
-    if losses and "heldout_loss" in metrics:
-        heldout.append((losses[-1][0], metrics["heldout_loss"]))
+def _write_page(folder: Path, title: str, metrics: Metrics, pairs: list[dict], losses: list) -> None:
+    heldout = [(0, metrics.untrained["heldout_loss"])] if "heldout_loss" in metrics.untrained else []
+    if losses and "heldout_loss" in metrics.trained:
+        heldout.append((losses[-1][0], metrics.trained["heldout_loss"]))
     curve = ""
     if losses:
-        png = plot_losses(losses, heldout, metrics.get("mismatched_caption_loss"))
+        png = plot_losses(losses, heldout, metrics.mismatched_caption_loss)
         (folder / "loss_curve.png").write_bytes(png)
         curve = ("<h2>Loss curves</h2><img src='data:image/png;base64," + base64.b64encode(png).decode() + "'>"
                  "<p><small>held-out loss: the untrained encoder (step 0) and the evaluated checkpoint</small></p>")

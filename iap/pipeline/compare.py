@@ -13,7 +13,8 @@ from iap.cache.info import CacheConfig
 from iap.cache.live import snapshot_source
 from iap.cache.writer import precompute
 from iap.config import TrainConfig
-from iap.evaluation.heldout import EvalConfig, evaluate_checkpoint
+from iap.evaluation.config import EvalConfig
+from iap.evaluation.heldout import evaluate_checkpoint
 from iap.models.base import FrozenBase
 from iap.models.chinese import load_chinese_encoder
 from iap.system.runtime import Runtime
@@ -51,7 +52,7 @@ def compare(base: FrozenBase, zh_encoder: str, snapshot, out: str | Path, cfg: T
                        empty=run.empty)
         seconds = time.perf_counter() - started
         metrics = evaluate_checkpoint(base, result.checkpoint, snapshot, generation=generation)
-        rows.append({"objective": name, "teacher": policy, **{k: metrics.get(k) for k in COLUMNS[:-1]},
+        rows.append({"objective": name, "teacher": policy, **{k: metrics.flat().get(k) for k in COLUMNS[:-1]},
                      "train_seconds": round(seconds, 1)})
         log(f"{name} ({policy}): " + ", ".join(f"{k}={rows[-1][k]}" for k in COLUMNS if rows[-1][k] is not None))
     write_file(f"{out}/compare.json", json.dumps(rows, indent=1).encode())

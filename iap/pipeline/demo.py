@@ -12,7 +12,8 @@ from iap.cache.info import CacheConfig
 from iap.config import TrainConfig
 from iap.data.download import DownloadConfig
 from iap.data.snapshot import FilterConfig
-from iap.evaluation.heldout import EvalConfig
+from iap.evaluation.config import EvalConfig
+from iap.evaluation.metrics import Metrics
 from iap.pipeline.request import PipelineRequest, StageConfigs
 from iap.release.registry import GateConfig
 from iap.system.storage import fetch_folder, is_remote, staged_folder, write_file
@@ -47,13 +48,14 @@ def run_demo(workdir: str | Path, engine, train: TrainConfig = DEMO_TRAIN, rows:
         "pipeline_dir": result.pipeline_dir, "checkpoint": result.checkpoint, "samples_dir": str(samples),
         "snapshot": result.snapshot, "cache": result.cache, "registry": result.registry,
         "registry_status": result.status, "registry_reason": result.reason,
-        "checkpoint_id": result.checkpoint_id, "loss_curve": result.loss_curve,
-        "metrics": {"heldout_loss_before": m["untrained_heldout_loss"], "heldout_loss_after": m["heldout_loss"],
-                    "mismatched_caption_loss": m["mismatched_caption_loss"],
-                    "retrieval_top1_before": m["untrained_retrieval_top1"], "retrieval_top1_after": m["retrieval_top1"],
-                    "retrieval_top5_before": m["untrained_retrieval_top5"], "retrieval_top5_after": m["retrieval_top5"],
-                    "heldout_pairs": m["heldout_pairs"], **_semantic(m)},
-        "evaluation": m, "train": result.train, "config": train.model_dump(mode="json"),
+        "checkpoint_id": result.checkpoint_id, "loss_curve": result.train.loss_curve,
+        "metrics": {**{f"{k}_{when}": getattr(m, section)[k] for k in ("heldout_loss", "retrieval_top1", "retrieval_top5")
+                       for when, section in (("before", "untrained"), ("after", "trained"))},
+                    "mismatched_caption_loss": m.mismatched_caption_loss, "heldout_pairs": m.heldout_pairs,
+                    **_semantic(m)},
+        "evaluation": m.flat(), "train": result.train.model_dump(include={"steps", "seconds", "samples_per_second",
+                                                                          "losses"}),
+        "config": train.model_dump(mode="json"),
         "funnel": result.funnel, "flow_run_id": result.flow_run_id, "flow_runs": result.flow_runs,
         "lineage": result.lineage,
         "seconds_total": round(time.perf_counter() - started, 1),
@@ -76,12 +78,12 @@ def _sample_images(pipeline_dir: Path, base_dir: Path, snapshot_url: str, out: s
     return out
 
 
-def _semantic(m: dict) -> dict:
+def _semantic(m: Metrics) -> dict:
     """Held-out prompts drawn and classified by pixel statistics: English (the teacher) vs Chinese."""
-    if "colour_accuracy" not in m:
+    if "colour_accuracy" not in m.trained:
         return {}
-    keys = ("colour", "shape_colour", "background_colour", "shape_class")
-    return {"generated_prompts": m["generated_prompts"],
-            **{f"{k}_accuracy_en_teacher": m[f"teacher_en_{k}_accuracy"] for k in keys},
-            **{f"{k}_accuracy_zh_before": m[f"untrained_{k}_accuracy"] for k in keys},
-            **{f"{k}_accuracy_zh_after": m[f"{k}_accuracy"] for k in keys}}
+    keys = [f"{k}_accuracy" for k in ("colour", "shape_colour", "background_colour", "shape_class")]
+    return {"generated_prompts": m.generated_prompts,
+            **{f"{k}_en_teacher": m.english[k] for k in keys},
+            **{f"{k}_zh_before": m.untrained[k] for k in keys},
+            **{f"{k}_zh_after": m.trained[k] for k in keys}}

@@ -14,6 +14,7 @@ from typing import Protocol
 from iap.cache.info import CacheInfo
 from iap.data.snapshot import Snapshot
 from iap.errors import IapError
+from iap.evaluation.metrics import Metrics
 from iap.pipeline.request import PipelineRequest, PipelineResult, StageConfigs
 
 GROUP = "iap.engines"  # the entry-point group plugins register under (a public name: kept)
@@ -27,7 +28,7 @@ class Engine(Protocol):
     def train(self, request: PipelineRequest, configs: StageConfigs,
               progress: Callable[[str, int, int], None] | None = None) -> PipelineResult: ...
     def evaluate(self, checkpoint: str, snapshot: str | None, base: str, untrained: str | None, split: str,
-                 configs: StageConfigs, manifest: str | None = None, out: str | None = None) -> dict: ...
+                 configs: StageConfigs, manifest: str | None = None, out: str | None = None) -> Metrics: ...
 
 
 class LocalEngine:

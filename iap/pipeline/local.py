@@ -50,7 +50,7 @@ def run_pipeline(request: PipelineRequest, configs: StageConfigs = StageConfigs(
     metrics = evaluate_stage(trained.checkpoint, snapshot, base, zh_encoder, "val", c.evaluate,
                              c.train.mixed_precision, report="report",
                              on_progress=progress and partial(progress, "evaluate"))
-    log_evaluation(c.train.report_to, run_dir, metrics, trained.steps)
+    log_evaluation(c.train.report_to, run_dir, metrics.flat(), trained.steps)
     pipeline = str(export_pipeline(trained.checkpoint, base, f"{r.out}/pipelines/{trained.checkpoint_id}", metrics,
                                    card_dataset(snapshot)))
     registry = r.registry or f"{r.out}/registry"

@@ -12,8 +12,10 @@ from iap.data.download import DownloadConfig
 from iap.data.english import EnglishConfig
 from iap.data.manifest import ManifestColumns
 from iap.data.snapshot import FilterConfig
-from iap.evaluation.heldout import EvalConfig
+from iap.evaluation.config import EvalConfig
+from iap.evaluation.metrics import Metrics
 from iap.release.registry import GateConfig
+from iap.training.result import Trained
 
 
 class PipelineRequest(BaseModel):
@@ -55,12 +57,11 @@ class PipelineResult(BaseModel):
     checkpoint: str
     checkpoint_id: str
     pipeline_dir: str
-    metrics: dict
-    train: dict  # steps, seconds, samples_per_second, losses
+    metrics: Metrics
+    train: Trained  # the checkpoint, steps, speed, loss history and curve
     registry: str
     status: str
     reason: str
-    loss_curve: str
     flow_run_id: str | None
     flow_runs: dict[str, str | None]
     train_config: dict
@@ -72,3 +73,10 @@ class PipelineResult(BaseModel):
     report: str | None = None
     lineage: list[dict] = []
     hub: str | None = None  # the Hub upload's line, when push_to_hub was asked
+
+
+def describe(result: PipelineResult) -> str:
+    """The lines that end a pipeline run: the registry decision, then where every output went."""
+    decision = f"{result.status} ({result.reason})"
+    return f"checkpoint {result.checkpoint_id}: {decision}\n" + "\n".join(
+        f"  {s['stage']:15} {s['value']}" for s in result.lineage) + (f"\n  {result.hub}" if result.hub else "")

@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from iap.cache.info import CacheInfo, open_cache
 from iap.config import TrainConfig
 from iap.data.snapshot import open_snapshot
-from iap.evaluation.heldout import EvalConfig, evaluate_checkpoint
+from iap.evaluation.config import EvalConfig
+from iap.evaluation.heldout import evaluate_checkpoint
+from iap.evaluation.metrics import Metrics
 from iap.evaluation.report import add_lineage, plot_losses
 from iap.models.shared import shared_base
 from iap.pipeline.request import PipelineRequest, PipelineResult
@@ -27,18 +27,7 @@ from iap.system.runtime import detect
 from iap.system.storage import write_atomic
 from iap.training.checkpoint import checkpoint_id, committed_checkpoint, read_checkpoint_meta
 from iap.training.loop import train
-
-
-class Trained(BaseModel):
-    """What the training stage produced: the committed checkpoint and how the run went."""
-
-    checkpoint: str
-    checkpoint_id: str
-    steps: int
-    seconds: float
-    samples_per_second: float
-    losses: list[tuple[int, float]]
-    loss_curve: str  # PNG beside the run's checkpoints
+from iap.training.result import Trained
 
 
 def run_key(cache_key: str, zh_encoder: str, cfg: TrainConfig) -> str:
@@ -59,11 +48,11 @@ def run_lineage(base: str, fingerprint: str, cache: CacheInfo, snapshot_url: str
             "zh_encoder": zh_encoder, "flow_run_id": flow_run_id}
 
 
-def registry_entry(trained: Trained, base: str, lineage: dict, metrics: dict, pipeline_url: str,
+def registry_entry(trained: Trained, base: str, lineage: dict, metrics: Metrics, pipeline_url: str,
                    cfg: TrainConfig) -> Entry:
     """The registry entry of a trained checkpoint, before the gate decides its status."""
     return Entry(checkpoint_id=trained.checkpoint_id, checkpoint_url=trained.checkpoint, base=base,
-                 base_fingerprint=lineage["base_fingerprint"], metrics=metrics, pipeline_url=pipeline_url,
+                 base_fingerprint=lineage["base_fingerprint"], metrics=metrics.flat(), pipeline_url=pipeline_url,
                  lineage=lineage | {"train_config": cfg.model_dump(mode="json")})
 
 
@@ -81,11 +70,8 @@ def train_stage(cache_url: str, base: str, zh_encoder: str, run_dir: str, cfg: T
     with stage("train") as record:
         result = train(cfg, run.encoder, run.objective, run.source, run_dir, log=log, lineage=lineage,
                        empty=run.empty, on_step=on_step)
-        record["samples"] = result.state.step * cfg.batch_size * cfg.grad_accum
-    return Trained(checkpoint=str(result.checkpoint), checkpoint_id=checkpoint_id(result.checkpoint),
-                   steps=result.state.step, seconds=round(result.seconds, 1),
-                   samples_per_second=round(result.samples_per_second, 1), losses=result.state.losses,
-                   loss_curve=_loss_curve(result.state.losses, run_dir))
+        record["samples"] = result.steps * cfg.batch_size * cfg.grad_accum
+    return result.model_copy(update={"loss_curve": _loss_curve(result.losses, run_dir)})
 
 
 def worker_args(base: str, zh_encoder: str, run_dir: str, cache_url: str, config_file: str, lineage: dict) -> list:
@@ -120,7 +106,7 @@ def _loss_curve(losses: list, run_dir: str) -> str:
 
 def evaluate_stage(checkpoint: str, snapshot_url: str, base: str, untrained: str | None, split: str = "val",
                    generation: EvalConfig | None = None, precision: str = "no", report: str | None = None,
-                   on_progress: Callable[[int, int], None] | None = None) -> dict:
+                   on_progress: Callable[[int, int], None] | None = None) -> Metrics:
     """Held-out metrics next to the untrained and mismatched-caption references, and report.html in the run
     folder: RUN/`report` (the pipeline's: RUN/report), by default RUN/evaluations/<evaluation key>, so an
     evaluation run on its own lands beside the pipeline's report, never over it."""
@@ -129,12 +115,12 @@ def evaluate_stage(checkpoint: str, snapshot_url: str, base: str, untrained: str
     with stage("evaluate") as record:
         metrics = evaluate_checkpoint(shared_base(base, precision), checkpoint, open_snapshot(snapshot_url), split,
                                       untrained, generation=generation, report=report, on_progress=on_progress)
-        record["samples"] = metrics["heldout_pairs"]
+        record["samples"] = metrics.heldout_pairs
     return metrics
 
 
 def pipeline_result(request: PipelineRequest, snapshot: str, cache: CacheInfo, run_dir: str, trained: Trained,
-                    metrics: dict, pipeline_dir: str, registry: str, entry: Entry, runs: dict,
+                    metrics: Metrics, pipeline_dir: str, registry: str, entry: Entry, runs: dict,
                     train_cfg: TrainConfig) -> PipelineResult:
     """What a pipeline run returns, whichever engine ran it, with every stage's output in its lineage (also
     written into the evaluation report)."""
@@ -142,9 +128,8 @@ def pipeline_result(request: PipelineRequest, snapshot: str, cache: CacheInfo, r
     result = PipelineResult(
         base=request.base, manifest=request.manifest or synthetic, snapshot=snapshot, cache=cache.url,
         run_dir=run_dir, checkpoint=trained.checkpoint, checkpoint_id=trained.checkpoint_id,
-        pipeline_dir=pipeline_dir, metrics=metrics,
-        train=trained.model_dump(include={"steps", "seconds", "samples_per_second", "losses"}), registry=registry,
-        status=entry.status, reason=entry.reason, loss_curve=trained.loss_curve, flow_run_id=runs.get("iap-train"),
+        pipeline_dir=pipeline_dir, metrics=metrics, train=trained, registry=registry,
+        status=entry.status, reason=entry.reason, flow_run_id=runs.get("iap-train"),
         flow_runs=runs, train_config=train_cfg.model_dump(mode="json"), cache_key=cache.key)
     return _with_lineage(result)
 
@@ -153,7 +138,7 @@ def _with_lineage(result: PipelineResult) -> PipelineResult:
     """Every stage's output, manifest first and registry entry last, with the run that made it (Prefect flow
     run ids; none in-process)."""
     snap = open_snapshot(result.snapshot)
-    runs, report = result.flow_runs, result.metrics.get("report")
+    runs, report = result.flow_runs, result.metrics.report
     download_id = snap.inputs.get("manifest", {}).get("download_id")
     decision = f"{result.status} ({result.reason})"
     rows = [("manifest", result.manifest or "-", "iap-data"),
@@ -170,10 +155,3 @@ def _with_lineage(result: PipelineResult) -> PipelineResult:
         add_lineage(report, stages, decision, snap.funnel, result.train_config)
     return result.model_copy(update={"funnel": snap.funnel, "download_id": download_id, "snapshot_id": snap.id,
                                      "report": report, "lineage": stages})
-
-
-def describe(result: PipelineResult) -> str:
-    """The lines that end a pipeline run: the registry decision, then where every output went."""
-    decision = f"{result.status} ({result.reason})"
-    return f"checkpoint {result.checkpoint_id}: {decision}\n" + "\n".join(
-        f"  {s['stage']:15} {s['value']}" for s in result.lineage) + (f"\n  {result.hub}" if result.hub else "")

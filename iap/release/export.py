@@ -19,6 +19,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from iap.errors import IapError
+from iap.evaluation.metrics import Metrics
 from iap.models.chinese import load_text_model
 from iap.models.hub import is_local, revision
 from iap.models.xl import TOWERS, DualTower, is_towers_folder
@@ -74,13 +75,13 @@ def _library_class(obj) -> list[str]:
     return [type(obj).__module__.split(".")[0], type(obj).__name__]
 
 
-def export_pipeline(checkpoint: str | Path, base_source: str, out: str | Path, metrics: dict | None = None,
+def export_pipeline(checkpoint: str | Path, base_source: str, out: str | Path, metrics: Metrics | None = None,
                     dataset: str | None = None) -> Path | str:
     """The pipeline folder at `out` (local or remote), visible only when complete: a local one appears by a
     rename; a remote one is uploaded with model_index.json (what from_pretrained reads first) last. `metrics`
     (held-out, on the snapshot `dataset`) go into the model card."""
     with staged_folder(out, "model_index.json") as tmp:
-        _build(checkpoint, base_source, tmp, out, metrics or {}, dataset)
+        _build(checkpoint, base_source, tmp, out, metrics.trained if metrics else {}, dataset)
     return str(out) if is_remote(out) else Path(out)
 
 

@@ -5,14 +5,20 @@ several times (mapped shards) is summed in time and maxed in memory by `summary(
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 RECORDS: list[dict] = []
+
+
+def _cuda():
+    """torch, when this process has imported it and has a GPU: a stage without torch (the data stages) uses
+    no GPU memory, and importing torch only to say so costs seconds at every start."""
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and torch.cuda.is_available() else None
 
 
 def rss_bytes() -> int:
@@ -36,13 +42,13 @@ def stage(name: str, samples: int | None = None, interval: float = 0.05) -> Iter
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    if torch.cuda.is_available():
+    if (torch := _cuda()) is not None:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
         yield record
     finally:
-        if torch.cuda.is_available():
+        if (torch := _cuda()) is not None:  # imported inside the stage: its peak since the process began
             torch.cuda.synchronize()
             record["peak_gpu"] = torch.cuda.max_memory_allocated()
         record["seconds"] = time.perf_counter() - start

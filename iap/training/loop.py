@@ -19,7 +19,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from iap.objective import EmptyPrompt, FrozenBatch
 from iap.training import tracking
 from iap.training.checkpoint import (
     TrainState,
+    checkpoint_id,
     checkpoint_url,
     latest_checkpoint,
     load_checkpoint,
@@ -40,14 +40,7 @@ from iap.training.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-
-
-@dataclass
-class TrainResult:
-    checkpoint: Path | str  # a URL for a remote run
-    state: TrainState
-    seconds: float
-    samples_per_second: float
+from iap.training.result import Trained
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -128,7 +121,7 @@ def batch_loss(model: torch.nn.Module, objective: Callable, batch: FrozenBatch, 
 def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source: FrozenSource,
           run_dir: str | Path, log: Callable[[str], None] = logging.getLogger(__name__).info,
           on_step: Callable[[TrainState], None] | None = None, lineage: dict | None = None,
-          empty: EmptyPrompt | None = None) -> TrainResult:
+          empty: EmptyPrompt | None = None) -> Trained:
     """Train `encoder` to minimise `objective(encoder(batch.zh_ids), batch)`; checkpoints in run_dir.
     `lineage` (base model fingerprint, data ids) is stored in every checkpoint; `empty` is needed when
     cfg.empty_prompt_fraction > 0."""
@@ -212,5 +205,6 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
         tracking.upload(cfg.report_to, run_url)
     elapsed = time.perf_counter() - start
     done = state.step - start_step
-    return TrainResult(checkpoint=ckpt, state=state, seconds=elapsed,
-                       samples_per_second=done * cfg.batch_size * cfg.grad_accum / max(elapsed, 1e-9))
+    return Trained(checkpoint=str(ckpt), checkpoint_id=checkpoint_id(ckpt), steps=state.step,
+                   seconds=round(elapsed, 1), losses=state.losses,
+                   samples_per_second=round(done * cfg.batch_size * cfg.grad_accum / max(elapsed, 1e-9), 1))

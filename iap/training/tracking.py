@@ -56,7 +56,8 @@ def start(accelerator: Accelerator, report_to: str, run_url: str, config: dict) 
 
 
 def log_evaluation(report_to: str, run_url: str, metrics: dict, step: int) -> None:
-    """The held-out metrics, at the checkpoint's step, into the training run's tracker."""
+    """The held-out metrics (by their flat names: Metrics.flat()), at the checkpoint's step, into the training
+    run's tracker."""
     if report_to == "none":
         return
     import torch

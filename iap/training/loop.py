@@ -15,6 +15,7 @@ Rank 0 writes the checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -164,9 +165,13 @@ def train(cfg: TrainConfig, encoder: ChineseEncoder, objective: Callable, source
             batch = source.batch(indices, g)
             rows = (torch.rand(len(batch.zh_ids), generator=g) < cfg.empty_prompt_fraction).nonzero().flatten().tolist() \
                 if cfg.empty_prompt_fraction > 0 else []
-            with accelerator.autocast():
-                loss = batch_loss(model, objective, batch, accelerator.device, empty, rows) / cfg.grad_accum
-            accelerator.backward(loss)
+            # DDP all-reduces the gradients at every backward: the micro-batches before the last one of the
+            # step only accumulate locally, so a step costs one all-reduce, whatever grad_accum is
+            last = micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    loss = batch_loss(model, objective, batch, accelerator.device, empty, rows) / cfg.grad_accum
+                accelerator.backward(loss)
             total += loss.detach().float()
         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()

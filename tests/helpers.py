@@ -187,26 +187,22 @@ def start_prefect_server(home: str) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}/api"
 
 
-def wait_for_api(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
-    import time
-
-    import httpx
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, f"the Prefect server exited with {proc.returncode}"
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"the Prefect server at {url} did not answer in {timeout:.0f} s")
+def wait_for_api(proc: subprocess.Popen, url: str, timeout: int = 180) -> None:
+    """Wait as `iap server up` does: `prefect server status --wait`."""
+    r = subprocess.run([str(Path(sys.executable).with_name("prefect")), "server", "status", "--wait", "--timeout",
+                        str(timeout)], env={**os.environ, "PREFECT_API_URL": url}, capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=timeout + 60)
+    assert r.returncode == 0, f"the Prefect server at {url} did not answer (exit code {proc.poll()}): {r.stdout}"
 
 
 def stop_process_group(proc: subprocess.Popen) -> None:
     import signal
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=30)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue

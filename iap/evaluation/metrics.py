@@ -20,15 +20,14 @@ class Metrics(BaseModel):
     english: dict[str, float] = {}  # the base's English prompts (image scores): the level a transfer can reach
     mismatched_caption_loss: float | None = None  # the loss of another sample's English states: a scale
     heldout_pairs: int = 0
-    generated_prompts: int = 0  # held-out prompts drawn (0: no images)
+    generated_prompts: int | None = None  # held-out prompts drawn (None: no images)
     report: str | None = None  # report.html
 
     def flat(self) -> dict[str, float | int | str]:
         out: dict = {}
         for section, prefix in PREFIXES.items():
             out |= {prefix + k: v for k, v in getattr(self, section).items()}
-        extra = {k: getattr(self, k) for k in OUTSIDE}
-        return out | {k: v for k, v in extra.items() if v is not None and (v or k == "heldout_pairs")}
+        return out | {k: getattr(self, k) for k in OUTSIDE if getattr(self, k) is not None}
 
     @classmethod
     def from_flat(cls, flat: dict) -> Metrics:

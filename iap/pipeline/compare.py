@@ -51,8 +51,8 @@ def compare(base: FrozenBase, zh_encoder: str, snapshot, out: str | Path, cfg: T
                        lineage={"base": base.source, "base_fingerprint": base.fingerprint, "snapshot_id": snapshot.id},
                        empty=run.empty)
         seconds = time.perf_counter() - started
-        metrics = evaluate_checkpoint(base, result.checkpoint, snapshot, generation=generation)
-        rows.append({"objective": name, "teacher": policy, **{k: metrics.flat().get(k) for k in COLUMNS[:-1]},
+        flat = evaluate_checkpoint(base, result.checkpoint, snapshot, generation=generation).flat()
+        rows.append({"objective": name, "teacher": policy, **{k: flat.get(k) for k in COLUMNS[:-1]},
                      "train_seconds": round(seconds, 1)})
         log(f"{name} ({policy}): " + ", ".join(f"{k}={rows[-1][k]}" for k in COLUMNS if rows[-1][k] is not None))
     write_file(f"{out}/compare.json", json.dumps(rows, indent=1).encode())

@@ -25,7 +25,8 @@ from iap import shapes
 from iap.data.download import DownloadConfig, download
 from iap.data.manifest import load_manifest
 from iap.data.script import is_latin
-from iap.data.snapshot import FilterConfig, _apply_rules, _connect, _load_rows, _write_local
+from iap.data.snapshot import FilterConfig, _apply_rules, _load_rows, _write_local
+from iap.data.sql import connect
 from iap.shapes.synth import serve, write_synth
 
 
@@ -73,7 +74,7 @@ def fake_shards(rows: int, folder: Path, shard_rows: int = 100_000) -> Path:
 
 def bench_duckdb(shards: Path, out: Path, cfg: FilterConfig) -> tuple[float, float, int]:
     start = time.perf_counter()
-    con = _connect(str(shards))
+    con = connect(str(shards))
     extras = _load_rows(con, str(shards), None, cfg)
     rows = con.execute("SELECT count(*) FROM rows").fetchone()[0]
     funnel = _apply_rules(con, cfg, rows)

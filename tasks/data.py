@@ -45,5 +45,5 @@ def plan_download(manifest: str, out: str, config: DownloadConfig, columns: Mani
                   english: EnglishConfig = EnglishConfig()) -> dict:
     """The download id and URL from the manifest's content (cheap next to downloading; translations are
     cached, so the download task reuses them)."""
-    download_id, raw_url = plan(load_triples(manifest, columns, english, out).table, out, config)
+    download_id, raw_url = plan(load_triples(manifest, columns, english, out), out, config)
     return {"id": download_id, "raw_url": raw_url}

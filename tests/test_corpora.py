@@ -175,7 +175,7 @@ def test_image_bombs_and_trickling_servers_are_bounded(served, tmp_path):
     table = pa.Table.from_pylist([{**r, "caption_zh": "一只猫", "caption_en": "a cat"} for r in rows])
     server = serve(folder, port)
     try:
-        report = download(Manifest(table, 3), str(tmp_path / "out"), DOWNLOAD.model_copy(update={"timeout": 1}))
+        report = download(Manifest.of(table), str(tmp_path / "out"), DOWNLOAD.model_copy(update={"timeout": 1}))
         sent = _Handler.sent.get(f"/trickle/images/{image.name}")
     finally:
         server.shutdown()

@@ -15,25 +15,29 @@ import json
 import math
 import os
 import sys
+import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
+import duckdb
 import fsspec
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import Field
 
 from iap.config import StageConfig, added_field, launch_field
-from iap.data.manifest import Manifest, table_fingerprint
+from iap.data.manifest import PART_ROWS, ROW, Manifest, ordered, write_parts
+from iap.data.manifest import fingerprint as content_fingerprint
+from iap.data.sql import connect, quote
 from iap.errors import IapError
 from iap.system.ids import content_id
 from iap.system.quiet import output_to
-from iap.system.storage import local_workdir, write_atomic
+from iap.system.storage import filesystem, local_workdir, write_atomic
 
 FAILURE_REASONS = ("http_error", "timeout", "corrupt_image", "too_small", "too_large", "private_address",
                    "network_error", "other")
@@ -115,26 +119,30 @@ def _join(*parts: str) -> str:
     return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts))
 
 
-def _count_rows(fs: fsspec.AbstractFileSystem, shards_urls: list[str], keys: pa.Array | None,
-                input_rows: int) -> tuple[int, Counter, dict]:
-    """Successes and failures by reason of the rows (with `keys`, only those) in the shards."""
+def _count_rows(con: duckdb.DuckDBPyConnection, fs: fsspec.AbstractFileSystem, shards_urls: list[str],
+                keys: str | None, input_rows: int) -> tuple[int, Counter, dict]:
+    """Successes and failures by reason of the rows (with `keys`, a relation of keys: only those) in the shards;
+    each reason's example is its first failure in shard order."""
     for url in shards_urls:  # img2dataset wrote them from other processes: a cached listing is stale
         fs.invalidate_cache(url)
-    files = sorted(f for url in shards_urls for f in fs.glob(_join(url, "*.parquet")))
-    if not files:
+    globs = [_join(url, "*.parquet") for url in shards_urls]
+    if not all(fs.glob(g) for g in globs):
         raise IapError(f"img2dataset wrote no shard under {shards_urls}")
-    meta = ds.dataset(files, filesystem=fs, format="parquet").to_table(columns=["iap_key", "status", "error_message"])
-    if keys is not None:
-        meta = meta.filter(pc.is_in(meta["iap_key"], keys))
-    ok = sum(1 for s in meta["status"].to_pylist() if s == "success")
+    where = f"WHERE iap_key IN (SELECT key FROM {keys})" if keys else ""
+    groups = con.execute(f"""SELECT status, error_message, count(*),
+        min(filename || ':' || lpad(CAST(file_row_number AS VARCHAR), 12, '0')) AS first
+        FROM read_parquet([{', '.join(quote(g) for g in globs)}], filename = true, file_row_number = true,
+                          union_by_name = true) {where}
+        GROUP BY ALL ORDER BY first""").fetchall()
+    ok = sum(n for status, _, n, _ in groups if status == "success")
     reasons: Counter = Counter()
     examples: dict[str, str] = {}
-    for status, msg in zip(meta["status"].to_pylist(), meta["error_message"].to_pylist(), strict=True):
+    for status, msg, n, _ in groups:
         if status != "success":
             reason = failure_reason(msg)
-            reasons[reason] += 1
+            reasons[reason] += n
             examples.setdefault(reason, msg or "")
-    missing = input_rows - meta.num_rows
+    missing = input_rows - sum(n for *_, n, _ in groups)
     if missing:
         reasons["unaccounted"] += missing
     return ok, reasons, examples
@@ -171,10 +179,36 @@ def _run_img2dataset(input_url: str, shards_url: str, extra_cols: list[str], cfg
         )
 
 
-def plan_download(manifest: pa.Table, out_url: str, cfg: DownloadConfig) -> tuple[str, str]:
+def plan_download(manifest: Manifest, out_url: str, cfg: DownloadConfig) -> tuple[str, str]:
     """(download id, OUT/raw-<id>) without downloading anything."""
-    run_id = download_id(table_fingerprint(manifest), cfg)
+    run_id = download_id(manifest.fingerprint, cfg)
     return run_id, _join(out_url, f"raw-{run_id}")
+
+
+@dataclass
+class DownloadPlan:
+    """What a download would do: the manifest's rows, those an earlier download under OUT already holds, and
+    an estimate of the bytes the others would add (from the image size and format, not from the sources)."""
+
+    download_id: str
+    raw_url: str
+    rows: int
+    already_downloaded: int
+    to_fetch: int
+    projected_bytes: int
+
+
+BYTES_PER_PIXEL = {"jpg": 0.35, "webp": 0.25, "png": 1.6}  # typical photo at quality 95 / lossless, 3 channels
+
+
+def dry_run(manifest: Manifest, out_url: str, cfg: DownloadConfig) -> DownloadPlan:
+    """The download's plan, fetching nothing."""
+    run_id, raw_url = plan_download(manifest, out_url, cfg)
+    with _connection(manifest, out_url) as con:
+        parts = _earlier_parts(con, filesystem(out_url), out_url, cfg)
+        new = con.execute(f"SELECT count(*) FROM ({_new_rows(parts)})").fetchall()[0][0]
+    per_image = cfg.image_size ** 2 * BYTES_PER_PIXEL[cfg.encode_format]
+    return DownloadPlan(run_id, raw_url, manifest.num_rows, manifest.num_rows - new, new, int(new * per_image))
 
 
 def download(manifest: Manifest, out_url: str, cfg: DownloadConfig | None = None,
@@ -182,61 +216,80 @@ def download(manifest: Manifest, out_url: str, cfg: DownloadConfig | None = None
     """Make every kept manifest row (see load_manifest) available as downloaded-or-failed, fetching
     only rows whose key no earlier download under OUT (with the same options) has seen: a refreshed
     manifest with new rows downloads just those. The report accounts for every manifest row."""
-    report = _download(manifest.table, out_url, cfg or DownloadConfig(), on_progress)
+    report = _download(manifest, out_url, cfg or DownloadConfig(), on_progress)
     report.manifest_rows, report.skipped, report.skipped_examples, report.english = (
         manifest.input_rows, manifest.skipped, manifest.examples, manifest.english)
     return report
 
 
-def _download(manifest: pa.Table, out_url: str, cfg: DownloadConfig,
+@contextmanager
+def _connection(manifest: Manifest, out_url: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """DuckDB over OUT, with the manifest's rows as view `manifest`, spilling beside the manifest's parts."""
+    with tempfile.TemporaryDirectory(prefix="iap-download-") as spill:
+        con = connect(out_url, spill=spill)
+        con.execute(f"CREATE TEMP VIEW manifest AS SELECT * FROM {manifest.relation()}")  # with {ROW}
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+def _download(manifest: Manifest, out_url: str, cfg: DownloadConfig,
               on_progress: Callable[[int, int], None] | None) -> DownloadReport:
-    keys = manifest["key"]
-    if pc.count_distinct(keys).as_py() != manifest.num_rows:
-        raise ValueError("manifest keys must be unique (load_manifest drops duplicates)")
-    fingerprint = table_fingerprint(manifest)
-    run_id = download_id(fingerprint, cfg)
-    fs = fsspec.get_fs_token_paths(out_url)[0]
+    run_id = download_id(manifest.fingerprint, cfg)
+    fs = filesystem(out_url)
     marker = _join(out_url, "manifests", f"{run_id}.json")
     if fs.exists(marker):
         with fs.open(marker, "r") as f:
             return DownloadReport(**{**json.load(f), "cached": True})
-    parts = _parts_with_keys(fs, out_url, cfg, set(keys.to_pylist()))
-    seen = {k for _, part_keys in parts for k in part_keys}
-    new = manifest.filter(pc.invert(pc.is_in(keys, pa.array(sorted(seen), pa.string())))) if seen else manifest
-    urls = [url for url, _ in parts]
-    if new.num_rows:
-        urls.append(_download_rows(new, out_url, cfg, on_progress).shards_url)
-    keys_url = _join(out_url, "manifests", f"{run_id}.keys.parquet")
-    fs.makedirs(_join(out_url, "manifests"), exist_ok=True)
-    with fs.open(keys_url, "wb") as f:
-        pq.write_table(pa.table({"key": keys}), f)
-    ok, reasons, examples = _count_rows(fs, urls, keys, manifest.num_rows)
+    with _connection(manifest, out_url) as con:
+        urls = _earlier_parts(con, fs, out_url, cfg)
+        new_rows = con.execute(f"SELECT count(*) FROM ({_new_rows(urls)})").fetchall()[0][0]
+        if new_rows:
+            urls.append(_download_rows(con, _new_rows(urls), out_url, cfg, on_progress).shards_url)
+        keys_url = _join(out_url, "manifests", f"{run_id}.keys.parquet")
+        _write(ordered(con, "manifest", "key"), keys_url)
+        ok, reasons, examples = _count_rows(con, fs, urls, "manifest", manifest.num_rows)
     if reasons.get("unaccounted"):
         raise IapError(f"{reasons['unaccounted']} of {manifest.num_rows} manifest rows are in no shard under "
                        f"{out_url}: some img2dataset shards failed; re-run to retry them")
     report = DownloadReport(raw_url=_join(out_url, f"raw-{run_id}"), shards_url=urls[-1], download_id=run_id,
                             input_rows=manifest.num_rows, downloaded=ok, failed=dict(reasons),
-                            failure_examples=examples, manifest_fingerprint=fingerprint,
-                            config=cfg.model_dump(mode="json"), parts=urls, keys_url=keys_url, new_rows=new.num_rows)
+                            failure_examples=examples, manifest_fingerprint=manifest.fingerprint,
+                            config=cfg.model_dump(mode="json"), parts=urls, keys_url=keys_url, new_rows=new_rows)
     write_atomic(marker, json.dumps({k: v for k, v in asdict(report).items() if k != "cached"}, indent=1).encode(), fs)
     return report
 
 
-def _parts_with_keys(fs, out_url: str, cfg: DownloadConfig, wanted: set[str]) -> list[tuple[str, set[str]]]:
-    """Completed raw downloads under OUT made with the same content options, with their keys in `wanted`."""
-    options = _options(cfg)
+def _earlier_parts(con: duckdb.DuckDBPyConnection, fs, out_url: str, cfg: DownloadConfig) -> list[str]:
+    """Shards folders of completed raw downloads under OUT, made with the same content options, that hold
+    some of the manifest's keys."""
     parts = []
     for marker in sorted(fs.glob(_join(out_url, "raw-*", "download.json"))):
         with fs.open(marker, "r") as f:
             done = json.load(f)
-        if _options(DownloadConfig.model_validate(done["config"])) != options:
+        if _options(DownloadConfig.model_validate(done["config"])) != _options(cfg):
             continue
-        files = fs.glob(_join(done["shards_url"], "*.parquet"))
-        part_keys = set(ds.dataset(files, filesystem=fs, format="parquet").to_table(columns=["iap_key"])
-                        ["iap_key"].to_pylist()) & wanted
-        if part_keys:
-            parts.append((done["shards_url"], part_keys))
+        shards = quote(_join(done["shards_url"], "*.parquet"))
+        if con.execute(f"SELECT count(*) FROM read_parquet({shards}) WHERE iap_key IN (SELECT key FROM manifest)"
+                       ).fetchall()[0][0]:
+            parts.append(done["shards_url"])
     return parts
+
+
+def _new_rows(parts: list[str]) -> str:
+    """The manifest's rows that no part holds."""
+    seen = " UNION ALL ".join(f"SELECT iap_key FROM read_parquet({quote(_join(p, '*.parquet'))})" for p in parts)
+    return f"SELECT * FROM manifest WHERE key NOT IN ({seen})" if parts else "SELECT * FROM manifest"
+
+
+def _write(reader: pa.RecordBatchReader, url: str) -> None:
+    """The rows as one Parquet file at a URL (local or remote), streamed."""
+    fs = filesystem(url)
+    fs.makedirs(url.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(url, "wb") as f, pq.ParquetWriter(f, reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
 
 
 def _options(cfg: DownloadConfig) -> str:
@@ -244,43 +297,55 @@ def _options(cfg: DownloadConfig) -> str:
     return cfg.identity()
 
 
-def _download_rows(manifest: pa.Table, out_url: str, cfg: DownloadConfig,
+def _download_rows(con: duckdb.DuckDBPyConnection, rows: str, out_url: str, cfg: DownloadConfig,
                    on_progress: Callable[[int, int], None] | None) -> DownloadReport:
     """Download these rows into OUT/raw-<id>/shards (id from their content); a completed one is reused."""
-    fingerprint = table_fingerprint(manifest)
+    n, fingerprint = content_fingerprint(con, f"(SELECT * EXCLUDE ({ROW}) FROM ({rows}))")
     run_id = download_id(fingerprint, cfg)
     raw_url = _join(out_url, f"raw-{run_id}")
     shards_url = _join(raw_url, "shards")
-    fs, _, _ = fsspec.get_fs_token_paths(raw_url)
+    fs = filesystem(raw_url)
     marker = _join(raw_url, "download.json")
     if fs.exists(marker):
         with fs.open(marker, "r") as f:
             return DownloadReport(**{**json.load(f), "cached": True})
-    if fs.exists(shards_url):  # a killed earlier attempt: start clean (img2dataset would skip its shards)
-        fs.rm(shards_url, recursive=True)
-    input_url = _join(raw_url, "input", "manifest.parquet")
-    fs.makedirs(_join(raw_url, "input"), exist_ok=True)
-    with fs.open(input_url, "wb") as f:
-        pq.write_table(manifest.rename_columns(["iap_key", *manifest.column_names[1:]]), f)
-    extra = [c for c in manifest.column_names if c not in {"key", "url", "caption_zh", "caption_en"}]
+    for stale in (shards_url, _join(raw_url, "input")):  # a killed earlier attempt: start clean
+        if fs.exists(stale):  # (img2dataset would skip the shards it finds)
+            fs.rm(stale, recursive=True)
+    columns = [c[0] for c in con.execute(f"DESCRIBE {rows}").fetchall()]
+    extra = [c for c in columns if c not in {ROW, "key", "url", "caption_zh", "caption_en"}]
+    con.execute(f"CREATE OR REPLACE TEMP VIEW new_rows AS {rows}")
+    input_url = _write_input(ordered(con, "new_rows", f"key AS iap_key, * EXCLUDE (key, {ROW})"), raw_url, cfg)
     stop = threading.Event()
     if on_progress:
-        total = math.ceil(manifest.num_rows / cfg.number_sample_per_shard)
+        total = math.ceil(n / cfg.number_sample_per_shard)
         threading.Thread(target=_watch_progress, args=(fs, shards_url, total, on_progress, stop), daemon=True).start()
     try:
         _run_img2dataset(input_url, shards_url, extra, cfg)
     finally:
         stop.set()
-    ok, reasons, examples = _count_rows(fs, [shards_url], None, manifest.num_rows)
+    ok, reasons, examples = _count_rows(con, fs, [shards_url], None, n)
     report = DownloadReport(raw_url=raw_url, shards_url=shards_url, download_id=run_id,
-                            input_rows=manifest.num_rows, downloaded=ok, failed=dict(reasons),
+                            input_rows=n, downloaded=ok, failed=dict(reasons),
                             failure_examples=examples, manifest_fingerprint=fingerprint,
                             config=cfg.model_dump(mode="json"))
     if reasons.get("unaccounted"):
-        raise IapError(f"img2dataset lost {reasons['unaccounted']} of {manifest.num_rows} rows under {shards_url}: "
+        raise IapError(f"img2dataset lost {reasons['unaccounted']} of {n} rows under {shards_url}: "
                        "some shards failed; re-run to retry them")
     write_atomic(marker, json.dumps({k: v for k, v in asdict(report).items() if k != "cached"}, indent=1).encode(), fs)
     return report
+
+
+def _write_input(rows: pa.RecordBatchReader, raw_url: str, cfg: DownloadConfig) -> str:
+    """img2dataset's input: Parquet files of whole shards (it reads each input file whole), in OUT/raw-<id>/input."""
+    per_file = cfg.number_sample_per_shard * max(1, PART_ROWS // cfg.number_sample_per_shard)
+    input_url = _join(raw_url, "input")
+    fs = filesystem(raw_url)
+    with tempfile.TemporaryDirectory(prefix="iap-input-") as local:
+        files = write_parts(rows, Path(local), per_file)
+        fs.makedirs(input_url, exist_ok=True)
+        fs.put(files, input_url + "/")
+    return input_url
 
 
 def download_id(fingerprint: str, cfg: DownloadConfig) -> str:

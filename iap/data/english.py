@@ -1,23 +1,28 @@
 """English captions for a Chinese-only manifest (Wukong-style `url, caption`): joined from a companion
 table (e.g. a machine-translated set keyed by URL), and/or machine-translated with a seq2seq model.
 
-Translations are cached by content under OUT/translations/<model>/<texts>.parquet, so a re-run does not
-translate again. Every row says where its English came from (column `en_source`: manifest, join, mt);
+Translations are cached per caption under OUT/translations/<model>/*.parquet, so a re-run, or a refreshed
+manifest, translates only captions no earlier run translated. Every row says where its English came from (column `en_source`: manifest, join, mt);
 a row that still has none is skipped and counted as `no_english`.
 """
 
 from __future__ import annotations
 
 import io
+import tempfile
+from pathlib import Path
 from typing import Literal
 
+import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
 from iap.config import StageConfig
-from iap.data.manifest import Manifest, ManifestColumns, load_manifest, read_table
+from iap.data.manifest import ROW, Manifest, ManifestColumns, load_manifest, ordered, spill, write_parts
+from iap.data.manifest import fingerprint as fingerprint_of
+from iap.data.readers import Skips, list_files
+from iap.data.sql import connect, ident, parquet, quote
 from iap.errors import IapError
 from iap.system.ids import content_id
 from iap.system.storage import filesystem, write_atomic
@@ -49,73 +54,100 @@ def load_triples(path: str, cols: ManifestColumns | None = None, english: Englis
     return complete_english(manifest, english, out_url)
 
 
-def _missing(en: pa.ChunkedArray) -> pa.Array:
-    return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(pc.fill_null(en, "")), ""), True)
+BLANK = r"^[\s\p{Z}]*$"  # empty or white space of any script (arrow's and str.strip()'s idea of it)
+TRANSLATE_CHUNK = 50_000  # captions per translation step: each is cached as it finishes, so a killed run resumes
 
 
-def complete_english(manifest: Manifest, cfg: EnglishConfig, out_url: str | None) -> Manifest:
-    table = manifest.table
-    en = table["caption_en"].to_pylist()
-    source = [None if m else "manifest" for m in _missing(table["caption_en"]).to_pylist()]
+def _missing(column: str) -> str:
+    return f"coalesce(regexp_matches({column}, {quote(BLANK)}), true)"
+
+
+def complete_english(manifest: Manifest, cfg: EnglishConfig, out_url: str | None, dry_run: bool = False) -> Manifest:
+    """The rows with English: the manifest's own (en_source manifest), then joined (join), then translated (mt);
+    the rest are skipped as no_english. All in DuckDB over the manifest's parts: memory does not grow with rows.
+    A dry run translates nothing: the rows it would translate are kept, en_source `to_translate`."""
+    work = Path(manifest.workdir.name) if manifest.workdir else Path(tempfile.mkdtemp(prefix="iap-english-"))
+    con = connect(*(u for u in (out_url, cfg.join) if u), spill=str(work / "duckdb-english"))
+    con.execute(f"""CREATE TEMP TABLE rows AS SELECT *, CASE WHEN NOT {_missing('caption_en')} THEN 'manifest' END
+                    AS en_source FROM {manifest.relation()}""")
     lineage: dict = {}
     if cfg.join:
-        joined = _joined(table, cfg)
-        filled = [i for i, (s, j) in enumerate(zip(source, joined, strict=True)) if s is None and j]
-        for i in filled:
-            en[i], source[i] = joined[i], "join"
-        lineage["join"] = {"table": cfg.join, "on": cfg.join_on, "rows": len(filled)}
-    todo = [i for i, s in enumerate(source) if s is None]
-    if cfg.translate and todo:
+        filled = _fill(con, _joined(con, cfg, work), cfg.join_on, "join")
+        lineage["join"] = {"table": cfg.join, "on": cfg.join_on, "rows": filled}
+    texts = con.execute("SELECT count(DISTINCT caption_zh) FROM rows WHERE en_source IS NULL "
+                        f"AND NOT {_missing('caption_zh')}").fetchall()[0][0]
+    if cfg.translate and texts and dry_run:
+        rows = con.execute(f"UPDATE rows SET en_source = 'to_translate' WHERE en_source IS NULL AND NOT "
+                           f"{_missing('caption_zh')}").fetchall()[0][0]
+        lineage["translate"] = {"model": cfg.translate, "to_translate": rows, "unique_captions": texts}
+    elif cfg.translate and texts:
         from iap.models.translator import fingerprint
-        zh = table["caption_zh"].to_pylist()
-        texts = sorted({zh[i] or "" for i in todo} - {""})
-        translated = _translations(texts, cfg, out_url)
-        for i in todo:
-            if translated.get(zh[i] or ""):
-                en[i], source[i] = translated[zh[i]], "mt"
-        lineage["translate"] = {"model": cfg.translate, "fingerprint": fingerprint(cfg.translate),
-                                "rows": sum(s == "mt" for s in source), "unique_captions": len(texts)}
-    keep = pa.array([s is not None for s in source])
-    table = table.set_column(table.column_names.index("caption_en"), "caption_en", pa.array(en, pa.string()))
-    table = table.append_column("en_source", pa.array(source, pa.string())).filter(keep)
-    skipped = dict(manifest.skipped)
-    examples = dict(manifest.examples)
-    lost = len(source) - table.num_rows
+        rows = _fill(con, _translations(con, cfg, out_url, work), "caption_zh", "mt")
+        lineage["translate"] = {"model": cfg.translate, "fingerprint": fingerprint(cfg.translate), "rows": rows,
+                                "unique_captions": texts}
+    skipped, examples = dict(manifest.skipped), dict(manifest.examples)
+    lost, key = con.execute(f"SELECT count(*), arg_min(key, {ROW}) FROM rows WHERE en_source IS NULL").fetchall()[0]
     if lost:
-        skipped["no_english"] = lost
-        examples["no_english"] = "key " + manifest.table["key"][source.index(None)].as_py()
-    return Manifest(table, manifest.input_rows, skipped, examples, english=lineage)
+        skipped["no_english"], examples["no_english"] = lost, f"key {key}"
+    con.execute("CREATE TEMP VIEW english AS SELECT * FROM rows WHERE en_source IS NOT NULL")
+    files = write_parts(ordered(con, "english"), work / "english")
+    n, content = fingerprint_of(con, f"(SELECT * EXCLUDE ({ROW}) FROM {parquet(files)})")
+    return Manifest(files, n, manifest.input_rows, skipped, examples, lineage, content, manifest.workdir)
 
 
-def _joined(table: pa.Table, cfg: EnglishConfig) -> list[str | None]:
-    other = read_table(cfg.join)
+def _fill(con: duckdb.DuckDBPyConnection, pairs: str, on: str, source: str) -> int:
+    """Rows still without English take it from `pairs` (k, en) where their column `on` equals k."""
+    return con.execute(f"""UPDATE rows SET caption_en = p.en, en_source = {quote(source)} FROM ({pairs}) p
+                           WHERE rows.en_source IS NULL AND rows.{ident(on)} = p.k""").fetchall()[0][0]
+
+
+def _joined(con: duckdb.DuckDBPyConnection, cfg: EnglishConfig, work: Path) -> str:
+    """The join table's (key, English) pairs, the first caption of a repeated key, streamed from its files."""
+    fs, files = list_files(cfg.join)
+    parts, rows = [], 0
+    for i, f in enumerate(files):
+        dest = str(work / "join" / f"{i:05d}.parquet")
+        n = spill(fs, f, "utf-8", Skips(), dest, rows)
+        parts.append(dest) if n else None
+        rows += n
+    names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {parquet(parts)}").fetchall()] if parts else []
     for col in (cfg.join_on, cfg.join_caption):
-        if col not in other.column_names:
-            raise IapError(f"english join table {cfg.join}: column '{col}' not found; columns are {other.column_names}")
-    pairs = {}
-    for k, v in zip(pc.cast(other[cfg.join_on], pa.string()).to_pylist(),
-                    pc.cast(other[cfg.join_caption], pa.string()).to_pylist(), strict=True):
-        if k is not None and v and v.strip():
-            pairs.setdefault(k, v)  # the first caption of a repeated key
-    return [pairs.get(k) for k in table[cfg.join_on].to_pylist()]
+        if col not in names:
+            raise IapError(f"english join table {cfg.join}: column '{col}' not found; columns are "
+                           f"{[n for n in names if n != ROW]}")
+    on, caption = (f"CAST({ident(c)} AS VARCHAR)" for c in (cfg.join_on, cfg.join_caption))
+    return (f"SELECT {on} AS k, arg_min({caption}, {ROW}) AS en FROM {parquet(parts)} "
+            f"WHERE {on} IS NOT NULL AND NOT {_missing(caption)} GROUP BY k")
 
 
-def _translations(texts: list[str], cfg: EnglishConfig, out_url: str | None) -> dict[str, str]:
-    """{Chinese: English} for these texts, from OUT/translations when this model translated them before."""
-    from iap.models.translator import Translator, fingerprint
-    model_id = content_id(fingerprint(cfg.translate))
-    texts_id = content_id("\n".join(texts))
-    url = f"{out_url.rstrip('/')}/translations/{model_id}/{texts_id}.parquet" if out_url else None
-    if url and filesystem(url).exists(url):
-        cached = pq.read_table(io.BytesIO(filesystem(url).cat_file(url)))
-        return dict(zip(cached["zh"].to_pylist(), cached["en"].to_pylist(), strict=True))
+def _translations(con: duckdb.DuckDBPyConnection, cfg: EnglishConfig, out_url: str | None, work: Path) -> str:
+    """(Chinese, English) for every caption still without English, as relation (k, en). Translations are cached
+    per caption under OUT/translations/<model>/ (without OUT, for this call only): a refreshed manifest
+    translates only its new captions, and a killed run keeps the chunks it finished."""
+    from iap.models.translator import fingerprint
+    folder = f"{out_url.rstrip('/')}/translations/{content_id(fingerprint(cfg.translate))}" if out_url \
+        else str(work / "translations")
+    fs, parts = filesystem(folder), [folder + "/*.parquet"]
+    cached = f"SELECT zh, en FROM {parquet(parts)}" if fs.glob(parts[0]) else \
+        "SELECT NULL::VARCHAR AS zh, NULL::VARCHAR AS en LIMIT 0"
+    todo = (f"SELECT DISTINCT caption_zh AS zh FROM rows WHERE en_source IS NULL AND NOT {_missing('caption_zh')} "
+            f"AND caption_zh NOT IN (SELECT zh FROM ({cached}) WHERE zh IS NOT NULL) ORDER BY zh")
+    translator = None
+    for batch in con.sql(todo).to_arrow_reader(TRANSLATE_CHUNK):
+        texts = batch["zh"].to_pylist()
+        if translator is None:
+            translator = _translator(cfg)
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"zh": texts, "en": translator.translate(texts, cfg.batch_size)}), buf)
+        fs.makedirs(folder, exist_ok=True)
+        write_atomic(f"{folder}/{content_id(chr(10).join(texts))}.parquet", buf.getvalue())
+        fs.invalidate_cache(folder)  # DuckDB lists the folder through this filesystem's cache
+    return (f"SELECT zh AS k, any_value(en) AS en FROM {parquet(parts)} "
+            f"WHERE NOT {_missing('en')} GROUP BY zh")
+
+
+def _translator(cfg: EnglishConfig):
+    from iap.models.translator import Translator
     from iap.presets.names import resolve_translator
     from iap.system.runtime import detect
-    translator = Translator(cfg.translate, detect("bf16"), folder=resolve_translator(cfg.translate))
-    english = translator.translate(texts, cfg.batch_size)
-    if url:
-        filesystem(url).makedirs(url.rsplit("/", 1)[0], exist_ok=True)
-        buf = io.BytesIO()
-        pq.write_table(pa.table({"zh": texts, "en": english}), buf)
-        write_atomic(url, buf.getvalue())
-    return dict(zip(texts, english, strict=True))
+    return Translator(cfg.translate, detect("bf16"), folder=resolve_translator(cfg.translate))

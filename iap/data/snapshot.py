@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 
 from iap.config import StageConfig
 from iap.data import junk, normalise, script
+from iap.data.sql import connect, ident
 from iap.errors import IapError
 from iap.system.ids import content_id
 from iap.system.storage import staged_folder
@@ -165,23 +166,6 @@ def _first_failed_rule(cfg: FilterConfig) -> str:
     return f"CASE {whens} END"
 
 
-def _ident(name: str) -> str:
-    """A column name as a DuckDB identifier: quoted, its quotes doubled. Manifest columns are named by
-    whoever wrote the manifest; a name must never become SQL."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _connect(*urls: str) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    registered = set()
-    for url in urls:
-        fs, _, _ = fsspec.get_fs_token_paths(url)
-        if "file" not in fs.protocol and fs.protocol not in registered:
-            con.register_filesystem(fs)  # DuckDB reads s3:// through s3fs; httpfs would need a download
-            registered.add(fs.protocol)
-    return con
-
-
 def _texts(con, rows: str, cfg: FilterConfig) -> str:
     """The successful rows with normalised (and converted) captions, the originals kept, and script counts."""
     rows = f"SELECT *, caption_zh AS caption_zh_raw, caption AS caption_en_raw, caption AS caption_en FROM ({rows})"
@@ -210,7 +194,7 @@ def _load_rows(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | N
     image = next((c for c in ("jpg", "png", "webp") if c in cols), None)
     if image is None or "iap_key" not in cols:
         raise IapError(f"{shards}: not iap download shards (need parquet output with images and iap_key)")
-    extra_sql = "".join(f", {_ident(c)}" for c in extras)
+    extra_sql = "".join(f", {ident(c)}" for c in extras)
     texts = _texts(con, f"SELECT * FROM {src} WHERE status = 'success'", cfg)
     con.execute(f"""CREATE TEMP TABLE rows AS
         SELECT row_number() OVER () AS row_id, * EXCLUDE (bucket), {_split(cfg)} AS split FROM (
@@ -270,7 +254,7 @@ def _content_fingerprint(con: duckdb.DuckDBPyConnection, shards: Shards, keys_ur
 
 def plan_snapshot(shards: Shards, out_url: str, cfg: FilterConfig, keys_url: str | None = None) -> tuple[str, str]:
     """(snapshot id, URL) without filtering anything."""
-    sid = snapshot_id(_content_fingerprint(_connect(*_globs(shards)), shards, keys_url), cfg)
+    sid = snapshot_id(_content_fingerprint(connect(*_globs(shards)), shards, keys_url), cfg)
     return sid, f"{absolute(out_url)}/snapshots/{sid}"
 
 
@@ -359,7 +343,7 @@ def read_rejects(snapshot: Snapshot, per_rule: int) -> list[dict]:
     """Up to `per_rule` removed rows of each filter rule, with the rule (needs a snapshot with rejects)."""
     if not snapshot.rejects:
         raise IapError(f"snapshot {snapshot.url} records no removed rows (made by an earlier iap version)")
-    con = _connect(snapshot.url)
+    con = connect(snapshot.url)
     return con.execute(f"""SELECT * FROM read_parquet('{snapshot.url}/{snapshot.rejects}')
         QUALIFY row_number() OVER (PARTITION BY removed_by ORDER BY key) <= {int(per_rule)}
         ORDER BY removed_by, key""").to_arrow_table().to_pylist()
@@ -371,7 +355,7 @@ def _bucket(cfg: FilterConfig, extras: list[str]) -> str:
         raise IapError(f"filter 'split_key': column '{cfg.split_key}' not in the shards (have key, url, "
                        f"captions, {', '.join(extras) or 'no extra columns'})")
     column = {"key": "iap_key"}.get(cfg.split_key, cfg.split_key)
-    return f"(md5_number_lower(CAST({_ident(column)} AS VARCHAR)) % 1000000) / 1000000.0"
+    return f"(md5_number_lower(CAST({ident(column)} AS VARCHAR)) % 1000000) / 1000000.0"
 
 
 def _split(cfg: FilterConfig) -> str:
@@ -380,7 +364,7 @@ def _split(cfg: FilterConfig) -> str:
 
 
 def _write_local(con, folder: Path, cfg: FilterConfig, extras: list[str]) -> dict[str, list[str]]:
-    cols = ", ".join(map(_ident, CORE_COLUMNS + extras))
+    cols = ", ".join(map(ident, CORE_COLUMNS + extras))
     con.execute(f"""COPY (SELECT {cols}, split,
             (row_number() OVER (PARTITION BY split ORDER BY key, row_id) - 1) // {cfg.shard_rows} AS shard
         FROM rows WHERE removed_by IS NULL ORDER BY split, key, row_id)
@@ -398,7 +382,7 @@ def _write_local(con, folder: Path, cfg: FilterConfig, extras: list[str]) -> dic
 
 
 def _write_rejects(con, folder: Path) -> str:
-    cols = ", ".join(map(_ident, REJECT_COLUMNS))
+    cols = ", ".join(map(ident, REJECT_COLUMNS))
     con.execute(f"""COPY (SELECT {cols} FROM rows WHERE removed_by IS NOT NULL ORDER BY removed_by, key, row_id)
         TO '{folder / REJECTS}' (FORMAT parquet)""")
     return REJECTS
@@ -424,7 +408,7 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
     """Filter shards (one folder or several; with keys_url only the manifest's rows) into
     OUT/snapshots/<id>; returns the existing snapshot when the id is known."""
     cfg = cfg or FilterConfig()
-    con = _connect(*_globs(shards), out_url)
+    con = connect(*_globs(shards), out_url)
     content = _content_fingerprint(con, shards, keys_url)
     sid = snapshot_id(content, cfg)
     final_url = f"{absolute(out_url)}/snapshots/{sid}"

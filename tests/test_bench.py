@@ -23,7 +23,7 @@ def bench(name: str, *args: str, timeout: int = 600) -> str:
 
 
 def test_every_bench_has_a_quick_mode_that_the_suite_runs():
-    covered = {"cache.py", "corpora.py", "data.py", "eval_memory.py", "rehearsal.py", "startup.py", "train_step.py"}
+    covered = {"cache.py", "corpora.py", "data.py", "eval_memory.py", "manifest.py", "rehearsal.py", "startup.py", "train_step.py"}
     assert set(BENCHES) == covered, "a new bench needs a --quick run below"
     for name in BENCHES:
         assert "--quick" in (ROOT / "bench" / name).read_text(), name
@@ -32,7 +32,7 @@ def test_every_bench_has_a_quick_mode_that_the_suite_runs():
 @pytest.mark.parametrize("name, expected", [
     ("cache.py", "SDXL-shaped, toy widths"), ("train_step.py", "SDXL-shaped, toy widths"),
     ("data.py", "naive Python loop"), ("corpora.py", "MT, tiny MarianMT preset"),
-    ("startup.py", "naive: import torch, diffusers, transformers")])
+    ("startup.py", "naive: import torch, diffusers, transformers"), ("manifest.py", "iap data --dry-run")])
 def test_quick_bench(name, expected):
     assert expected in bench(name)
 

@@ -39,6 +39,27 @@ def finish(result: PipelineResult, engine: str) -> None:
                   highlight=False, soft_wrap=True)
 
 
+def print_data_plan(manifest, plan) -> None:
+    """`iap data --dry-run`: the manifest's funnel, then what the download would fetch."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from iap.data.pipeline import manifest_funnel
+    from iap.data.snapshot import funnel_table
+    table = Table(title=f"manifest {manifest.fingerprint} (dry run)")
+    for col in ("stage", "rule", "removed", "remaining", "example"):
+        table.add_column(col, justify="right" if col in ("removed", "remaining") else "left")
+    for f in funnel_table(manifest_funnel(manifest)):
+        table.add_row(f["stage"], f["rule"], str(f["removed"]), str(f["remaining"]), Text(f["examples"]))
+    console.print(table)
+    pending = manifest.english.get("translate", {}).get("to_translate")
+    console.print(f"download {plan.download_id}: {plan.rows:,} rows; {plan.already_downloaded:,} already downloaded "
+                  f"under OUT, {plan.to_fetch:,} to fetch, about {plan.projected_bytes / 1e9:,.1f} GB of images "
+                  "(from the image size and format)" + (f"\n{pending:,} rows would be machine-translated first"
+                                                        if pending else "") + f"\n{plan.raw_url}\nnothing was written",
+                  highlight=False, soft_wrap=True)
+
+
 def print_funnel(snapshot: Snapshot) -> None:
     """The snapshot's funnel as a table, then its row counts and URL."""
     from rich.table import Table

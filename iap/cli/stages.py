@@ -13,7 +13,7 @@ from rich.console import Console
 
 from iap.cli.common import BASE, ENGINE, TRAIN_STEPS, ZH_ENCODER, app, console
 from iap.cli.options import with_stage_options
-from iap.cli.render import finish, print_funnel, print_rejects, stage_progress
+from iap.cli.render import finish, print_data_plan, print_funnel, print_rejects, stage_progress
 from iap.config import SD15, ZH_768
 from iap.errors import IapError
 from iap.pipeline.request import StageConfigs
@@ -28,13 +28,19 @@ def data(manifest: Annotated[str, typer.Option(help="Parquet/CSV/TSV/JSONL path,
          engine: ENGINE = "prefect",
          explain: Annotated[int, typer.Option(min=0, help="then list up to N removed rows of every filter rule "
                                                           "(the snapshot's rejects.parquet holds them all)")] = 0,
+         dry_run: Annotated[bool, typer.Option("--dry-run", help="read and account the whole manifest and say what "
+                                               "would be downloaded; download, translate and write nothing")] = False,
          *, configs: StageConfigs) -> None:
     """Download a manifest with img2dataset and filter it with DuckDB into a dataset snapshot (iap-data)."""
-    from iap.data.manifest import load_manifest
+    from iap.data.manifest import check_manifest
     from iap.pipeline import engines
     from iap.system.storage import check_reachable
     check_reachable(out)  # bad storage or a bad manifest: one message, before any work
-    load_manifest(manifest, configs.columns, require_english=not configs.english.active)
+    if dry_run:
+        from iap.data.pipeline import plan_data
+        print_data_plan(*plan_data(manifest, out, configs.download, configs.columns, configs.english))
+        return
+    check_manifest(manifest, configs.columns, require_english=not configs.english.active)
     runner = engines.load(engine)
     if engine != "local":
         snapshot = runner.data(manifest, out, configs)
@@ -117,7 +123,7 @@ def evaluate(checkpoint: str,
              untrained: Annotated[str | None, typer.Option(help="the encoder before training, for reference")] = None,
              split: str = "val", engine: ENGINE = "prefect", *, configs: StageConfigs) -> None:
     """Evaluate any checkpoint (iap-evaluate): a snapshot split, or an evaluation manifest."""
-    from iap.data.manifest import load_manifest
+    from iap.data.manifest import check_manifest
     from iap.data.snapshot import open_snapshot
     from iap.pipeline import engines
     from iap.presets.names import resolve
@@ -130,7 +136,7 @@ def evaluate(checkpoint: str,
     if snapshot:
         open_snapshot(snapshot)
     else:
-        load_manifest(manifest, configs.columns)
+        check_manifest(manifest, configs.columns)
     metrics = engines.load(engine).evaluate(checkpoint, snapshot, base, untrained, split, configs, manifest=manifest,
                                             out=out)
     for k, v in metrics.flat().items():

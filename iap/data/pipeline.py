@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from iap.data.download import DownloadConfig, DownloadReport, download
-from iap.data.english import EnglishConfig, load_triples
-from iap.data.manifest import ManifestColumns
+from iap.data.download import DownloadConfig, DownloadPlan, DownloadReport, download, dry_run
+from iap.data.english import EnglishConfig, complete_english, load_triples
+from iap.data.manifest import Manifest, ManifestColumns, load_manifest
 from iap.data.snapshot import FilterConfig, Snapshot, build_snapshot
 
 
@@ -38,3 +38,26 @@ def run_data(manifest_url: str, out_url: str, download_cfg: DownloadConfig | Non
     snapshot = build_snapshot(report.parts, out_url, filter_cfg, download_funnel(report), report.keys_url,
                               manifest_lineage(report))
     return report, snapshot
+
+
+def plan_data(manifest_url: str, out_url: str, download_cfg: DownloadConfig | None = None,
+              columns: ManifestColumns | None = None, english: EnglishConfig | None = None
+              ) -> tuple[Manifest, DownloadPlan]:
+    """Read and account the whole manifest, and say what its download would fetch; nothing is downloaded,
+    translated or written under OUT (a check of a large manifest before a day of downloading)."""
+    english = english or EnglishConfig()
+    manifest = load_manifest(manifest_url, columns, require_english=not english.active)
+    if english.active:
+        manifest = complete_english(manifest, english, out_url, dry_run=True)
+    return manifest, dry_run(manifest, out_url, download_cfg or DownloadConfig())
+
+
+def manifest_funnel(manifest: Manifest) -> list[dict]:
+    """The manifest's part of the funnel: rows in the files, then each reason a row was skipped."""
+    remaining = manifest.input_rows
+    funnel = [{"stage": "manifest", "rule": "input", "removed": 0, "remaining": remaining, "examples": []}]
+    for reason, n in sorted(manifest.skipped.items()):
+        remaining -= n
+        funnel.append({"stage": "manifest", "rule": reason, "removed": n, "remaining": remaining,
+                       "examples": [manifest.examples.get(reason, "")]})
+    return funnel

@@ -36,7 +36,7 @@ PEAK = textwrap.dedent("""
 
 def test_manifest_memory_does_not_grow_with_its_rows(tmp_path):
     """Finding 1: 1.87 GB at 2M rows, linear in rows. Now DuckDB's budget (here 128 MB) bounds it: 3x the rows
-    take at most 1.3x the memory (the old whole-table stage took 2.6x at these sizes)."""
+    take at most 1.3x the memory (the old whole-table stage took 2.2x at these sizes)."""
     peaks = {}
     for n in (400_000, 1_200_000):
         path = tmp_path / f"m{n}.parquet"

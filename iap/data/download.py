@@ -245,8 +245,9 @@ def _download(manifest: Manifest, out_url: str, cfg: DownloadConfig,
     with _connection(manifest, out_url) as con:
         urls = _earlier_parts(con, fs, out_url, cfg)
         new_rows = con.execute(f"SELECT count(*) FROM ({_new_rows(urls)})").fetchall()[0][0]
-        if new_rows:
-            urls.append(_download_rows(con, _new_rows(urls), out_url, cfg, on_progress).shards_url)
+        if new_rows:  # all of them new: their fingerprint is the manifest's, known without a pass
+            known = manifest.fingerprint if new_rows == manifest.num_rows else None
+            urls.append(_download_rows(con, _new_rows(urls), new_rows, out_url, cfg, on_progress, known).shards_url)
         keys_url = _join(out_url, "manifests", f"{run_id}.keys.parquet")
         _write(ordered(con, "manifest", "key"), keys_url)
         ok, reasons, examples = _count_rows(con, fs, urls, "manifest", manifest.num_rows)
@@ -297,10 +298,11 @@ def _options(cfg: DownloadConfig) -> str:
     return cfg.identity()
 
 
-def _download_rows(con: duckdb.DuckDBPyConnection, rows: str, out_url: str, cfg: DownloadConfig,
-                   on_progress: Callable[[int, int], None] | None) -> DownloadReport:
-    """Download these rows into OUT/raw-<id>/shards (id from their content); a completed one is reused."""
-    n, fingerprint = content_fingerprint(con, f"(SELECT * EXCLUDE ({ROW}) FROM ({rows}))")
+def _download_rows(con: duckdb.DuckDBPyConnection, rows: str, n: int, out_url: str, cfg: DownloadConfig,
+                   on_progress: Callable[[int, int], None] | None, fingerprint: str | None = None) -> DownloadReport:
+    """Download these n rows into OUT/raw-<id>/shards (id from their content); a completed one is reused."""
+    if fingerprint is None:
+        _, fingerprint = content_fingerprint(con, f"(SELECT * EXCLUDE ({ROW}) FROM ({rows}))")
     run_id = download_id(fingerprint, cfg)
     raw_url = _join(out_url, f"raw-{run_id}")
     shards_url = _join(raw_url, "shards")

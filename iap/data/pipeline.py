@@ -13,12 +13,19 @@ from iap.data.snapshot import FilterConfig, Snapshot, build_snapshot
 def download_funnel(report: DownloadReport) -> list[dict]:
     """The manifest's and the download's part of the funnel: rows in the files, each reason a row was
     skipped (duplicates, unreadable lines), then each download failure reason."""
-    remaining = report.manifest_rows or report.input_rows
-    funnel = [{"stage": "manifest", "rule": "input", "removed": 0, "remaining": remaining}]
-    for stage, removed in (("manifest", report.skipped), ("download", report.failed)):
+    return _funnel(report.manifest_rows or report.input_rows, ("manifest", report.skipped), ("download", report.failed))
+
+
+def _funnel(rows: int, *stages: tuple[str, dict[str, int]], examples: dict[str, str] | None = None) -> list[dict]:
+    """Rows in, then each stage's reasons in name order with what remains after each."""
+    funnel, remaining = [{"stage": "manifest", "rule": "input", "removed": 0, "remaining": rows}], rows
+    for stage, removed in stages:
         for reason, n in sorted(removed.items()):
             remaining -= n
             funnel.append({"stage": stage, "rule": reason, "removed": n, "remaining": remaining})
+    if examples is not None:
+        for f in funnel:
+            f["examples"] = [examples[f["rule"]]] if f["rule"] in examples else []
     return funnel
 
 
@@ -54,10 +61,4 @@ def plan_data(manifest_url: str, out_url: str, download_cfg: DownloadConfig | No
 
 def manifest_funnel(manifest: Manifest) -> list[dict]:
     """The manifest's part of the funnel: rows in the files, then each reason a row was skipped."""
-    remaining = manifest.input_rows
-    funnel = [{"stage": "manifest", "rule": "input", "removed": 0, "remaining": remaining, "examples": []}]
-    for reason, n in sorted(manifest.skipped.items()):
-        remaining -= n
-        funnel.append({"stage": "manifest", "rule": reason, "removed": n, "remaining": remaining,
-                       "examples": [manifest.examples.get(reason, "")]})
-    return funnel
+    return _funnel(manifest.input_rows, ("manifest", manifest.skipped), examples=manifest.examples)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install iap into ./.venv from scratch. Usage: bash install.sh [dev]      (bash install.sh lock: see below)
+# Install iap into ./.venv from scratch. Usage: bash install.sh [EXTRAS]   (bash install.sh lock: see below)
+# EXTRAS: comma-separated, e.g. dev (the test suite; it includes every engine), or dask,ray,spark.
 # torch is pinned first: a looser spec resolves to GBs of CUDA wheels on a CPU machine. Every other package
 # is installed at the version in constraints.txt, the set the tests ran with.
 set -euo pipefail
@@ -10,7 +11,7 @@ if [ "${1:-}" = "lock" ]; then  # rewrite constraints.txt from ./.venv (after in
   exit 0
 fi
 extra=""
-if [ "${1:-}" = "dev" ]; then extra="[dev]"; fi
+if [ -n "${1:-}" ]; then extra="[$1]"; fi
 python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0 ${IAP_TORCH_INDEX:+--index-url "$IAP_TORCH_INDEX"}
 .venv/bin/pip install -q -c constraints.txt -e ".${extra}"

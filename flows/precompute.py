@@ -14,15 +14,16 @@ from iap.errors import IapError
 from iap.models.base import weights_fingerprint
 from tasks import artifacts, asset_url
 from tasks.cache import budget_check, cache_shard, commit
-from tasks.runners import task_runner
+from tasks.runners import one_gpu_per_task, task_runner
 
 
 @flow(name="iap-precompute-shards")
 def _cache_shards(plan: CachePlan, base: str, precision: str) -> list[dict]:
     """The mapped shard tasks, in a subflow so the cache config picks their task runner."""
-    futures = cache_shard.map([f"{plan.key}/{split}/{rel}" for split, rel in plan.shards], unmapped(plan),
-                              [s for s, _ in plan.shards], [r for _, r in plan.shards], unmapped(base),
-                              unmapped(precision))
+    with one_gpu_per_task(plan.config.task_runner):
+        futures = cache_shard.map([f"{plan.key}/{split}/{rel}" for split, rel in plan.shards], unmapped(plan),
+                                  [s for s, _ in plan.shards], [r for _, r in plan.shards], unmapped(base),
+                                  unmapped(precision))
     progress = create_progress_artifact(0.0, key="iap-precompute-progress", description=f"cache shards of {plan.key}")
     shards = []
     for future in futures:

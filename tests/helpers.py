@@ -206,3 +206,15 @@ def stop_process_group(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def assert_same_cache_shards(infos: dict, reference: str) -> None:
+    """Every cache in `infos` (name -> CacheInfo) has the reference's key and its shards' bytes (train split:
+    more than one shard, so that concurrency had something to mix up)."""
+    assert len({info.key for info in infos.values()}) == 1
+    names = [s["name"] for s in infos[reference].shards["train"]]
+    assert len(names) > 1
+    for name in names:
+        want = Path(infos[reference].url, "shards", f"{name}.safetensors").read_bytes()
+        for other, info in infos.items():
+            assert Path(info.url, "shards", f"{name}.safetensors").read_bytes() == want, (other, name)

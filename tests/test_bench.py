@@ -32,7 +32,8 @@ def test_every_bench_has_a_quick_mode_that_the_suite_runs():
 @pytest.mark.parametrize("name, expected", [
     ("cache.py", "SDXL-shaped, toy widths"), ("train_step.py", "SDXL-shaped, toy widths"),
     ("data.py", "naive Python loop"), ("corpora.py", "MT, tiny MarianMT preset"),
-    ("startup.py", "naive: import torch, diffusers, transformers"), ("manifest.py", "iap data --dry-run")])
+    ("startup.py", "naive: import torch, diffusers, transformers"), ("manifest.py", "iap data --dry-run"),
+    ("precompute.py", "process        2")])
 def test_quick_bench(name, expected):
     assert expected in bench(name)
 

@@ -109,7 +109,8 @@ def test_the_install_is_locked_and_every_dependency_is_declared_and_pinned():
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {canonicalize_name(Requirement(r).name): Requirement(r) for r in project["dependencies"]}
+    engines = [r for extra in ("dask", "ray", "spark") for r in project["optional-dependencies"][extra]]
+    declared = {canonicalize_name(Requirement(r).name): Requirement(r) for r in project["dependencies"] + engines}
     pins = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line and not line.startswith("#"):
@@ -129,8 +130,7 @@ def test_the_install_is_locked_and_every_dependency_is_declared_and_pinned():
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     imported.add(node.module.split(".")[0])
     distribution = {"PIL": "pillow", "yaml": "pyyaml"}
-    optional = {"prefect_dask", "prefect_ray"}  # the dask and ray engines, installed with their engine
-    third_party = {m for m in imported - set(sys.stdlib_module_names) - {"iap", "flows", "tasks"} - optional}
+    third_party = {m for m in imported - set(sys.stdlib_module_names) - {"iap", "flows", "tasks"}}
     assert {canonicalize_name(distribution.get(m, m)) for m in third_party} <= set(declared)
     install = (ROOT / "install.sh").read_text()
     assert "-c constraints.txt" in install and "torch==2.13.0" in install

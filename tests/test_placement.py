@@ -99,3 +99,53 @@ def test_without_placement_the_check_fails(base, encoder, small_source):
         encoder.requires_grad_(False).to(runtime.device)
         with torch.no_grad():
             batch_loss(encoder, make_objective("pivot", Teacher(base)), batch, runtime.device)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """torch believes in 2 GPUs (what detect reads); nothing is allocated on them."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    for name in ("LOCAL_RANK", "IAP_GPU", "IAP_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_a_process_takes_its_launchers_rank_else_its_task_runners_gpu(two_gpus):
+    from iap.errors import IapError
+    from iap.system.runtime import detect
+    assert detect().device == torch.device("cuda", 0)
+    two_gpus.setenv("IAP_GPU", "1")  # a process-pool or local Dask worker
+    assert detect("bf16").device == torch.device("cuda", 1)
+    two_gpus.setenv("LOCAL_RANK", "0")  # torchrun / accelerate launch decides first
+    assert detect().device == torch.device("cuda", 0)
+    two_gpus.setenv("LOCAL_RANK", "2")
+    with pytest.raises(IapError, match="GPU 2, but only 2 are visible"):
+        detect()
+    two_gpus.setenv("LOCAL_RANK", "one")
+    with pytest.raises(IapError, match="LOCAL_RANK='one'"):
+        detect()
+    two_gpus.setenv("IAP_DEVICE", "cpu")
+    assert detect().device == torch.device("cpu")
+
+
+def test_process_pool_workers_claim_distinct_gpus_while_they_live(tmp_path, monkeypatch):
+    """Each worker takes the first GPU no living worker holds; with every GPU held, it shares one."""
+    import os
+    import tempfile
+
+    import tasks.runners as runners
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(runners, "_CLAIMS", [])
+    monkeypatch.setenv("IAP_GPU", "")  # restored after the claims below set it
+    taken = []
+    for _ in range(3):
+        runners.claim_gpu(2)
+        taken.append(os.environ["IAP_GPU"])
+    assert taken == ["0", "1", str(os.getpid() % 2)]
+    runners._CLAIMS[0].close()  # the worker on GPU 0 exits
+    runners.claim_gpu(2)
+    assert os.environ["IAP_GPU"] == "0"
+    for handle in runners._CLAIMS:
+        handle.close()

@@ -25,8 +25,10 @@ class CacheConfig(StageConfig):
     batch_size: int | None = launch_field(None, ge=1, description="samples per VAE/UNet pass (None: 32 on a GPU, 4 on a CPU)")
     # how shards are spread (Prefect task runners); none of it changes the cache key
     task_runner: Literal["thread", "process", "dask", "ray"] = launch_field(
-        "thread", description="dask / ray need prefect-dask / prefect-ray")
-    workers: int | None = launch_field(None, ge=1, description="parallel shards (None: the runner's default)")
+        "thread", description="thread: one GPU; process, dask, ray: one GPU per worker (dask / ray: the [dask] / "
+                              "[ray] extras)")
+    workers: int | None = launch_field(None, ge=1, description="parallel shards (None: one per GPU, else the "
+                                                               "runner's default)")
     runner_address: str | None = launch_field(None, description="Dask scheduler or Ray cluster address (None: local)")
 
     max_gb: float | None = launch_field(500.0, gt=0, description="stop before writing anything when the projected cache "

@@ -3,11 +3,13 @@ and evaluate of a pipeline load it once, whether they run as Prefect tasks or in
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from iap.models.base import FrozenBase, load_base
 from iap.system.runtime import detect
 
+log = logging.getLogger("iap.models")
 _lock = threading.Lock()
 _loaded: dict[tuple, FrozenBase] = {}
 
@@ -20,5 +22,6 @@ def shared_base(source: str, precision: str = "no") -> FrozenBase:
     with _lock:
         if (source, runtime) not in _loaded:
             _loaded.clear()  # keep one base in memory
+            log.info("loading %s on %s", source, runtime)  # which GPU this worker took, or that it has none
             _loaded[(source, runtime)] = load_base(source, runtime)
         return _loaded[(source, runtime)]

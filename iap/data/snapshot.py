@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,7 +28,7 @@ from pydantic import Field, field_validator
 
 from iap.config import StageConfig
 from iap.data import junk, normalise, script
-from iap.data.sql import connect, ident
+from iap.data.sql import connect, ident, quote
 from iap.errors import IapError
 from iap.system.ids import content_id
 from iap.system.storage import staged_folder
@@ -184,25 +185,32 @@ def _texts(con, rows: str, cfg: FilterConfig) -> str:
 
 def _load_rows(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | None, cfg: FilterConfig) -> list[str]:
     """Successful rows into table `rows`, with the first per-row rule each fails already in `removed_by`
-    (one vectorised pass); returns the extra (carried-through) columns."""
-    src = _source(shards, keys_url)
+    (one vectorised pass); returns the extra (carried-through) columns. Images stay in the download shards:
+    a row holds where its image is (`iap_file`, `file_row_number`), and only the write reads the bytes."""
+    src = _source(shards, keys_url, located=True)
     cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
-    skip = {"iap_key", "caption", "key", "status", "error_message", "exif", "jpg", "png", "webp", "url",
-            "caption_zh", "caption_en", "caption_zh_raw", "caption_en_raw", "width", "height", "original_width",
-            "original_height", "sha256"}
-    extras = [c for c in cols if c not in skip]
-    image = next((c for c in ("jpg", "png", "webp") if c in cols), None)
-    if image is None or "iap_key" not in cols:
+    extras = [c for c in cols if c not in _NOT_EXTRA]
+    if _image_column(con, shards) is None or "iap_key" not in cols:
         raise IapError(f"{shards}: not iap download shards (need parquet output with images and iap_key)")
     extra_sql = "".join(f", {ident(c)}" for c in extras)
     texts = _texts(con, f"SELECT * FROM {src} WHERE status = 'success'", cfg)
     con.execute(f"""CREATE TEMP TABLE rows AS
         SELECT row_number() OVER () AS row_id, * EXCLUDE (bucket), {_split(cfg)} AS split FROM (
-            SELECT iap_key AS key, url, caption_zh, caption_en, caption_zh_raw, caption_en_raw, {image} AS image,
-                   width, height, original_width, original_height, sha256{extra_sql},
+            SELECT iap_key AS key, url, caption_zh, caption_en, caption_zh_raw, caption_en_raw, iap_file,
+                   file_row_number, width, height, original_width, original_height, sha256{extra_sql},
                    {_first_failed_rule(cfg)} AS removed_by, {_bucket(cfg, extras)} AS bucket, zh_converted
             FROM ({texts}))""")
     return extras
+
+
+_NOT_EXTRA = {"iap_key", "caption", "key", "status", "error_message", "exif", "jpg", "png", "webp", "url",
+              "caption_zh", "caption_en", "caption_zh_raw", "caption_en_raw", "width", "height", "original_width",
+              "original_height", "sha256", "iap_file", "file_row_number"}
+
+
+def _image_column(con, shards: Shards) -> str | None:
+    cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {_source(shards)}").fetchall()}
+    return next((c for c in ("jpg", "png", "webp") if c in cols), None)
 
 
 def _normalisation(con, cfg: FilterConfig) -> dict:
@@ -235,9 +243,11 @@ def _globs(shards: Shards) -> list[str]:
     return [f"{u.rstrip('/')}/*.parquet" for u in ([shards] if isinstance(shards, str) else shards)]
 
 
-def _source(shards: Shards, keys_url: str | None = None) -> str:
-    """The download rows as a relation: every shards folder, restricted to the manifest's keys if given."""
-    rows = f"read_parquet({_globs(shards)}, union_by_name=true)"
+def _source(shards: Shards, keys_url: str | None = None, located: bool = False) -> str:
+    """The download rows as a relation: every shards folder, restricted to the manifest's keys if given;
+    `located`: with each row's file and row number in it (`iap_file`, `file_row_number`)."""
+    where = ", filename = 'iap_file', file_row_number = true" if located else ""
+    rows = f"read_parquet({_globs(shards)}, union_by_name=true{where})"
     if not keys_url:
         return rows
     return f"(SELECT * FROM {rows} WHERE iap_key IN (SELECT key FROM read_parquet('{keys_url}')))"
@@ -272,7 +282,7 @@ def _dedup(con, rule: str, partition: str, keep: int = 1) -> int:
 
 def _user_where(con, predicate: str) -> int:
     """Run the user's predicate in a sandbox connection (no file access) over the rows' metadata."""
-    meta = con.execute("SELECT * EXCLUDE (image, removed_by, split, zh_converted) FROM rows "
+    meta = con.execute("SELECT * EXCLUDE (iap_file, file_row_number, removed_by, split, zh_converted) FROM rows "
                        "WHERE removed_by IS NULL").to_arrow_table()
     sandbox = duckdb.connect()
     sandbox.register("candidates", meta)
@@ -363,11 +373,16 @@ def _split(cfg: FilterConfig) -> str:
             f"WHEN bucket < {cfg.test_fraction + cfg.val_fraction} THEN 'val' ELSE 'train' END")
 
 
-def _write_local(con, folder: Path, cfg: FilterConfig, extras: list[str]) -> dict[str, list[str]]:
+def _write_local(con, folder: Path, cfg: FilterConfig, extras: list[str], shards_in: Shards) -> dict[str, list[str]]:
+    """The kept rows as shards of `shard_rows`, in key order per split. The images are read from the download
+    shards here, in one join (its sort spills to local disk past DuckDB's memory limit)."""
     cols = ", ".join(map(ident, CORE_COLUMNS + extras))
-    con.execute(f"""COPY (SELECT {cols}, split,
-            (row_number() OVER (PARTITION BY split ORDER BY key, row_id) - 1) // {cfg.shard_rows} AS shard
-        FROM rows WHERE removed_by IS NULL ORDER BY split, key, row_id)
+    images = (f"SELECT iap_file, file_row_number, {_image_column(con, shards_in)} AS image "
+              f"FROM {_source(shards_in, located=True)}")
+    con.execute(f"""COPY (SELECT {cols}, split, shard FROM (
+            SELECT *, (row_number() OVER (PARTITION BY split ORDER BY key, row_id) - 1) // {cfg.shard_rows} AS shard
+            FROM rows WHERE removed_by IS NULL) JOIN ({images}) USING (iap_file, file_row_number)
+        ORDER BY split, key, row_id)
         TO '{folder / 'parts'}' (FORMAT parquet, PARTITION_BY (split, shard))""")
     shards: dict[str, list[str]] = {s: [] for s in SPLITS}
     for f in sorted((folder / "parts").rglob("*.parquet")):
@@ -406,9 +421,20 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
                    download_funnel: list[dict] | None = None, keys_url: str | None = None,
                    manifest: dict | None = None) -> Snapshot:
     """Filter shards (one folder or several; with keys_url only the manifest's rows) into
-    OUT/snapshots/<id>; returns the existing snapshot when the id is known."""
+    OUT/snapshots/<id>; returns the existing snapshot when the id is known. DuckDB keeps its default memory
+    limit (image shards need room) and spills to a local temporary folder past it."""
     cfg = cfg or FilterConfig()
-    con = connect(*_globs(shards), out_url)
+    with tempfile.TemporaryDirectory(prefix="iap-snapshot-") as spill:
+        con = connect(*_globs(shards), out_url)
+        con.execute(f"SET temp_directory = {quote(spill)}")
+        try:
+            return _build(con, shards, out_url, cfg, download_funnel, keys_url, manifest)
+        finally:
+            con.close()
+
+
+def _build(con, shards: Shards, out_url: str, cfg: FilterConfig, download_funnel: list[dict] | None,
+           keys_url: str | None, manifest: dict | None) -> Snapshot:
     content = _content_fingerprint(con, shards, keys_url)
     sid = snapshot_id(content, cfg)
     final_url = f"{absolute(out_url)}/snapshots/{sid}"
@@ -421,11 +447,9 @@ def build_snapshot(shards: Shards, out_url: str, cfg: FilterConfig | None = None
     rows = dict(con.execute("SELECT split, count(*) FROM rows WHERE removed_by IS NULL GROUP BY split").fetchall())
     rows = {s: rows.get(s, 0) for s in SPLITS} | {"total": sum(rows.values())}
     if rows["total"] == 0:
-        con.close()
-        del con  # a failed state keeps this frame alive to exit: no DuckDB object may outlive the interpreter
         raise IapError(_nothing_survived(funnel, start))
     with staged_folder(final_url, "snapshot.json") as folder:  # visible only when complete
-        shards = _write_local(con, folder, cfg, extras)
+        shards = _write_local(con, folder, cfg, extras, shards)
         snap = Snapshot(id=sid, url=final_url, rows=rows, funnel=funnel, config=cfg.model_dump(mode="json"),
                         inputs={"shards": shards, "keys_url": keys_url, "content_fingerprint": content,
                                 "rows_in": start, **_normalisation(con, cfg),

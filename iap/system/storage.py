@@ -253,12 +253,17 @@ def local_workdir(out: str) -> Path:
 
 
 def put_tree(local: Path, url: str, last: str | None = None) -> None:
-    """Upload every file under `local` to `url`, the file named `last` (the commit marker) after all others."""
+    """Upload every file under `local` to `url`, the file named `last` (the commit marker) after all others
+    have landed. The others go in one call: s3fs (any async fsspec store) sends them concurrently."""
     fs = filesystem(url)
-    files = sorted(p for p in Path(local).rglob("*") if p.is_file())
+    files = sorted(p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file())
+    base = url.rstrip("/")
     with storage_faults(url):
-        for path in sorted(files, key=lambda p: p.relative_to(local).as_posix() == last):
-            fs.put_file(str(path), f"{url.rstrip('/')}/{path.relative_to(local).as_posix()}")
+        first = [f for f in files if f != last]
+        if first:
+            fs.put([str(Path(local, f)) for f in first], [f"{base}/{f}" for f in first])
+        if last in files:
+            fs.put_file(str(Path(local, last)), f"{base}/{last}")
 
 
 def get_tree(url: str, local: Path) -> Path:
@@ -268,10 +273,12 @@ def get_tree(url: str, local: Path) -> Path:
     base = url.rstrip("/")
     try:
         with storage_faults(local):
-            for remote in fs.find(base):
-                rel = remote[len(fs._strip_protocol(base)):].lstrip("/")
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(remote, str(tmp / rel))
+            remotes = fs.find(base)
+            locals_ = [tmp / remote[len(fs._strip_protocol(base)):].lstrip("/") for remote in remotes]
+            for path in locals_:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            if remotes:  # one call: concurrent on async stores
+                fs.get(remotes, [str(p) for p in locals_])
     except BaseException:  # a half download is never left behind either
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -23,7 +23,8 @@ def bench(name: str, *args: str, timeout: int = 600) -> str:
 
 
 def test_every_bench_has_a_quick_mode_that_the_suite_runs():
-    covered = {"cache.py", "corpora.py", "data.py", "eval_memory.py", "manifest.py", "rehearsal.py", "startup.py", "train_step.py"}
+    covered = {"cache.py", "corpora.py", "data.py", "eval_memory.py", "manifest.py", "precompute.py", "rehearsal.py",
+               "startup.py", "train_step.py"}
     assert set(BENCHES) == covered, "a new bench needs a --quick run below"
     for name in BENCHES:
         assert "--quick" in (ROOT / "bench" / name).read_text(), name

@@ -3,7 +3,9 @@ flow per folder and per distributor, precompute per task runner."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -108,16 +110,17 @@ def test_a_deleted_cache_is_committed_again_not_served_from_the_task_cache(harne
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java (.ci/run installs it from Debian)")
-def test_data_flow_with_pyspark_in_local_mode_gives_the_same_snapshot(harness, served, local_run, tmp_path):
-    """img2dataset's pyspark distributor on a local SparkSession (pyspark comes with the dev install)."""
-    from pyspark.sql import SparkSession
+def test_data_flow_with_pyspark_in_local_mode_gives_the_same_snapshot(harness, served, local_run, tmp_path,
+                                                                     monkeypatch):
+    """img2dataset's pyspark distributor on the local SparkSession it starts (pyspark comes with the dev
+    install). Its Python workers must run this interpreter, venv activated or not: `python3` on PATH lacked
+    img2dataset."""
     _, _, expected = local_run
-    spark = SparkSession.builder.master("local[2]").config("spark.driver.host", "127.0.0.1") \
-        .config("spark.ui.enabled", "false").getOrCreate()
-    try:
-        _check(_data_flow(served, tmp_path, "pyspark"), expected.id, tmp_path)
-    finally:
-        spark.stop()
+    monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
+    monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                               if Path(p) != Path(sys.executable).parent))
+    _check(_data_flow(served, tmp_path, "pyspark"), expected.id, tmp_path)
 
 
 def test_data_flow_with_ray_on_a_local_instance_gives_the_same_snapshot(harness, served, local_run, tmp_path):

@@ -80,7 +80,7 @@ def bench_duckdb(shards: Path, out: Path, cfg: FilterConfig) -> tuple[float, flo
     funnel = _apply_rules(con, cfg, rows)
     filtered = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
-    _write_local(con, out, cfg, extras, str(shards))
+    _write_local(con, out, cfg, extras)
     total = time.perf_counter() - start
     return rows / filtered, rows / total, funnel[-1]["remaining"]
 

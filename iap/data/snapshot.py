@@ -186,12 +186,15 @@ def _texts(con, rows: str, cfg: FilterConfig) -> str:
 def _load_rows(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | None, cfg: FilterConfig) -> list[str]:
     """Successful rows into table `rows`, with the first per-row rule each fails already in `removed_by`
     (one vectorised pass); returns the extra (carried-through) columns. Images stay in the download shards:
-    a row holds where its image is (`iap_file`, `file_row_number`), and only the write reads the bytes."""
+    a row holds where its image is (`iap_file`, `file_row_number`), and only the write reads the bytes (view
+    `images`)."""
     src = _source(shards, keys_url, located=True)
     cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
     extras = [c for c in cols if c not in _NOT_EXTRA]
-    if _image_column(con, shards) is None or "iap_key" not in cols:
+    image = next((c for c in ("jpg", "png", "webp") if c in cols), None)
+    if image is None or "iap_key" not in cols:
         raise IapError(f"{shards}: not iap download shards (need parquet output with images and iap_key)")
+    con.execute(f"CREATE TEMP VIEW images AS SELECT iap_file, file_row_number, {image} AS image FROM {src}")
     extra_sql = "".join(f", {ident(c)}" for c in extras)
     texts = _texts(con, f"SELECT * FROM {src} WHERE status = 'success'", cfg)
     con.execute(f"""CREATE TEMP TABLE rows AS
@@ -206,11 +209,6 @@ def _load_rows(con: duckdb.DuckDBPyConnection, shards: Shards, keys_url: str | N
 _NOT_EXTRA = {"iap_key", "caption", "key", "status", "error_message", "exif", "jpg", "png", "webp", "url",
               "caption_zh", "caption_en", "caption_zh_raw", "caption_en_raw", "width", "height", "original_width",
               "original_height", "sha256", "iap_file", "file_row_number"}
-
-
-def _image_column(con, shards: Shards) -> str | None:
-    cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {_source(shards)}").fetchall()}
-    return next((c for c in ("jpg", "png", "webp") if c in cols), None)
 
 
 def _normalisation(con, cfg: FilterConfig) -> dict:
@@ -373,15 +371,13 @@ def _split(cfg: FilterConfig) -> str:
             f"WHEN bucket < {cfg.test_fraction + cfg.val_fraction} THEN 'val' ELSE 'train' END")
 
 
-def _write_local(con, folder: Path, cfg: FilterConfig, extras: list[str], shards_in: Shards) -> dict[str, list[str]]:
+def _write_local(con, folder: Path, cfg: FilterConfig, extras: list[str]) -> dict[str, list[str]]:
     """The kept rows as shards of `shard_rows`, in key order per split. The images are read from the download
     shards here, in one join (its sort spills to local disk past DuckDB's memory limit)."""
     cols = ", ".join(map(ident, CORE_COLUMNS + extras))
-    images = (f"SELECT iap_file, file_row_number, {_image_column(con, shards_in)} AS image "
-              f"FROM {_source(shards_in, located=True)}")
     con.execute(f"""COPY (SELECT {cols}, split, shard FROM (
             SELECT *, (row_number() OVER (PARTITION BY split ORDER BY key, row_id) - 1) // {cfg.shard_rows} AS shard
-            FROM rows WHERE removed_by IS NULL) JOIN ({images}) USING (iap_file, file_row_number)
+            FROM rows WHERE removed_by IS NULL) JOIN images USING (iap_file, file_row_number)
         ORDER BY split, key, row_id)
         TO '{folder / 'parts'}' (FORMAT parquet, PARTITION_BY (split, shard))""")
     shards: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -449,7 +445,7 @@ def _build(con, shards: Shards, out_url: str, cfg: FilterConfig, download_funnel
     if rows["total"] == 0:
         raise IapError(_nothing_survived(funnel, start))
     with staged_folder(final_url, "snapshot.json") as folder:  # visible only when complete
-        shards = _write_local(con, folder, cfg, extras, shards)
+        shards = _write_local(con, folder, cfg, extras)
         snap = Snapshot(id=sid, url=final_url, rows=rows, funnel=funnel, config=cfg.model_dump(mode="json"),
                         inputs={"shards": shards, "keys_url": keys_url, "content_fingerprint": content,
                                 "rows_in": start, **_normalisation(con, cfg),

@@ -3,8 +3,10 @@
 CUDA when present, else CPU; `IAP_DEVICE=cpu` forces the CPU. Which GPU: this rank's under torchrun /
 accelerate launch (`LOCAL_RANK`), else the one a task runner gave this worker process (`IAP_GPU`: the process
 and local Dask runners number their workers), else the first visible one (Ray and dask-cuda workers see only
-their own GPU through `CUDA_VISIBLE_DEVICES`). As in diffusers' train_text_to_image.py, the frozen parts (UNet, VAE, English encoder,
-cached cross-attention layers) are cast to the run's precision on the GPU; on the CPU they stay fp32
+their own GPU through `CUDA_VISIBLE_DEVICES`).
+
+As in diffusers' train_text_to_image.py, the frozen parts (UNet, VAE, English encoder, cached cross-attention
+layers) are cast to the run's precision on the GPU; on the CPU they stay fp32
 (half-precision matmuls there are slow or missing). The trained Chinese encoder always keeps fp32
 master weights; autocast runs it in the run's precision.
 """
